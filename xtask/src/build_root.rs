@@ -1,0 +1,281 @@
+//! Stage "build root": a debootstrap-made Debian tree with live-build in it, where `lb build`
+//! runs, so the host needs nothing but debootstrap.
+//!
+//! Roots live in the machine-wide cache (`/var/cache/truthdb-os/build-roots/`), named by a
+//! digest of everything that went into them ([`BuildRootSpec::key`]). A root is created under a
+//! temporary name and renamed into place only when complete, so a half-made root is never
+//! found, let alone reused.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::digest::Hasher;
+use crate::fsx;
+use crate::manifest::Manifest;
+use crate::run::Cmd;
+use crate::sandbox::RootCommand;
+
+/// Bump when the way a root is made changes (not its inputs): old roots are then not reused.
+const RECIPE_VERSION: &str = "1";
+
+/// Packages the root needs beyond debootstrap's minbase: live-build and what it calls on the
+/// build side. (Boot loaders, xorriso and squashfs-tools are installed by live-build itself,
+/// into the image chroot, as `--build-with-chroot true` does by default.)
+const BUILD_ROOT_PACKAGES: &[&str] = &["live-build", "ca-certificates"];
+
+/// What a build root is made of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BuildRootSpec {
+    pub suite: String,
+    pub architecture: String,
+    pub mirror: String,
+    pub security_mirror: String,
+    pub archive_areas: Vec<String>,
+    pub packages: Vec<String>,
+}
+
+impl BuildRootSpec {
+    /// The root for building the manifest's image: same suite and mirrors as the image.
+    pub fn for_image(manifest: &Manifest) -> BuildRootSpec {
+        BuildRootSpec {
+            suite: manifest.suite.clone(),
+            architecture: manifest.architecture.clone(),
+            mirror: manifest.mirrors.archive.clone(),
+            security_mirror: manifest.mirrors.security.clone(),
+            archive_areas: manifest.archive_areas.clone(),
+            packages: BUILD_ROOT_PACKAGES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The cache key: a digest of the recipe version and every input.
+    pub fn key(&self) -> String {
+        let mut h = Hasher::new();
+        h.field("recipe", RECIPE_VERSION)
+            .field("suite", &self.suite)
+            .field("arch", &self.architecture)
+            .field("mirror", &self.mirror)
+            .field("security", &self.security_mirror)
+            .field("areas", self.archive_areas.join(" "));
+        let mut packages = self.packages.clone();
+        packages.sort();
+        h.field("packages", packages.join(" "));
+        h.hex()[..16].to_owned()
+    }
+
+    /// The apt sources of the root: the image's suite, its updates and security archives, so
+    /// the package check before `lb build` sees what the image will see.
+    fn sources_list(&self) -> String {
+        let areas = self.archive_areas.join(" ");
+        format!(
+            "deb {m} {s} {areas}\ndeb {m} {s}-updates {areas}\ndeb {sec} {s}-security {areas}\n",
+            m = self.mirror,
+            s = self.suite,
+            sec = self.security_mirror,
+        )
+    }
+}
+
+/// A complete build root.
+#[derive(Clone, Debug)]
+pub struct BuildRoot {
+    pub path: PathBuf,
+    pub key: String,
+}
+
+/// Marker written last into a finished root (besides the atomic rename, a second guard).
+const COMPLETE_MARKER: &str = "etc/truthdb-build-root";
+
+/// Whether the root for `spec` is already in the cache.
+pub fn cached(spec: &BuildRootSpec, cache_dir: &Path) -> Option<BuildRoot> {
+    let path = root_path(spec, cache_dir);
+    path.join(COMPLETE_MARKER).is_file().then(|| BuildRoot { path, key: spec.key() })
+}
+
+fn root_path(spec: &BuildRootSpec, cache_dir: &Path) -> PathBuf {
+    cache_dir.join("build-roots").join(format!("{}-{}-{}", spec.suite, spec.architecture, spec.key()))
+}
+
+/// Returns the cached root for `spec`, making it first if needed. `log` receives the output
+/// of debootstrap and apt.
+pub fn ensure(spec: &BuildRootSpec, cache_dir: &Path, log: &Path, on_line: &mut dyn FnMut(&str)) -> Result<BuildRoot> {
+    if let Some(root) = cached(spec, cache_dir) {
+        return Ok(root);
+    }
+    let final_path = root_path(spec, cache_dir);
+    let parent = final_path.parent().expect("root path has a parent");
+    fs::create_dir_all(parent).with_context(|| format!("creating cache directory {}", parent.display()))?;
+    let partial = parent.join(format!(".partial-{}-{}", spec.key(), std::process::id()));
+    fsx::remove_if_present(&partial)?;
+    remove_stale_partials(parent);
+
+    let made = make_root(spec, &partial, log, on_line);
+    if let Err(e) = made {
+        let _ = fsx::remove_if_present(&partial);
+        return Err(e);
+    }
+    if let Err(e) = fs::rename(&partial, &final_path) {
+        // Another build finished the same root first: use theirs.
+        let _ = fsx::remove_if_present(&partial);
+        if cached(spec, cache_dir).is_none() {
+            return Err(e).with_context(|| format!("moving the new build root to {}", final_path.display()));
+        }
+    }
+    Ok(BuildRoot { path: final_path, key: spec.key() })
+}
+
+fn make_root(spec: &BuildRootSpec, target: &Path, log: &Path, on_line: &mut dyn FnMut(&str)) -> Result<()> {
+    let debootstrap = Cmd::new("debootstrap")
+        .arg("--variant=minbase")
+        .arg(format!("--arch={}", spec.architecture))
+        .arg(format!("--components={}", spec.archive_areas.join(",")))
+        .arg(format!("--include={}", spec.packages.join(",")))
+        .arg(&spec.suite)
+        .arg(target)
+        .arg(&spec.mirror);
+    debootstrap
+        .run_logged(log, &mut *on_line)
+        .with_context(|| format!("debootstrap of a {} build root from {} (is the mirror reachable?)", spec.suite, spec.mirror))?;
+
+    fs::write(target.join("etc/apt/sources.list"), spec.sources_list())?;
+    // Updates and security lists, for the package check; also proves the mirrors answer.
+    RootCommand::new(target, &["apt-get", "update"])
+        .to_cmd()?
+        .run_logged(log, &mut *on_line)
+        .with_context(|| format!("apt-get update in the build root (are {} and {} reachable?)", spec.mirror, spec.security_mirror))?;
+    RootCommand::new(target, &["apt-get", "clean"]).to_cmd()?.run_logged(log, &mut *on_line)?;
+
+    let description = format!(
+        "TruthDB OS build root\nkey={}\nsuite={}\narchitecture={}\nmirror={}\npackages={}\n",
+        spec.key(),
+        spec.suite,
+        spec.architecture,
+        spec.mirror,
+        spec.packages.join(" ")
+    );
+    fs::write(target.join(COMPLETE_MARKER), description)?;
+    Ok(())
+}
+
+/// Partial roots left by a build that was killed: nothing else uses them.
+fn remove_stale_partials(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix(".partial-") {
+            let pid = rest.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                let _ = fsx::remove_if_present(&entry.path());
+            }
+        }
+    }
+}
+
+/// Asks the root's apt which of `names` have no installation candidate in the suite.
+pub fn missing_packages(root: &BuildRoot, names: &[&str]) -> Result<Vec<String>> {
+    let mut argv = vec!["apt-cache", "policy", "--"];
+    argv.extend_from_slice(names);
+    let output = RootCommand::new(&root.path, &argv).to_cmd()?.read().context("asking the build root's apt about packages")?;
+    let known = parse_candidates(&output);
+    Ok(names.iter().filter(|n| !known.contains(&n.to_string())).map(|n| n.to_string()).collect())
+}
+
+/// Package names that `apt-cache policy` shows with an installation candidate.
+fn parse_candidates(policy: &str) -> Vec<String> {
+    let mut known = Vec::new();
+    let mut current: Option<String> = None;
+    for line in policy.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            current = Some(line.trim_end_matches(':').to_owned());
+        } else if let Some(candidate) = line.trim().strip_prefix("Candidate:") {
+            if let Some(name) = current.take() {
+                if candidate.trim() != "(none)" {
+                    known.push(name);
+                }
+            }
+        }
+    }
+    known
+}
+
+/// Fails with one line per unknown package, naming where it was listed.
+pub fn check_packages_exist(root: &BuildRoot, list: &crate::packages::PackageList, suite: &str) -> Result<()> {
+    let names: Vec<&str> = list.names().collect();
+    let missing = missing_packages(root, &names)?;
+    if !missing.is_empty() {
+        let lines: Vec<String> =
+            missing.iter().map(|name| format!("  {}: unknown package {name:?}", list.location(name))).collect();
+        bail!("{} package(s) not found in Debian {suite}:\n{}", missing.len(), lines.join("\n"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> BuildRootSpec {
+        BuildRootSpec {
+            suite: "trixie".into(),
+            architecture: "amd64".into(),
+            mirror: "http://deb.debian.org/debian".into(),
+            security_mirror: "http://deb.debian.org/debian-security".into(),
+            archive_areas: vec!["main".into()],
+            packages: vec!["live-build".into(), "ca-certificates".into()],
+        }
+    }
+
+    #[test]
+    fn key_is_stable_and_ignores_package_order() {
+        let mut reordered = spec();
+        reordered.packages.reverse();
+        assert_eq!(spec().key(), reordered.key());
+        assert_eq!(spec().key().len(), 16);
+    }
+
+    #[test]
+    fn key_changes_with_every_input() {
+        let base = spec().key();
+        let mut changed = Vec::new();
+        let mut s = spec();
+        s.suite = "sid".into();
+        changed.push(s.key());
+        let mut s = spec();
+        s.mirror = "http://mirror.example/debian".into();
+        changed.push(s.key());
+        let mut s = spec();
+        s.packages.push("gcc".into());
+        changed.push(s.key());
+        let mut s = spec();
+        s.archive_areas.push("contrib".into());
+        changed.push(s.key());
+        for key in changed {
+            assert_ne!(key, base);
+        }
+    }
+
+    #[test]
+    fn a_root_without_its_completion_marker_is_not_reused() {
+        let cache = tempfile::tempdir().unwrap();
+        let path = root_path(&spec(), cache.path());
+        fs::create_dir_all(path.join("etc")).unwrap();
+        assert!(cached(&spec(), cache.path()).is_none());
+        fs::write(path.join(COMPLETE_MARKER), "done").unwrap();
+        assert_eq!(cached(&spec(), cache.path()).unwrap().path, path);
+    }
+
+    #[test]
+    fn sources_cover_updates_and_security() {
+        let sources = spec().sources_list();
+        assert!(sources.contains("deb http://deb.debian.org/debian-security trixie-security main"));
+        assert!(sources.contains("trixie-updates main"));
+    }
+
+    #[test]
+    fn candidates_are_parsed_from_apt_cache_policy() {
+        let policy = "curl:\n  Installed: (none)\n  Candidate: 8.14.1-2\n  Version table:\nno-such-pkg:\n  Installed: (none)\n  Candidate: (none)\n";
+        assert_eq!(parse_candidates(policy), ["curl"]);
+    }
+}

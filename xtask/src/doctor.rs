@@ -1,0 +1,96 @@
+//! `cargo xtask doctor`: checks the host tools each command needs and, as root on
+//! Debian/Ubuntu, installs the missing ones with apt; otherwise prints the exact apt command.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+use crate::run::{Cmd, on_path};
+
+/// What a host tool is needed for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// `iso`: debootstrap the build root, enter it, sign.
+    Build,
+    /// `boot-test`: QEMU with SeaBIOS and OVMF.
+    BootTest,
+}
+
+struct HostTool {
+    /// A program on PATH, or an absolute path to a file.
+    probe: &'static str,
+    package: &'static str,
+    purpose: Purpose,
+}
+
+const HOST_TOOLS: &[HostTool] = &[
+    HostTool { probe: "debootstrap", package: "debootstrap", purpose: Purpose::Build },
+    // Ubuntu's debootstrap needs Debian's keys to check a Debian suite.
+    HostTool { probe: "/usr/share/keyrings/debian-archive-keyring.gpg", package: "debian-archive-keyring", purpose: Purpose::Build },
+    HostTool { probe: "unshare", package: "util-linux", purpose: Purpose::Build },
+    HostTool { probe: "mount", package: "mount", purpose: Purpose::Build },
+    HostTool { probe: "gpg", package: "gnupg", purpose: Purpose::Build },
+    HostTool { probe: "gpgv", package: "gpgv", purpose: Purpose::Build },
+    HostTool { probe: "git", package: "git", purpose: Purpose::Build },
+    HostTool { probe: "qemu-system-x86_64", package: "qemu-system-x86", purpose: Purpose::BootTest },
+    HostTool { probe: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", purpose: Purpose::BootTest },
+];
+
+fn present(tool: &HostTool) -> bool {
+    if tool.probe.starts_with('/') { Path::new(tool.probe).exists() } else { on_path(tool.probe) }
+}
+
+/// The packages providing the missing tools for `purposes`.
+pub fn missing_packages(purposes: &[Purpose]) -> Vec<&'static str> {
+    let mut packages: Vec<&'static str> = HOST_TOOLS
+        .iter()
+        .filter(|t| purposes.contains(&t.purpose) && !present(t))
+        .map(|t| t.package)
+        .collect();
+    packages.dedup();
+    packages
+}
+
+/// Makes sure the tools for `purposes` are there, installing them when we can.
+pub fn ensure(purposes: &[Purpose]) -> Result<()> {
+    let missing = missing_packages(purposes);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let apt_command = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
+    let can_install = crate::project::is_root() && on_path("apt-get");
+    if !can_install {
+        bail!("missing host tools; install them with:\n  sudo apt-get update && sudo {apt_command}");
+    }
+    eprintln!("installing missing host tools: {}", missing.join(" "));
+    Cmd::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive").run()?;
+    Cmd::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()?;
+    let still = missing_packages(purposes);
+    if !still.is_empty() {
+        bail!("installed {} but still missing: {}", missing.join(" "), still.join(" "));
+    }
+    Ok(())
+}
+
+/// `cargo xtask doctor`.
+pub fn run(install: bool) -> Result<()> {
+    let all = [Purpose::Build, Purpose::BootTest];
+    for tool in HOST_TOOLS {
+        let mark = if present(tool) { "ok     " } else { "MISSING" };
+        println!("{mark} {:<48} (package {}, for {:?})", tool.probe, tool.package, tool.purpose);
+    }
+    if !crate::project::is_root() {
+        println!("note: `iso` needs root (debootstrap, chroot, mounts); it re-runs itself with sudo when it can");
+    }
+    if install {
+        ensure(&all)?;
+        println!("all host tools present");
+    } else if !missing_packages(&all).is_empty() {
+        bail!("missing host tools: run `cargo xtask doctor --install` as root");
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Stage "lb build": runs live-build on a rendered configuration inside a build root.
+//!
+//! The build directory (`target/truthdb-os/build/`) keeps live-build's package cache between
+//! runs (`cache/`); everything else in it is recreated from the rendered config each time, so
+//! no state from an earlier, perhaps failed, build leaks into this one. The directory is bind
+//! mounted at `/build` in the build root's private namespace (see [`crate::sandbox`]).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::build_root::BuildRoot;
+use crate::fsx;
+use crate::render::RenderedConfig;
+use crate::sandbox::RootCommand;
+
+pub struct LbBuildInputs<'a> {
+    pub root: &'a BuildRoot,
+    pub config: &'a RenderedConfig,
+    /// Host directory for live-build's work tree and package cache.
+    pub build_dir: PathBuf,
+    /// `<image_name>-<arch>`: live-build's output files start with this.
+    pub image_stem: String,
+    pub source_date_epoch: u64,
+    pub log: PathBuf,
+}
+
+/// What live-build produced.
+#[derive(Clone, Debug)]
+pub struct BuiltImage {
+    pub iso: PathBuf,
+    /// live-build's list of the packages installed in the image (`dpkg -l` style).
+    pub package_manifest: PathBuf,
+}
+
+/// live-build's own phases, as they show in its log, for the progress display.
+pub fn phase_of(line: &str) -> Option<&'static str> {
+    // live-build logs each helper it starts as "[date] lb <helper> ...".
+    let helper = line.split("] lb ").nth(1)?.split_whitespace().next()?;
+    Some(match helper {
+        h if h.starts_with("bootstrap") => "bootstrap (debootstrap of the image)",
+        h if h.starts_with("chroot") => "chroot (installing packages)",
+        "binary_rootfs" => "binary (squashfs)",
+        "binary_iso" => "binary (ISO image)",
+        h if h.starts_with("binary") => "binary (boot files)",
+        _ => return None,
+    })
+}
+
+pub fn build(inputs: &LbBuildInputs, on_phase: &mut dyn FnMut(&str)) -> Result<BuiltImage> {
+    prepare_build_dir(&inputs.build_dir, &inputs.config.dir)?;
+    let epoch = inputs.source_date_epoch.to_string();
+    let lb = |argv: &[&str]| {
+        RootCommand::new(&inputs.root.path, argv)
+            .bind(&inputs.build_dir, "/build")
+            .workdir("/build")
+            .env("SOURCE_DATE_EPOCH", epoch.clone())
+            .to_cmd()
+    };
+    let mut on_line = |line: &str| {
+        if let Some(phase) = phase_of(line) {
+            on_phase(phase)
+        }
+    };
+    lb(&["lb", "config"])?.run_logged(&inputs.log, &mut on_line).context("lb config failed")?;
+    lb(&["lb", "build"])?.run_logged(&inputs.log, &mut on_line).context("lb build failed")?;
+
+    let iso = inputs.build_dir.join(format!("{}.hybrid.iso", inputs.image_stem));
+    let package_manifest = inputs.build_dir.join(format!("{}.packages", inputs.image_stem));
+    for (what, path) in [("ISO", &iso), ("package manifest", &package_manifest)] {
+        if !path.is_file() {
+            bail!(
+                "lb build finished but produced no {what} at {} (see {})",
+                path.display(),
+                inputs.log.display()
+            );
+        }
+    }
+    Ok(BuiltImage { iso, package_manifest })
+}
+
+/// Empties the build directory except live-build's package cache, then puts the rendered
+/// configuration in.
+fn prepare_build_dir(build_dir: &Path, config_dir: &Path) -> Result<()> {
+    fs::create_dir_all(build_dir).with_context(|| format!("creating {}", build_dir.display()))?;
+    let mounted = fsx::mounts_under(build_dir)?;
+    if !mounted.is_empty() {
+        bail!("{} has mounts below it ({}); unmount them first", build_dir.display(), mounted.join(", "));
+    }
+    for entry in fs::read_dir(build_dir)? {
+        let entry = entry?;
+        if entry.file_name() != "cache" {
+            fsx::remove_if_present(&entry.path())?;
+        }
+    }
+    fsx::copy_tree(config_dir, build_dir, &["cache"]).context("copying the rendered config into the build directory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_are_read_from_live_build_log_lines() {
+        assert_eq!(phase_of("[2026-11-22 07:00:01] lb bootstrap_debootstrap"), Some("bootstrap (debootstrap of the image)"));
+        assert_eq!(phase_of("[2026-11-22 07:01:00] lb chroot_install-packages install"), Some("chroot (installing packages)"));
+        assert_eq!(phase_of("[2026-11-22 07:09:00] lb binary_iso"), Some("binary (ISO image)"));
+        assert_eq!(phase_of("P: Begin installing packages..."), None);
+    }
+
+    #[test]
+    fn build_dir_keeps_only_the_package_cache() {
+        let build = tempfile::tempdir().unwrap();
+        let config = tempfile::tempdir().unwrap();
+        fs::create_dir_all(build.path().join("cache/packages.chroot")).unwrap();
+        fs::write(build.path().join("cache/packages.chroot/a.deb"), "deb").unwrap();
+        fs::create_dir_all(build.path().join("chroot/etc")).unwrap();
+        fs::write(build.path().join("old.hybrid.iso"), "iso").unwrap();
+        fs::create_dir_all(config.path().join("auto")).unwrap();
+        fs::write(config.path().join("auto/config"), "#!/bin/sh\n").unwrap();
+
+        prepare_build_dir(build.path(), config.path()).unwrap();
+        assert!(build.path().join("cache/packages.chroot/a.deb").exists());
+        assert!(!build.path().join("chroot").exists());
+        assert!(!build.path().join("old.hybrid.iso").exists());
+        assert!(build.path().join("auto/config").exists());
+    }
+}

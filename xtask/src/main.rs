@@ -1,0 +1,173 @@
+//! xtask: the TruthDB OS build pipeline. `main` only parses and dispatches; each command and
+//! each pipeline stage lives in its own module (see ARCHITECTURE.md for the map).
+
+mod boot_test;
+mod build_root;
+mod checksums;
+mod digest;
+mod doctor;
+mod fsx;
+mod iso;
+mod lb_build;
+mod manifest;
+mod packages;
+mod progress;
+mod project;
+mod publish;
+mod render;
+mod run;
+mod sandbox;
+mod signing;
+mod test_suite;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::project::Project;
+
+/// Builds, signs and boot-tests the TruthDB OS hybrid ISO.
+#[derive(Parser)]
+#[command(name = "cargo xtask", version, about, long_about = None)]
+struct Cli {
+    /// Project directory (default: the workspace this xtask belongs to).
+    #[arg(long, global = true, value_name = "DIR")]
+    project: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the signed, checksummed hybrid ISO into dist/ (needs root; uses sudo if not).
+    Iso(iso::IsoArgs),
+    /// Render the live-build configuration only, to read or diff what live-build gets.
+    Config {
+        /// Output directory (default: target/truthdb-os/config).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check SHA256SUMS/SHA512SUMS and their OpenPGP signatures in a directory.
+    Verify {
+        /// Directory holding the ISO, the sums and the .sign files.
+        #[arg(default_value = "dist")]
+        dir: PathBuf,
+        /// Public key (armored) to check signatures with; defaults to the development key
+        /// published beside development builds.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Boot the ISO in QEMU (BIOS/UEFI x CD/USB) and wait for the boot marker on serial.
+    BootTest {
+        /// ISO to boot (default: the one `iso` publishes into dist/).
+        #[arg(long)]
+        iso: Option<PathBuf>,
+        /// Boot modes to test (default: all four).
+        #[arg(long = "mode", value_enum)]
+        modes: Vec<boot_test::BootMode>,
+        /// CPU emulation: tcg (default), kvm, or auto (probe KVM with a real boot first).
+        #[arg(long, value_enum, default_value = "tcg")]
+        accel: boot_test::Accel,
+        /// Seconds to wait for the marker in each mode.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+    },
+    /// Check (and with --install, install) the host tools the pipeline needs.
+    Doctor {
+        /// Install missing tools with apt (as root).
+        #[arg(long)]
+        install: bool,
+    },
+    /// Run the whole test suite: unit and golden tests, then the end-to-end ISO build and
+    /// four-way boot test. Installs missing host tools first.
+    Test {
+        /// Only the fast tests (no root, no network, no QEMU).
+        #[arg(long)]
+        fast: bool,
+    },
+    /// Internal: PID 1 of the build root's private namespace (see sandbox.rs).
+    #[command(hide = true)]
+    EnterBuildRoot(sandbox::EnterArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let project = || Project::load(cli.project.as_deref());
+    match cli.command {
+        Command::Iso(args) => {
+            let project = project()?;
+            reexec_as_root_if_needed()?;
+            iso::run(&project, &args)?;
+        }
+        Command::Config { out } => render::run_config_command(&project()?, out)?,
+        Command::Verify { dir, key } => publish::run_verify_command(&dir, key.as_deref())?,
+        Command::BootTest { iso, modes, accel, timeout, memory } => {
+            let project = project()?;
+            doctor::ensure(&[doctor::Purpose::BootTest])?;
+            let config = boot_test::BootTestConfig {
+                iso: iso.unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
+                modes: if modes.is_empty() { boot_test::BootMode::ALL.to_vec() } else { modes },
+                accel,
+                timeout: Duration::from_secs(timeout),
+                memory_mib: memory,
+                expected_version: project.version.clone(),
+                log_dir: project.work_dir().join("boot-test"),
+            };
+            boot_test::run(&config)?;
+        }
+        Command::Doctor { install } => doctor::run(install)?,
+        Command::Test { fast } => {
+            let project = project()?;
+            if !fast {
+                reexec_as_root_if_needed()?;
+            }
+            return test_suite::run(&project, fast);
+        }
+        Command::EnterBuildRoot(args) => {
+            let code = sandbox::enter(args)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// debootstrap, chroot and mounts need root. Without it, re-run this very command under
+/// `sudo` when sudo can ask no questions; otherwise say exactly what to run.
+fn reexec_as_root_if_needed() -> Result<()> {
+    if project::is_root() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sudo_works = run::Cmd::new("sudo").args(["-n", "true"]).run().is_ok();
+    if !sudo_works {
+        bail!(
+            "this command needs root (debootstrap, chroot, mounts); run:\n  sudo {} {}",
+            exe.display(),
+            args.join(" ")
+        );
+    }
+    eprintln!("not root: re-running with sudo");
+    let status = std::process::Command::new("sudo")
+        .arg("--preserve-env=SOURCE_DATE_EPOCH,TRUTHDB_CACHE_DIR,TRUTHDB_SIGNING_KEY,TRUTHDB_SIGNING_KEY_FILE,TRUTHDB_SIGNING_KEY_PASSPHRASE,PATH,CARGO_HOME,RUSTUP_HOME")
+        .arg(exe)
+        .args(args)
+        .status()?;
+    std::process::exit(status.code().unwrap_or(1));
+}

@@ -1,0 +1,324 @@
+//! The appliance manifest (`lb-config/appliance.toml`): what image to build.
+//!
+//! One serde type, defaults and `deny_unknown_fields` in one place, so a typo in a key is an
+//! error naming the key rather than a silently ignored setting. Validation that serde cannot
+//! express (URL shape, name syntax, ISO field lengths) lives in [`Manifest::validate`].
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The appliance as its maintainer describes it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Short machine name; file names are `<name>-<version>-<arch>.hybrid.iso`.
+    pub name: String,
+    /// Human name shown in boot menus and release files.
+    pub pretty_name: String,
+    /// Debian suite of the image and of the build root.
+    #[serde(default = "default_suite")]
+    pub suite: String,
+    /// Debian architecture. Only amd64 is built and boot-tested today.
+    #[serde(default = "default_architecture")]
+    pub architecture: String,
+    /// Archive areas (components) enabled in the image.
+    #[serde(default = "default_archive_areas")]
+    pub archive_areas: Vec<String>,
+    #[serde(default)]
+    pub mirrors: Mirrors,
+    #[serde(default)]
+    pub boot: Boot,
+    pub iso: IsoFields,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Mirrors {
+    /// The Debian archive, for the build root, the image and the image's apt sources.
+    #[serde(default = "default_archive_mirror")]
+    pub archive: String,
+    /// The security archive (suite `<suite>-security`).
+    #[serde(default = "default_security_mirror")]
+    pub security: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// Kernel parameters of the live boot entries, before the console.
+    #[serde(default = "default_append")]
+    pub append: Vec<String>,
+    /// The serial console; always the last `console=` so the screen stays free of text.
+    #[serde(default = "default_serial_console")]
+    pub serial_console: String,
+    /// Seconds the boot menu waits before starting the default entry (0 is not allowed:
+    /// live-build's stock menus wait forever, which an appliance must not).
+    #[serde(default = "default_timeout")]
+    pub menu_timeout_seconds: u32,
+}
+
+/// ISO 9660 primary volume descriptor fields.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IsoFields {
+    /// Volume id; the version is appended. At most 32 characters in all (ISO 9660).
+    pub volume: String,
+    pub publisher: String,
+    pub application: String,
+}
+
+fn default_suite() -> String {
+    "trixie".into()
+}
+fn default_architecture() -> String {
+    "amd64".into()
+}
+fn default_archive_areas() -> Vec<String> {
+    vec!["main".into()]
+}
+fn default_archive_mirror() -> String {
+    "http://deb.debian.org/debian".into()
+}
+fn default_security_mirror() -> String {
+    "http://deb.debian.org/debian-security".into()
+}
+fn default_append() -> Vec<String> {
+    ["boot=live", "components", "quiet", "loglevel=3", "systemd.show_status=false"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_serial_console() -> String {
+    "ttyS0,115200".into()
+}
+fn default_timeout() -> u32 {
+    1
+}
+
+impl Default for Mirrors {
+    fn default() -> Self {
+        Mirrors { archive: default_archive_mirror(), security: default_security_mirror() }
+    }
+}
+
+impl Default for Boot {
+    fn default() -> Self {
+        Boot {
+            append: default_append(),
+            serial_console: default_serial_console(),
+            menu_timeout_seconds: default_timeout(),
+        }
+    }
+}
+
+/// ISO 9660 limits the volume id to 32 characters.
+const MAX_VOLUME_ID: usize = 32;
+/// ISO 9660 limits publisher and application ids to 128 characters.
+const MAX_ISO_ID: usize = 128;
+
+impl Manifest {
+    /// Reads and validates a manifest file; errors name the file and the offending field.
+    pub fn load(path: &Path, version: &str) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading appliance manifest {}", path.display()))?;
+        Manifest::parse(&text, version).with_context(|| format!("in appliance manifest {}", path.display()))
+    }
+
+    pub fn parse(text: &str, version: &str) -> Result<Manifest> {
+        let manifest: Manifest = toml::from_str(text)?;
+        manifest.validate(version)?;
+        Ok(manifest)
+    }
+
+    fn validate(&self, version: &str) -> Result<()> {
+        if !is_debian_name(&self.name) {
+            bail!("field `name`: {:?} must be lower-case letters, digits, '.', '+' or '-'", self.name);
+        }
+        if self.pretty_name.trim().is_empty() {
+            bail!("field `pretty_name` is empty");
+        }
+        if self.suite.is_empty() || !self.suite.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+            bail!("field `suite`: {:?} is not a Debian suite name", self.suite);
+        }
+        if self.architecture != "amd64" {
+            bail!("field `architecture`: {:?} is not supported (only amd64)", self.architecture);
+        }
+        if self.archive_areas.is_empty() {
+            bail!("field `archive_areas` is empty (at least \"main\")");
+        }
+        for area in &self.archive_areas {
+            if !["main", "contrib", "non-free", "non-free-firmware"].contains(&area.as_str()) {
+                bail!("field `archive_areas`: unknown area {area:?}");
+            }
+        }
+        for (field, url) in [("mirrors.archive", &self.mirrors.archive), ("mirrors.security", &self.mirrors.security)] {
+            let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                bail!("field `{field}`: {url:?} is not an http:// or https:// URL");
+            }
+        }
+        for param in &self.boot.append {
+            if param.is_empty() || param.contains(char::is_whitespace) {
+                bail!("field `boot.append`: {param:?} must be one kernel parameter without spaces");
+            }
+            if param.starts_with("console=") {
+                bail!("field `boot.append`: {param:?}: set the console with `boot.serial_console`");
+            }
+        }
+        if self.boot.serial_console.is_empty() || self.boot.serial_console.contains(char::is_whitespace) {
+            bail!("field `boot.serial_console`: {:?} is not a console spec like ttyS0,115200", self.boot.serial_console);
+        }
+        if self.boot.menu_timeout_seconds == 0 {
+            bail!("field `boot.menu_timeout_seconds` is 0: the menu would wait forever for a key");
+        }
+        let volume = self.volume_id(version);
+        if volume.len() > MAX_VOLUME_ID || !volume.is_ascii() {
+            bail!(
+                "field `iso.volume`: {volume:?} (with the version) is longer than {MAX_VOLUME_ID} ASCII characters"
+            );
+        }
+        for (field, value) in [("iso.publisher", &self.iso.publisher), ("iso.application", &self.iso.application)] {
+            if value.len() > MAX_ISO_ID || value.contains('"') {
+                bail!("field `{field}`: at most {MAX_ISO_ID} characters and no '\"'");
+            }
+        }
+        Ok(())
+    }
+
+    /// The ISO volume id: the manifest's volume with the version appended.
+    pub fn volume_id(&self, version: &str) -> String {
+        format!("{} {version}", self.iso.volume)
+    }
+
+    /// The full kernel command line of the live boot entries: the console goes last.
+    pub fn kernel_command_line(&self) -> String {
+        let mut params = self.boot.append.clone();
+        params.push(format!("console={}", self.boot.serial_console));
+        params.join(" ")
+    }
+
+    /// live-build's `--image-name`: it appends `-<arch>.hybrid.iso` itself.
+    pub fn image_name(&self, version: &str) -> String {
+        format!("{}-{version}", self.name)
+    }
+
+    /// The published ISO's file name.
+    pub fn iso_file_name(&self, version: &str) -> String {
+        format!("{}-{}.hybrid.iso", self.image_name(version), self.architecture)
+    }
+}
+
+/// Debian's package-name syntax (Policy 5.6.1), which we also use for the appliance name.
+pub fn is_debian_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.len() >= 2
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+}
+
+/// Reads the one version of everything: `[workspace.package] version` of `Cargo.toml`.
+pub fn workspace_version(cargo_toml: &Path) -> Result<String> {
+    #[derive(Deserialize)]
+    struct CargoToml {
+        workspace: Workspace,
+    }
+    #[derive(Deserialize)]
+    struct Workspace {
+        package: WorkspacePackage,
+    }
+    #[derive(Deserialize)]
+    struct WorkspacePackage {
+        version: String,
+    }
+    let text =
+        std::fs::read_to_string(cargo_toml).with_context(|| format!("reading {}", cargo_toml.display()))?;
+    let parsed: CargoToml = toml::from_str(&text)
+        .with_context(|| format!("{}: reading field `workspace.package.version`", cargo_toml.display()))?;
+    let version = parsed.workspace.package.version;
+    if version.is_empty() || !version.chars().all(|c| c.is_ascii_alphanumeric() || ".+-~".contains(c)) {
+        bail!("{}: `workspace.package.version` {version:?} is not a usable version", cargo_toml.display());
+    }
+    Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "truthdb-os"
+pretty_name = "TruthDB OS"
+[iso]
+volume = "TruthDB OS"
+publisher = "TruthDB"
+application = "TruthDB OS appliance"
+"#;
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Manifest::parse(text, "0.1.0").unwrap_err())
+    }
+
+    #[test]
+    fn defaults_fill_in_suite_mirrors_and_boot() {
+        let m = Manifest::parse(MINIMAL, "0.1.0").unwrap();
+        assert_eq!(m.suite, "trixie");
+        assert_eq!(m.architecture, "amd64");
+        assert_eq!(m.mirrors.security, "http://deb.debian.org/debian-security");
+        assert!(m.kernel_command_line().ends_with("console=ttyS0,115200"));
+        assert_eq!(m.iso_file_name("0.1.0"), "truthdb-os-0.1.0-amd64.hybrid.iso");
+        assert_eq!(m.volume_id("0.1.0"), "TruthDB OS 0.1.0");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_by_name() {
+        let msg = err(&format!("{MINIMAL}\n[boot]\ntimeout = 3\n"));
+        assert!(msg.contains("unknown field `timeout`"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_toml_is_rejected_with_position() {
+        let msg = err("name = \"x");
+        assert!(msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn missing_required_field_is_named() {
+        let msg = err("name = \"truthdb-os\"\n[iso]\nvolume=\"a\"\npublisher=\"b\"\napplication=\"c\"\n");
+        assert!(msg.contains("pretty_name"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let cases = [
+            (MINIMAL.replace("truthdb-os\"", "Truth DB\""), "field `name`"),
+            (format!("{MINIMAL}\n[mirrors]\narchive = \"ftp://x\"\n"), "field `mirrors.archive`"),
+            (format!("{MINIMAL}\n[boot]\nappend = [\"console=tty0\"]\n"), "field `boot.append`"),
+            (format!("{MINIMAL}\n[boot]\nmenu_timeout_seconds = 0\n"), "menu_timeout_seconds"),
+            (MINIMAL.replace("volume = \"TruthDB OS\"", "volume = \"A VERY LONG VOLUME NAME FOR AN ISO\""), "iso.volume"),
+            (MINIMAL.replace("pretty_name", "architecture = \"arm64\"\npretty_name"), "field `architecture`"),
+        ];
+        for (text, expected) in cases {
+            let msg = err(&text);
+            assert!(msg.contains(expected), "expected {expected:?} in {msg:?}");
+        }
+    }
+
+    #[test]
+    fn debian_names() {
+        assert!(is_debian_name("linux-image-amd64"));
+        assert!(is_debian_name("g++"));
+        assert!(!is_debian_name("x"));
+        assert!(!is_debian_name("Foo"));
+        assert!(!is_debian_name("-foo"));
+        assert!(!is_debian_name("foo bar"));
+    }
+
+    #[test]
+    fn the_repository_manifest_is_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let version = workspace_version(&root.join("Cargo.toml")).unwrap();
+        assert_eq!(version, env!("CARGO_PKG_VERSION"));
+        Manifest::load(&root.join("lb-config/appliance.toml"), &version).unwrap();
+    }
+}

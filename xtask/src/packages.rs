@@ -1,0 +1,105 @@
+//! `packages.list`: the Debian packages installed into the image, one per line.
+//!
+//! Syntax errors are caught here, with file and line; whether a name exists in the archive is
+//! asked of the build root's apt (see `lb_build::check_packages_exist`), which knows the suite.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::manifest::is_debian_name;
+
+/// A package named in `packages.list`, with where it was named (for error messages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackageEntry {
+    pub name: String,
+    pub line: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct PackageList {
+    pub path: PathBuf,
+    pub entries: Vec<PackageEntry>,
+}
+
+impl PackageList {
+    pub fn load(path: &Path) -> Result<PackageList> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading package list {}", path.display()))?;
+        let entries = parse(&text).with_context(|| format!("in package list {}", path.display()))?;
+        Ok(PackageList { path: path.to_owned(), entries })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.name.as_str())
+    }
+
+    /// Where `name` was listed, as `file:line`.
+    pub fn location(&self, name: &str) -> String {
+        match self.entries.iter().find(|e| e.name == name) {
+            Some(e) => format!("{}:{}", self.path.display(), e.line),
+            None => self.path.display().to_string(),
+        }
+    }
+}
+
+/// Blank lines and `#` comments are ignored; every other line is exactly one package name.
+pub fn parse(text: &str) -> Result<Vec<PackageEntry>> {
+    let mut entries: Vec<PackageEntry> = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let content = raw.split('#').next().unwrap_or("").trim();
+        if content.is_empty() {
+            continue;
+        }
+        if content.contains(char::is_whitespace) {
+            bail!("line {line}: {content:?} holds more than one name (one package per line)");
+        }
+        if !is_debian_name(content) {
+            bail!("line {line}: {content:?} is not a valid Debian package name");
+        }
+        if let Some(first) = entries.iter().find(|e| e.name == content) {
+            bail!("line {line}: package {content:?} is already listed on line {}", first.line);
+        }
+        entries.push(PackageEntry { name: content.to_owned(), line });
+    }
+    if entries.is_empty() {
+        bail!("no packages listed (live-build needs at least one)");
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comments_and_blank_lines_are_skipped() {
+        let entries = parse("# header\n\nopenssh-server  # remote admin\n  curl\n").unwrap();
+        assert_eq!(
+            entries,
+            [PackageEntry { name: "openssh-server".into(), line: 3 }, PackageEntry { name: "curl".into(), line: 4 }]
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_reported_with_their_line_number() {
+        for (text, expected) in [
+            ("curl\nOpenSSH\n", "line 2: \"OpenSSH\" is not a valid"),
+            ("curl wget\n", "line 1: \"curl wget\" holds more than one"),
+            ("curl\ncurl\n", "line 2: package \"curl\" is already listed on line 1"),
+            ("# nothing\n\n", "no packages listed"),
+        ] {
+            let msg = format!("{:#}", parse(text).unwrap_err());
+            assert!(msg.contains(expected), "expected {expected:?} in {msg:?}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("packages.list");
+        std::fs::write(&path, "Bad_Name\n").unwrap();
+        let msg = format!("{:#}", PackageList::load(&path).unwrap_err());
+        assert!(msg.contains("packages.list") && msg.contains("line 1"), "{msg}");
+    }
+}

@@ -1,0 +1,96 @@
+//! Where things are: the project's inputs (the top-level folders) and the places xtask writes.
+//!
+//! Stages receive paths from here rather than building them, so the layout is written once.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::manifest::{Manifest, workspace_version};
+
+/// The default cache, outside the repository, shared by every checkout on the machine.
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/truthdb-os";
+
+#[derive(Clone, Debug)]
+pub struct Project {
+    /// The repository root (holds the workspace `Cargo.toml`).
+    pub root: PathBuf,
+    /// The workspace version: the one version of everything.
+    pub version: String,
+    pub manifest: Manifest,
+}
+
+impl Project {
+    /// Loads the project at `root`, or at the workspace this xtask was built from.
+    pub fn load(root: Option<&Path>) -> Result<Project> {
+        let root = match root {
+            Some(root) => root.to_owned(),
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_owned(),
+        };
+        let root = root.canonicalize().with_context(|| format!("project directory {}", root.display()))?;
+        let version = workspace_version(&root.join("Cargo.toml"))?;
+        let manifest = Manifest::load(&root.join("lb-config/appliance.toml"), &version)?;
+        Ok(Project { root, version, manifest })
+    }
+
+    /// minijinja templates and verbatim files mirroring live-build's `auto/` and `config/`.
+    pub fn lb_config_dir(&self) -> PathBuf {
+        self.root.join("lb-config")
+    }
+    pub fn hooks_dir(&self) -> PathBuf {
+        self.root.join("hooks")
+    }
+    pub fn overlay_dir(&self) -> PathBuf {
+        self.root.join("overlay")
+    }
+    pub fn packages_list(&self) -> PathBuf {
+        self.root.join("packages.list")
+    }
+    /// Everything xtask writes inside the repository lives under here (ignored by git).
+    pub fn work_dir(&self) -> PathBuf {
+        self.root.join("target/truthdb-os")
+    }
+    pub fn default_config_dir(&self) -> PathBuf {
+        self.work_dir().join("config")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.work_dir().join("logs")
+    }
+    pub fn default_dist_dir(&self) -> PathBuf {
+        self.root.join("dist")
+    }
+    pub fn iso_file_name(&self) -> String {
+        self.manifest.iso_file_name(&self.version)
+    }
+}
+
+/// The machine-wide cache directory: `$TRUTHDB_CACHE_DIR` or [`DEFAULT_CACHE_DIR`].
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("TRUTHDB_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_CACHE_DIR.into())
+}
+
+/// `SOURCE_DATE_EPOCH`: the caller's if set (a rebuilder's), else the last commit's time.
+pub fn source_date_epoch(root: &Path) -> Result<u64> {
+    if let Some(value) = std::env::var_os("SOURCE_DATE_EPOCH") {
+        let value = value.to_string_lossy();
+        return value.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number"));
+    }
+    let out = crate::run::Cmd::new("git")
+        .args(["-c", "safe.directory=*", "log", "-1", "--format=%ct"])
+        .dir(root)
+        .read()
+        .context("reading the last commit's time for SOURCE_DATE_EPOCH (or set SOURCE_DATE_EPOCH)")?;
+    let epoch: u64 = out.trim().parse().with_context(|| format!("git printed {out:?} as commit time"))?;
+    // FAT (the EFI boot image) cannot store dates before 1980.
+    if epoch < 315_532_800 {
+        bail!("SOURCE_DATE_EPOCH {epoch} is before 1980, which FAT cannot store");
+    }
+    Ok(epoch)
+}
+
+/// Whether this process runs as root (debootstrap, chroot and mounts need it).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the effective user; no libc binding needed for one question.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}

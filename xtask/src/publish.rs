@@ -1,0 +1,312 @@
+//! Stage "sign/checksum": writes the release file set into `dist/`, Debian's image layout.
+//!
+//! ```text
+//! dist/<name>-<version>-amd64.hybrid.iso
+//! dist/<name>-<version>-amd64.packages          packages installed in the image
+//! dist/<name>-<version>-amd64.build-info.json   version, inputs digest, signing key
+//! dist/SHA256SUMS, SHA512SUMS                   over the three files above
+//! dist/SHA256SUMS.sign, SHA512SUMS.sign         detached armored OpenPGP signatures
+//! dist/DEVELOPMENT-KEY-NOT-FOR-RELEASE.asc      only when no release key was given
+//! ```
+//!
+//! Everything is assembled in `dist/.staging-<pid>/` (same file system) and renamed into place
+//! file by file, payload first and signatures last; a failure before that leaves `dist/` as it
+//! was. An image is therefore never half-written in `dist/`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::checksums::{self, Algorithm};
+use crate::fsx;
+use crate::signing::{self, DEVELOPMENT_KEY_FILE, Signer};
+
+/// Describes a published build; `iso` compares it to decide whether anything changed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BuildInfo {
+    pub name: String,
+    pub version: String,
+    pub suite: String,
+    pub architecture: String,
+    pub source_date_epoch: u64,
+    /// Digest over everything the image is built from (see `iso::inputs_digest`).
+    pub inputs_digest: String,
+    pub config_digest: String,
+    pub build_root_key: String,
+    /// Fingerprint of the key that signed the sums.
+    pub signing_key: String,
+    pub development_signature: bool,
+}
+
+/// The files of one release, by role.
+pub struct Artifacts<'a> {
+    pub iso: &'a Path,
+    pub package_manifest: &'a Path,
+    /// `<name>-<version>-<arch>`: the stem of every published payload file.
+    pub stem: &'a str,
+}
+
+pub fn build_info_name(stem: &str) -> String {
+    format!("{stem}.build-info.json")
+}
+
+/// Publishes into `dist`. The ISO is moved (not copied) when on the same file system.
+pub fn publish(
+    artifacts: &Artifacts,
+    info: &BuildInfo,
+    signer: &Signer,
+    dist: &Path,
+    on_step: &mut dyn FnMut(&str),
+) -> Result<Vec<PathBuf>> {
+    fs::create_dir_all(dist).with_context(|| format!("creating {}", dist.display()))?;
+    let staging = dist.join(format!(".staging-{}", std::process::id()));
+    fsx::remove_if_present(&staging)?;
+    fs::create_dir(&staging)?;
+    let result = stage_release(artifacts, info, signer, &staging, on_step).and_then(|names| {
+        on_step("moving into place");
+        move_into_place(&staging, dist, &names)
+    });
+    let _ = fsx::remove_if_present(&staging);
+    result
+}
+
+fn stage_release(
+    artifacts: &Artifacts,
+    info: &BuildInfo,
+    signer: &Signer,
+    staging: &Path,
+    on_step: &mut dyn FnMut(&str),
+) -> Result<Vec<String>> {
+    let iso_name = format!("{}.hybrid.iso", artifacts.stem);
+    let packages_name = format!("{}.packages", artifacts.stem);
+    let info_name = build_info_name(artifacts.stem);
+    move_or_copy(artifacts.iso, &staging.join(&iso_name))?;
+    fs::copy(artifacts.package_manifest, staging.join(&packages_name))
+        .with_context(|| format!("copying {}", artifacts.package_manifest.display()))?;
+    fs::write(staging.join(&info_name), serde_json::to_string_pretty(info)? + "\n")?;
+
+    on_step("checksums");
+    let mut digests = Vec::new();
+    for name in [&iso_name, &packages_name, &info_name] {
+        digests.push((name.clone(), checksums::digest_file(&staging.join(name))?));
+    }
+    let mut names = vec![iso_name, packages_name, info_name];
+    on_step("signing");
+    for algorithm in Algorithm::ALL {
+        let sums = staging.join(algorithm.sums_file());
+        fs::write(&sums, checksums::sums_text(algorithm, &digests))?;
+        signer.sign_detached(&sums)?;
+        names.push(algorithm.sums_file().to_owned());
+        names.push(format!("{}.sign", algorithm.sums_file()));
+    }
+    if signer.is_development {
+        signer.export_public_key(&staging.join(DEVELOPMENT_KEY_FILE))?;
+        names.push(DEVELOPMENT_KEY_FILE.to_owned());
+    }
+    Ok(names)
+}
+
+fn move_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if fs::rename(from, to).is_ok() {
+        return Ok(());
+    }
+    fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+/// Renames staged files into `dist` (payload first, sums and signatures last), then removes
+/// files of an earlier release that the new set does not have, so the sums describe `dist/`.
+fn move_into_place(staging: &Path, dist: &Path, names: &[String]) -> Result<Vec<PathBuf>> {
+    let mut published = Vec::new();
+    for name in names {
+        let to = dist.join(name);
+        fs::rename(staging.join(name), &to).with_context(|| format!("moving {name} into {}", dist.display()))?;
+        published.push(to);
+    }
+    for entry in fs::read_dir(dist)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !names.contains(&name) && is_release_file(&name) {
+            fs::remove_file(entry.path()).with_context(|| format!("removing stale {}", entry.path().display()))?;
+        }
+    }
+    Ok(published)
+}
+
+/// Files `publish` owns in `dist/` (others, e.g. a user's notes, are left alone).
+fn is_release_file(name: &str) -> bool {
+    name.ends_with(".hybrid.iso")
+        || name.ends_with(".packages")
+        || name.ends_with(".build-info.json")
+        || name.starts_with("SHA256SUMS")
+        || name.starts_with("SHA512SUMS")
+        || name == DEVELOPMENT_KEY_FILE
+}
+
+/// The build info of what `dist` holds, if it is complete and its files match their sums.
+pub fn published_build(dist: &Path, stem: &str) -> Option<BuildInfo> {
+    let text = fs::read_to_string(dist.join(build_info_name(stem))).ok()?;
+    let info: BuildInfo = serde_json::from_str(&text).ok()?;
+    verify_sums(dist, &[Algorithm::Sha256]).ok()?;
+    Some(info)
+}
+
+/// Checks every file listed in the given sums files; returns the names checked.
+pub fn verify_sums(dir: &Path, algorithms: &[Algorithm]) -> Result<Vec<String>> {
+    let mut checked = Vec::new();
+    for &algorithm in algorithms {
+        let sums_path = dir.join(algorithm.sums_file());
+        let text = fs::read_to_string(&sums_path).with_context(|| format!("reading {}", sums_path.display()))?;
+        for (expected, name) in checksums::parse_sums(algorithm, &text)? {
+            let path = dir.join(&name);
+            let actual = checksums::digest_file(&path)
+                .with_context(|| format!("{} lists {name}, which cannot be read", algorithm.sums_file()))?;
+            if actual.get(algorithm) != expected {
+                bail!("{name}: {} mismatch (expected {expected}, got {})", algorithm.sums_file(), actual.get(algorithm));
+            }
+            if !checked.contains(&name) {
+                checked.push(name);
+            }
+        }
+    }
+    Ok(checked)
+}
+
+/// `cargo xtask verify DIR`: sums and signatures, as a user checks a download.
+pub fn run_verify_command(dir: &Path, key: Option<&Path>) -> Result<()> {
+    let checked = verify_sums(dir, &Algorithm::ALL)?;
+    for name in &checked {
+        println!("OK  {name}  (SHA256, SHA512)");
+    }
+    let development_key = dir.join(DEVELOPMENT_KEY_FILE);
+    let key: PathBuf = match key {
+        Some(key) => key.to_owned(),
+        None if development_key.is_file() => development_key.clone(),
+        None => bail!(
+            "no public key given: pass --key <release key .asc> (the directory has no {DEVELOPMENT_KEY_FILE} either)"
+        ),
+    };
+    let development = key == development_key;
+    for algorithm in Algorithm::ALL {
+        let sums = dir.join(algorithm.sums_file());
+        let sig = dir.join(format!("{}.sign", algorithm.sums_file()));
+        if !sig.is_file() {
+            bail!("{} is missing: the sums are unsigned", sig.display());
+        }
+        let fingerprint = signing::verify_detached(&sig, &sums, &key)?;
+        println!("OK  {}.sign  good signature by {fingerprint}", algorithm.sums_file());
+    }
+    if development {
+        println!(
+            "WARNING: signed with a throwaway DEVELOPMENT key ({DEVELOPMENT_KEY_FILE}), NOT a release key: \
+             this proves the files match each other, not who made them"
+        );
+    }
+    println!("verified {} file(s) in {}", checked.len(), dir.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::KeySource;
+
+    fn info() -> BuildInfo {
+        BuildInfo {
+            name: "truthdb-os".into(),
+            version: "0.1.0".into(),
+            suite: "trixie".into(),
+            architecture: "amd64".into(),
+            source_date_epoch: 1_700_000_000,
+            inputs_digest: "abc".into(),
+            config_digest: "def".into(),
+            build_root_key: "0123".into(),
+            signing_key: String::new(),
+            development_signature: true,
+        }
+    }
+
+    fn fake_build(dir: &Path) -> (PathBuf, PathBuf) {
+        let iso = dir.join("truthdb-os-0.1.0-amd64.hybrid.iso");
+        let packages = dir.join("truthdb-os-0.1.0-amd64.packages");
+        fs::write(&iso, vec![7u8; 4096]).unwrap();
+        fs::write(&packages, "live-boot\t1:20250225\n").unwrap();
+        (iso, packages)
+    }
+
+    #[test]
+    fn publishes_the_debian_layout_and_it_verifies() {
+        let build = tempfile::tempdir().unwrap();
+        let dist = tempfile::tempdir().unwrap();
+        fs::write(dist.path().join("truthdb-os-0.0.9-amd64.hybrid.iso"), "old").unwrap();
+        fs::write(dist.path().join("NOTES.txt"), "mine").unwrap();
+        let (iso, packages) = fake_build(build.path());
+        let signer = Signer::new(&KeySource::Development).unwrap();
+        let artifacts = Artifacts { iso: &iso, package_manifest: &packages, stem: "truthdb-os-0.1.0-amd64" };
+        publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).unwrap();
+
+        let mut names: Vec<String> =
+            fs::read_dir(dist.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "DEVELOPMENT-KEY-NOT-FOR-RELEASE.asc",
+                "NOTES.txt",
+                "SHA256SUMS",
+                "SHA256SUMS.sign",
+                "SHA512SUMS",
+                "SHA512SUMS.sign",
+                "truthdb-os-0.1.0-amd64.build-info.json",
+                "truthdb-os-0.1.0-amd64.hybrid.iso",
+                "truthdb-os-0.1.0-amd64.packages",
+            ]
+        );
+        run_verify_command(dist.path(), None).unwrap();
+        assert_eq!(published_build(dist.path(), "truthdb-os-0.1.0-amd64"), Some(info()));
+
+        // A corrupted image is caught by the sums.
+        fs::write(dist.path().join("truthdb-os-0.1.0-amd64.hybrid.iso"), "corrupt").unwrap();
+        let msg = format!("{:#}", run_verify_command(dist.path(), None).unwrap_err());
+        assert!(msg.contains("truthdb-os-0.1.0-amd64.hybrid.iso: SHA256SUMS mismatch"), "{msg}");
+        assert_eq!(published_build(dist.path(), "truthdb-os-0.1.0-amd64"), None);
+    }
+
+    #[test]
+    fn tampered_sums_fail_the_signature_check() {
+        let build = tempfile::tempdir().unwrap();
+        let dist = tempfile::tempdir().unwrap();
+        let (iso, packages) = fake_build(build.path());
+        let signer = Signer::new(&KeySource::Development).unwrap();
+        let artifacts = Artifacts { iso: &iso, package_manifest: &packages, stem: "truthdb-os-0.1.0-amd64" };
+        publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).unwrap();
+        // Rewrite the sums consistently for a swapped payload: only the signature can tell.
+        let payload = dist.path().join("truthdb-os-0.1.0-amd64.packages");
+        fs::write(&payload, "evil\n").unwrap();
+        for algorithm in Algorithm::ALL {
+            let mut files = Vec::new();
+            for name in ["truthdb-os-0.1.0-amd64.build-info.json", "truthdb-os-0.1.0-amd64.hybrid.iso", "truthdb-os-0.1.0-amd64.packages"] {
+                files.push((name.to_owned(), checksums::digest_file(&dist.path().join(name)).unwrap()));
+            }
+            fs::write(dist.path().join(algorithm.sums_file()), checksums::sums_text(algorithm, &files)).unwrap();
+        }
+        let msg = format!("{:#}", run_verify_command(dist.path(), None).unwrap_err());
+        assert!(msg.contains("bad signature"), "{msg}");
+    }
+
+    #[test]
+    fn a_failed_publish_leaves_dist_as_it_was() {
+        let dist = tempfile::tempdir().unwrap();
+        fs::write(dist.path().join("SHA256SUMS"), "previous\n").unwrap();
+        let signer = Signer::new(&KeySource::Development).unwrap();
+        let missing = Path::new("/nonexistent/x.iso");
+        let artifacts = Artifacts { iso: missing, package_manifest: missing, stem: "truthdb-os-0.1.0-amd64" };
+        assert!(publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).is_err());
+        let names: Vec<_> = fs::read_dir(dist.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["SHA256SUMS"]);
+        assert_eq!(fs::read_to_string(dist.path().join("SHA256SUMS")).unwrap(), "previous\n");
+    }
+}

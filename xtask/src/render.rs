@@ -1,0 +1,224 @@
+//! Stage "config render": turns the project's inputs into a live-build configuration tree.
+//!
+//! Input: the manifest, the version, `lb-config/` (a mirror of live-build's `auto/` and
+//! `config/` in which `*.j2` files are minijinja templates and everything else is copied
+//! verbatim), `packages.list`, `hooks/` and `overlay/`. Output: a directory a packager can
+//! read and diff, and that `lb config && lb build` consume unchanged:
+//!
+//! ```text
+//! auto/config                          lb config options (from the manifest)
+//! config/package-lists/*.list.chroot   from packages.list
+//! config/hooks/normal/*.hook.{chroot,binary}   from hooks/, unchanged
+//! config/includes.chroot/...           from overlay/ (modes and symlinks kept)
+//! config/bootloaders/...               menus with a timeout and the serial console
+//! ```
+//!
+//! Rendering is pure: the same inputs give the same bytes (golden tests in `tests/render.rs`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::{digest, fsx};
+use crate::manifest::Manifest;
+use crate::packages::PackageList;
+use crate::project::Project;
+
+/// Where each input of the render lives.
+#[derive(Clone, Debug)]
+pub struct RenderInputs {
+    pub manifest: Manifest,
+    pub version: String,
+    pub lb_config_dir: PathBuf,
+    pub packages_list: PathBuf,
+    pub hooks_dir: PathBuf,
+    pub overlay_dir: PathBuf,
+}
+
+impl RenderInputs {
+    pub fn of(project: &Project) -> RenderInputs {
+        RenderInputs {
+            manifest: project.manifest.clone(),
+            version: project.version.clone(),
+            lb_config_dir: project.lb_config_dir(),
+            packages_list: project.packages_list(),
+            hooks_dir: project.hooks_dir(),
+            overlay_dir: project.overlay_dir(),
+        }
+    }
+}
+
+/// A rendered live-build configuration.
+#[derive(Clone, Debug)]
+pub struct RenderedConfig {
+    pub dir: PathBuf,
+    /// Digest of the whole rendered tree: what live-build will be given.
+    pub digest: String,
+    /// The package list, kept for the archive check before `lb build`.
+    pub packages: PackageList,
+}
+
+/// The values templates can use. Adding a field here is the only way to expose a new one.
+#[derive(Serialize)]
+struct TemplateContext<'a> {
+    name: &'a str,
+    pretty_name: &'a str,
+    version: &'a str,
+    suite: &'a str,
+    architecture: &'a str,
+    archive_areas: String,
+    mirror_archive: &'a str,
+    mirror_security: &'a str,
+    kernel_command_line: String,
+    menu_timeout_seconds: u32,
+    iso_volume: String,
+    iso_publisher: &'a str,
+    iso_application: &'a str,
+    image_name: String,
+    packages: Vec<&'a str>,
+}
+
+/// The manifest file sits in `lb-config/` but is input to the render, not part of its output.
+const MANIFEST_FILE: &str = "appliance.toml";
+const HOOK_SUFFIXES: [&str; 2] = [".hook.chroot", ".hook.binary"];
+
+/// Renders into `out`, replacing whatever was there. The tree is assembled beside `out` and
+/// renamed into place, so `out` is never a half-rendered mix.
+pub fn render(inputs: &RenderInputs, out: &Path) -> Result<RenderedConfig> {
+    for (what, dir) in [("lb-config", &inputs.lb_config_dir), ("hooks", &inputs.hooks_dir), ("overlay", &inputs.overlay_dir)] {
+        if !dir.is_dir() {
+            bail!("the {what} directory {} is missing", dir.display());
+        }
+    }
+    let packages = PackageList::load(&inputs.packages_list)?;
+
+    let parent = out.parent().context("render output has no parent directory")?;
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = parent.join(format!(
+        ".{}.rendering",
+        out.file_name().context("render output has no name")?.to_string_lossy()
+    ));
+    fsx::remove_if_present(&staging)?;
+    fs::create_dir_all(&staging)?;
+
+    let context = template_context(inputs, &packages);
+    let result = (|| {
+        render_lb_config(&inputs.lb_config_dir, &staging, &context)?;
+        copy_hooks(&inputs.hooks_dir, &staging.join("config/hooks/normal"))?;
+        fsx::copy_tree(&inputs.overlay_dir, &staging.join("config/includes.chroot"), &["README.md"])
+            .context("copying overlay/ into config/includes.chroot")?;
+        Ok::<_, anyhow::Error>(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    fsx::remove_if_present(out)?;
+    fs::rename(&staging, out).with_context(|| format!("moving rendered config into {}", out.display()))?;
+    let digest = digest::tree_digest(out)?;
+    Ok(RenderedConfig { dir: out.to_owned(), digest, packages })
+}
+
+fn template_context<'a>(inputs: &'a RenderInputs, packages: &'a PackageList) -> TemplateContext<'a> {
+    let m = &inputs.manifest;
+    TemplateContext {
+        name: &m.name,
+        pretty_name: &m.pretty_name,
+        version: &inputs.version,
+        suite: &m.suite,
+        architecture: &m.architecture,
+        archive_areas: m.archive_areas.join(" "),
+        mirror_archive: &m.mirrors.archive,
+        mirror_security: &m.mirrors.security,
+        kernel_command_line: m.kernel_command_line(),
+        menu_timeout_seconds: m.boot.menu_timeout_seconds,
+        iso_volume: m.volume_id(&inputs.version),
+        iso_publisher: &m.iso.publisher,
+        iso_application: &m.iso.application,
+        image_name: m.image_name(&inputs.version),
+        packages: packages.names().collect(),
+    }
+}
+
+/// Renders `*.j2` (dropping the suffix) and copies every other file of `lb-config/`.
+fn render_lb_config(src: &Path, dest: &Path, context: &TemplateContext) -> Result<()> {
+    let mut env = minijinja::Environment::new();
+    // A misspelt variable is an error, not an empty string in a boot menu.
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+
+    let mut templates: BTreeMap<PathBuf, (PathBuf, u32)> = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(src).follow_links(false).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("walking {}", src.display()))?;
+        let rel = entry.path().strip_prefix(src).expect("under src");
+        if rel.as_os_str().is_empty() || rel == Path::new(MANIFEST_FILE) {
+            continue;
+        }
+        let target = dest.join(rel);
+        let kind = entry.file_type();
+        let mode = entry.metadata()?.permissions().mode() & 0o7777;
+        if kind.is_dir() {
+            fs::create_dir_all(&target)?;
+        } else if kind.is_file() && rel.extension().is_some_and(|e| e == "j2") {
+            let source = fs::read_to_string(entry.path())
+                .with_context(|| format!("reading template {}", entry.path().display()))?;
+            env.add_template_owned(rel.display().to_string(), source)
+                .with_context(|| format!("parsing template {}", entry.path().display()))?;
+            templates.insert(rel.to_owned(), (target.with_extension(""), mode));
+        } else {
+            fsx::copy_entry(entry.path(), &target)?;
+        }
+    }
+    for (rel, (target, mode)) in templates {
+        let name = rel.display().to_string();
+        let text = env
+            .get_template(&name)
+            .and_then(|t| t.render(context))
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .with_context(|| format!("rendering template lb-config/{name}"))?;
+        fs::write(&target, text).with_context(|| format!("writing {}", target.display()))?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Copies live-build hooks unchanged, refusing files live-build would silently ignore.
+fn copy_hooks(src: &Path, dest: &Path) -> Result<()> {
+    fs::create_dir_all(dest)?;
+    let mut names: Vec<_> = fs::read_dir(src)
+        .with_context(|| format!("reading hooks directory {}", src.display()))?
+        .collect::<Result<_, _>>()?;
+    names.sort_by_key(|e| e.file_name());
+    for entry in names {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name == "README.md" {
+            continue;
+        }
+        if !HOOK_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+            bail!("hook {}: live-build only runs files named *.hook.chroot or *.hook.binary", path.display());
+        }
+        let meta = fs::metadata(&path).with_context(|| format!("reading hook {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("hook {} is not a regular file", path.display());
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            bail!("hook {} is not executable (chmod +x it)", path.display());
+        }
+        fsx::copy_entry(&path, &dest.join(&name))?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask config`: render only, into `out` (default `target/truthdb-os/config`).
+pub fn run_config_command(project: &Project, out: Option<PathBuf>) -> Result<()> {
+    let out = out.unwrap_or_else(|| project.default_config_dir());
+    let rendered = render(&RenderInputs::of(project), &out)?;
+    println!("rendered live-build configuration into {}", rendered.dir.display());
+    println!("config digest: {}", rendered.digest);
+    Ok(())
+}
