@@ -32,7 +32,12 @@ pub struct IsoArgs {
 
 /// Everything the image depends on, in one digest: what live-build is given, the build root
 /// it runs in, the timestamp it is built with, and the version it is named after.
-pub fn inputs_digest(config: &RenderedConfig, root: &BuildRootSpec, epoch: u64, version: &str) -> String {
+pub fn inputs_digest(
+    config: &RenderedConfig,
+    root: &BuildRootSpec,
+    epoch: u64,
+    version: &str,
+) -> String {
     Hasher::new()
         .field("config", &config.digest)
         .field("build-root", root.key())
@@ -44,15 +49,24 @@ pub fn inputs_digest(config: &RenderedConfig, root: &BuildRootSpec, epoch: u64, 
 pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let manifest = &project.manifest;
-    let dist = args.dist.clone().unwrap_or_else(|| project.default_dist_dir());
-    let stem = format!("{}-{}", manifest.image_name(&project.version), manifest.architecture);
+    let dist = args
+        .dist
+        .clone()
+        .unwrap_or_else(|| project.default_dist_dir());
+    let stem = format!(
+        "{}-{}",
+        manifest.image_name(&project.version),
+        manifest.architecture
+    );
     let cache = project::cache_dir();
     let logs = project.logs_dir();
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
 
     doctor::ensure(&[Purpose::Build])?;
     let epoch = project::source_date_epoch(&project.root)?;
-    let config = stage("render", |_| render::render(&RenderInputs::of(project), &project.default_config_dir()))?;
+    let config = stage("render", |_| {
+        render::render(&RenderInputs::of(project), &project.default_config_dir())
+    })?;
     let root_spec = BuildRootSpec::for_image(manifest);
     let key_source = KeySource::from_env()?;
     let digest = inputs_digest(&config, &root_spec, epoch, &project.version);
@@ -81,11 +95,17 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
         if build_root::cached(&root_spec, &cache).is_some() {
             s.set("cached");
         } else {
-            s.set(&format!("debootstrap {} (log: {})", root_spec.suite, root_log.display()));
+            s.set(&format!(
+                "debootstrap {} (log: {})",
+                root_spec.suite,
+                root_log.display()
+            ));
         }
         build_root::ensure(&root_spec, &cache, &root_log, &mut |_| {})
     })?;
-    stage("package check", |_| build_root::check_packages_exist(&root, &config.packages, &manifest.suite))?;
+    stage("package check", |_| {
+        build_root::check_packages_exist(&root, &config.packages, &manifest.suite)
+    })?;
 
     let lb_log = logs.join("lb-build.log");
     let _ = std::fs::remove_file(&lb_log);
@@ -103,7 +123,10 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
         let mut last = String::new();
         lb_build::build(&inputs, &mut |phase| {
             if phase != last {
-                s.set(&format!("{phase} [{}]", progress::format_duration(phase_start.elapsed())));
+                s.set(&format!(
+                    "{phase} [{}]",
+                    progress::format_duration(phase_start.elapsed())
+                ));
                 last = phase.to_owned();
             }
         })
@@ -124,15 +147,32 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let published = stage("publish", |s| {
         s.set("loading signing key");
         let signer = Signer::new(&key_source)?;
-        let artifacts = Artifacts { iso: &built.iso, package_manifest: &built.package_manifest, stem: &stem };
-        let files = publish::publish(&artifacts, &info_without_key(&signer), &signer, &dist, &mut |step| s.set(step))?;
+        let artifacts = Artifacts {
+            iso: &built.iso,
+            package_manifest: &built.package_manifest,
+            stem: &stem,
+        };
+        let files = publish::publish(
+            &artifacts,
+            &info_without_key(&signer),
+            &signer,
+            &dist,
+            &mut |step| s.set(step),
+        )?;
         Ok((files, signer.is_development, signer.fingerprint.clone()))
     })?;
 
     let (files, development, fingerprint) = published;
-    println!("published to {} in {}:", dist.display(), progress::format_duration(started.elapsed()));
+    println!(
+        "published to {} in {}:",
+        dist.display(),
+        progress::format_duration(started.elapsed())
+    );
     for file in &files {
-        println!("  {}", file.file_name().unwrap_or_default().to_string_lossy());
+        println!(
+            "  {}",
+            file.file_name().unwrap_or_default().to_string_lossy()
+        );
     }
     if development {
         println!(

@@ -63,11 +63,19 @@ pub fn build(inputs: &LbBuildInputs, on_phase: &mut dyn FnMut(&str)) -> Result<B
             on_phase(phase)
         }
     };
-    lb(&["lb", "config"])?.run_logged(&inputs.log, &mut on_line).context("lb config failed")?;
-    lb(&["lb", "build"])?.run_logged(&inputs.log, &mut on_line).context("lb build failed")?;
+    lb(&["lb", "config"])?
+        .run_logged(&inputs.log, &mut on_line)
+        .context("lb config failed")?;
+    lb(&["lb", "build"])?
+        .run_logged(&inputs.log, &mut on_line)
+        .context("lb build failed")?;
 
-    let iso = inputs.build_dir.join(format!("{}.hybrid.iso", inputs.image_stem));
-    let package_manifest = inputs.build_dir.join(format!("{}.packages", inputs.image_stem));
+    let iso = inputs
+        .build_dir
+        .join(format!("{}.hybrid.iso", inputs.image_stem));
+    let package_manifest = inputs
+        .build_dir
+        .join(format!("{}.packages", inputs.image_stem));
     for (what, path) in [("ISO", &iso), ("package manifest", &package_manifest)] {
         if !path.is_file() {
             bail!(
@@ -77,7 +85,10 @@ pub fn build(inputs: &LbBuildInputs, on_phase: &mut dyn FnMut(&str)) -> Result<B
             );
         }
     }
-    Ok(BuiltImage { iso, package_manifest })
+    Ok(BuiltImage {
+        iso,
+        package_manifest,
+    })
 }
 
 /// Empties the build directory except live-build's package cache, then puts the rendered
@@ -86,7 +97,11 @@ fn prepare_build_dir(build_dir: &Path, config_dir: &Path) -> Result<()> {
     fs::create_dir_all(build_dir).with_context(|| format!("creating {}", build_dir.display()))?;
     let mounted = fsx::mounts_under(build_dir)?;
     if !mounted.is_empty() {
-        bail!("{} has mounts below it ({}); unmount them first", build_dir.display(), mounted.join(", "));
+        bail!(
+            "{} has mounts below it ({}); unmount them first",
+            build_dir.display(),
+            mounted.join(", ")
+        );
     }
     for entry in fs::read_dir(build_dir)? {
         let entry = entry?;
@@ -94,7 +109,8 @@ fn prepare_build_dir(build_dir: &Path, config_dir: &Path) -> Result<()> {
             fsx::remove_if_present(&entry.path())?;
         }
     }
-    fsx::copy_tree(config_dir, build_dir, &["cache"]).context("copying the rendered config into the build directory")
+    fsx::copy_tree(config_dir, build_dir, &["cache"])
+        .context("copying the rendered config into the build directory")
 }
 
 #[cfg(test)]
@@ -103,9 +119,18 @@ mod tests {
 
     #[test]
     fn phases_are_read_from_live_build_log_lines() {
-        assert_eq!(phase_of("[2026-11-22 07:00:01] lb bootstrap_debootstrap"), Some("bootstrap (debootstrap of the image)"));
-        assert_eq!(phase_of("[2026-11-22 07:01:00] lb chroot_install-packages install"), Some("chroot (installing packages)"));
-        assert_eq!(phase_of("[2026-11-22 07:09:00] lb binary_iso"), Some("binary (ISO image)"));
+        assert_eq!(
+            phase_of("[2026-11-22 07:00:01] lb bootstrap_debootstrap"),
+            Some("bootstrap (debootstrap of the image)")
+        );
+        assert_eq!(
+            phase_of("[2026-11-22 07:01:00] lb chroot_install-packages install"),
+            Some("chroot (installing packages)")
+        );
+        assert_eq!(
+            phase_of("[2026-11-22 07:09:00] lb binary_iso"),
+            Some("binary (ISO image)")
+        );
         assert_eq!(phase_of("P: Begin installing packages..."), None);
     }
 

@@ -117,12 +117,23 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Config { out } => render::run_config_command(&project()?, out)?,
         Command::Verify { dir, key } => publish::run_verify_command(&dir, key.as_deref())?,
-        Command::BootTest { iso, modes, accel, timeout, memory } => {
+        Command::BootTest {
+            iso,
+            modes,
+            accel,
+            timeout,
+            memory,
+        } => {
             let project = project()?;
             doctor::ensure(&[doctor::Purpose::BootTest])?;
             let config = boot_test::BootTestConfig {
-                iso: iso.unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
-                modes: if modes.is_empty() { boot_test::BootMode::ALL.to_vec() } else { modes },
+                iso: iso
+                    .unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
+                modes: if modes.is_empty() {
+                    boot_test::BootMode::ALL.to_vec()
+                } else {
+                    modes
+                },
                 accel,
                 timeout: Duration::from_secs(timeout),
                 memory_mib: memory,

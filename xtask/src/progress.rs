@@ -31,7 +31,8 @@ pub fn stage<T>(name: &'static str, f: impl FnOnce(&Stage) -> Result<T>) -> Resu
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new_spinner();
         bar.set_style(
-            ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} [{elapsed}] {wide_msg}").expect("valid template"),
+            ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} [{elapsed}] {wide_msg}")
+                .expect("valid template"),
         );
         bar.set_prefix(name);
         bar.enable_steady_tick(Duration::from_millis(120));
@@ -57,7 +58,11 @@ pub fn stage<T>(name: &'static str, f: impl FnOnce(&Stage) -> Result<T>) -> Resu
 
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs >= 60 { format!("{}m{:02}s", secs / 60, secs % 60) } else { format!("{:.1}s", d.as_secs_f64()) }
+    if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
 }
 
 #[cfg(test)]
@@ -66,9 +71,15 @@ mod tests {
 
     #[test]
     fn failure_names_the_stage() {
-        let err = stage("checksums", |_| -> Result<()> { anyhow::bail!("disk full") }).unwrap_err();
+        let err = stage("checksums", |_| -> Result<()> {
+            anyhow::bail!("disk full")
+        })
+        .unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.starts_with("stage `checksums` failed") && msg.contains("disk full"), "{msg}");
+        assert!(
+            msg.starts_with("stage `checksums` failed") && msg.contains("disk full"),
+            "{msg}"
+        );
     }
 
     #[test]

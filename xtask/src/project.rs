@@ -25,12 +25,21 @@ impl Project {
     pub fn load(root: Option<&Path>) -> Result<Project> {
         let root = match root {
             Some(root) => root.to_owned(),
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_owned(),
+            None => Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("xtask/ has a parent")
+                .to_owned(),
         };
-        let root = root.canonicalize().with_context(|| format!("project directory {}", root.display()))?;
+        let root = root
+            .canonicalize()
+            .with_context(|| format!("project directory {}", root.display()))?;
         let version = workspace_version(&root.join("Cargo.toml"))?;
         let manifest = Manifest::load(&root.join("lb-config/appliance.toml"), &version)?;
-        Ok(Project { root, version, manifest })
+        Ok(Project {
+            root,
+            version,
+            manifest,
+        })
     }
 
     /// minijinja templates and verbatim files mirroring live-build's `auto/` and `config/`.
@@ -66,21 +75,31 @@ impl Project {
 
 /// The machine-wide cache directory: `$TRUTHDB_CACHE_DIR` or [`DEFAULT_CACHE_DIR`].
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("TRUTHDB_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_CACHE_DIR.into())
+    std::env::var_os("TRUTHDB_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| DEFAULT_CACHE_DIR.into())
 }
 
 /// `SOURCE_DATE_EPOCH`: the caller's if set (a rebuilder's), else the last commit's time.
 pub fn source_date_epoch(root: &Path) -> Result<u64> {
     if let Some(value) = std::env::var_os("SOURCE_DATE_EPOCH") {
         let value = value.to_string_lossy();
-        return value.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number"));
+        return value
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number"));
     }
     let out = crate::run::Cmd::new("git")
         .args(["-c", "safe.directory=*", "log", "-1", "--format=%ct"])
         .dir(root)
         .read()
-        .context("reading the last commit's time for SOURCE_DATE_EPOCH (or set SOURCE_DATE_EPOCH)")?;
-    let epoch: u64 = out.trim().parse().with_context(|| format!("git printed {out:?} as commit time"))?;
+        .context(
+            "reading the last commit's time for SOURCE_DATE_EPOCH (or set SOURCE_DATE_EPOCH)",
+        )?;
+    let epoch: u64 = out
+        .trim()
+        .parse()
+        .with_context(|| format!("git printed {out:?} as commit time"))?;
     // FAT (the EFI boot image) cannot store dates before 1980.
     if epoch < 315_532_800 {
         bail!("SOURCE_DATE_EPOCH {epoch} is before 1980, which FAT cannot store");

@@ -20,13 +20,26 @@ pub fn run(project: &Project, fast: bool) -> Result<ExitCode> {
         doctor::ensure(&[Purpose::Build, Purpose::BootTest])?;
     }
     eprintln!("==> unit and golden tests");
-    cargo().args(["test", "--workspace", "--locked"]).run_inherit()?;
+    cargo()
+        .args(["test", "--workspace", "--locked"])
+        .run_inherit()?;
     if fast {
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("==> end-to-end tests (ISO build, verify, four-way boot, bad input)");
     cargo()
-        .args(["test", "--locked", "-p", "xtask", "--test", "e2e", "--", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "test",
+            "--locked",
+            "-p",
+            "xtask",
+            "--test",
+            "e2e",
+            "--",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .run_inherit()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,124 @@
+//! Bad input gets a clear error naming the file, field or package, a non-zero exit, and no
+//! damage: these run the real binary on a broken copy of the project and check `dist/` and
+//! the render output are untouched.
+
+mod common;
+
+use std::fs;
+
+use common::{ProjectCopy, snapshot, stderr};
+
+/// Runs `config` on the broken project; asserts failure, the expected words, and that the
+/// previously rendered output is still exactly there.
+fn assert_config_fails(project: &ProjectCopy, expected: &[&str]) {
+    let out = project.path("rendered");
+    fs::create_dir_all(out.join("auto")).unwrap();
+    fs::write(out.join("auto/config"), "previous render\n").unwrap();
+    let before = snapshot(&out);
+    let result = project.xtask(&["config", "--out", out.to_str().unwrap()]);
+    let err = stderr(&result);
+    assert!(
+        !result.status.success(),
+        "expected failure, got success:\n{err}"
+    );
+    for word in expected {
+        assert!(err.contains(word), "expected {word:?} in:\n{err}");
+    }
+    assert_eq!(
+        snapshot(&out),
+        before,
+        "a failed render changed its output directory"
+    );
+}
+
+#[test]
+fn malformed_manifest_names_file_and_line() {
+    let p = ProjectCopy::new();
+    p.append("lb-config/appliance.toml", "\n[iso\n");
+    assert_config_fails(&p, &["appliance.toml", "line"]);
+}
+
+#[test]
+fn unknown_manifest_key_is_named() {
+    let p = ProjectCopy::new();
+    p.append("lb-config/appliance.toml", "\n[extra]\nkernel = \"mine\"\n");
+    assert_config_fails(&p, &["appliance.toml", "unknown field `extra`"]);
+}
+
+#[test]
+fn invalid_manifest_value_names_the_field() {
+    let p = ProjectCopy::new();
+    let text = fs::read_to_string(p.path("lb-config/appliance.toml")).unwrap();
+    p.write(
+        "lb-config/appliance.toml",
+        &text.replace("http://deb.debian.org/debian-security", "deb.debian.org"),
+    );
+    assert_config_fails(&p, &["appliance.toml", "mirrors.security"]);
+}
+
+#[test]
+fn missing_overlay_is_named() {
+    let p = ProjectCopy::new();
+    fs::remove_dir_all(p.path("overlay")).unwrap();
+    assert_config_fails(&p, &["overlay", "missing"]);
+}
+
+#[test]
+fn missing_package_list_is_named() {
+    let p = ProjectCopy::new();
+    fs::remove_file(p.path("packages.list")).unwrap();
+    assert_config_fails(&p, &["packages.list"]);
+}
+
+#[test]
+fn empty_package_list_is_refused() {
+    let p = ProjectCopy::new();
+    p.write("packages.list", "# nothing here\n\n");
+    assert_config_fails(&p, &["packages.list", "no packages"]);
+}
+
+#[test]
+fn invalid_package_name_names_file_and_line() {
+    let p = ProjectCopy::new();
+    p.append("packages.list", "PostgreSQL\n");
+    assert_config_fails(&p, &["packages.list", "line 6", "PostgreSQL"]);
+}
+
+#[test]
+fn hook_live_build_would_ignore_is_refused() {
+    let p = ProjectCopy::new();
+    p.write("hooks/0200-setup.sh", "#!/bin/sh\n");
+    assert_config_fails(&p, &["0200-setup.sh", "*.hook.chroot"]);
+}
+
+#[test]
+fn template_typo_names_the_template() {
+    let p = ProjectCopy::new();
+    p.append("lb-config/auto/config.j2", "# {{ no_such_value }}\n");
+    assert_config_fails(&p, &["lb-config/auto/config.j2", "no_such_value"]);
+}
+
+#[test]
+fn overlay_file_colliding_with_a_rendered_file_is_refused() {
+    let p = ProjectCopy::new();
+    p.write("overlay/etc/truthdb-release", "mine\n");
+    assert_config_fails(&p, &["overlay", "truthdb-release"]);
+}
+
+#[test]
+fn broken_manifest_leaves_dist_untouched() {
+    let p = ProjectCopy::new();
+    let dist = p.path("dist");
+    fs::create_dir_all(&dist).unwrap();
+    fs::write(dist.join("SHA256SUMS"), "previous release\n").unwrap();
+    let before = snapshot(&dist);
+    p.append("lb-config/appliance.toml", "\nsuite = \"sid\"\n");
+    let result = p.xtask(&["iso", "--dist", dist.to_str().unwrap()]);
+    assert!(!result.status.success());
+    assert!(
+        stderr(&result).contains("appliance.toml"),
+        "{}",
+        stderr(&result)
+    );
+    assert_eq!(snapshot(&dist), before);
+}

@@ -1,0 +1,98 @@
+//! Helpers for tests that run the real xtask binary against a copy of the project.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The project's inputs copied into a temporary directory, to be changed by a test.
+pub struct ProjectCopy {
+    pub dir: tempfile::TempDir,
+}
+
+impl ProjectCopy {
+    pub fn new() -> ProjectCopy {
+        let dir = tempfile::Builder::new()
+            .prefix("truthdb-project-")
+            .tempdir()
+            .unwrap();
+        let root = repo_root();
+        fs::copy(root.join("Cargo.toml"), dir.path().join("Cargo.toml")).unwrap();
+        fs::copy(root.join("packages.list"), dir.path().join("packages.list")).unwrap();
+        for sub in ["lb-config", "hooks", "overlay"] {
+            copy_dir(&root.join(sub), &dir.path().join(sub));
+        }
+        ProjectCopy { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        fs::write(self.path(rel), text).unwrap();
+    }
+
+    pub fn append(&self, rel: &str, text: &str) {
+        let old = fs::read_to_string(self.path(rel)).unwrap();
+        self.write(rel, &(old + text));
+    }
+
+    /// Runs `xtask --project <copy> args...` with a fixed SOURCE_DATE_EPOCH (no git here).
+    pub fn xtask(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .arg("--project")
+            .arg(self.dir.path())
+            .args(args)
+            .env("SOURCE_DATE_EPOCH", "1767225600")
+            .output()
+            .unwrap()
+    }
+}
+
+fn copy_dir(src: &Path, dest: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dest)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A directory listing with file contents, to prove a directory was left exactly as it was.
+pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut entries: Vec<(String, Vec<u8>)> = walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            let content = if e.file_type().is_file() {
+                fs::read(e.path()).unwrap()
+            } else {
+                Vec::new()
+            };
+            (rel, content)
+        })
+        .collect();
+    entries.sort();
+    entries
+}

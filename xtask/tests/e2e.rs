@@ -1,0 +1,253 @@
+//! End-to-end: the real pipeline on this machine. Needs root, the Debian mirror, QEMU and
+//! about 15 minutes cold, so these are `#[ignore]`d in a plain `cargo test`;
+//! `cargo xtask test` runs them (one at a time, output shown).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{ProjectCopy, repo_root, snapshot, stderr, stdout};
+
+fn xtask(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ xtask {}\n{}{}",
+        args.join(" "),
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+fn dist_dir() -> PathBuf {
+    // Outside the repository's own dist/, so a developer's published image is not replaced.
+    repo_root().join("target/truthdb-os/e2e-dist")
+}
+
+fn iso_name() -> String {
+    format!("truthdb-os-{}-amd64.hybrid.iso", env!("CARGO_PKG_VERSION"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+fn no_mounts_below(dir: &Path) {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let leaked: Vec<&str> = mountinfo
+        .lines()
+        .filter(|l| l.contains(&dir.display().to_string()))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "mounts left on the host below {}: {leaked:#?}",
+        dir.display()
+    );
+}
+
+#[test]
+#[ignore = "needs root, the Debian mirror and QEMU; run by `cargo xtask test`"]
+fn iso_is_built_published_verified_and_boots_four_ways() {
+    let dist = dist_dir();
+    let dist_arg = dist.to_str().unwrap();
+    let _ = fs::remove_dir_all(&dist);
+
+    // Build for real (--force: a cached image in this dist must not stand in for a build).
+    let built = xtask(&["iso", "--force", "--dist", dist_arg]);
+    assert!(built.status.success(), "iso failed");
+    let mut names: Vec<String> = fs::read_dir(&dist)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let stem = iso_name().trim_end_matches(".hybrid.iso").to_owned();
+    assert_eq!(
+        names,
+        [
+            "DEVELOPMENT-KEY-NOT-FOR-RELEASE.asc".to_owned(),
+            "SHA256SUMS".into(),
+            "SHA256SUMS.sign".into(),
+            "SHA512SUMS".into(),
+            "SHA512SUMS.sign".into(),
+            format!("{stem}.build-info.json"),
+            format!("{stem}.hybrid.iso"),
+            format!("{stem}.packages"),
+        ]
+    );
+    assert!(stdout(&built).contains("NOT a release signature"));
+
+    // No mount of the build may outlive it.
+    no_mounts_below(Path::new("/var/cache/truthdb-os"));
+    no_mounts_below(&repo_root().join("target/truthdb-os"));
+
+    // The image is a hybrid ISO: an ISO 9660 volume with an MBR boot signature for USB sticks.
+    let iso = fs::read(dist.join(iso_name())).unwrap();
+    assert_eq!(
+        &iso[0x8001..0x8006],
+        b"CD001",
+        "no ISO 9660 volume descriptor"
+    );
+    assert_eq!(
+        &iso[510..512],
+        &[0x55, 0xAA],
+        "no MBR boot signature (not hybrid)"
+    );
+    drop(iso);
+
+    // The package manifest lists the live system and the packages we asked for.
+    let packages = fs::read_to_string(dist.join(format!("{stem}.packages"))).unwrap();
+    for wanted in [
+        "live-boot",
+        "systemd-sysv",
+        "iproute2",
+        "procps",
+        "linux-image-",
+    ] {
+        assert!(
+            packages.lines().any(|l| l.starts_with(wanted)),
+            "{wanted} missing from the package manifest"
+        );
+    }
+
+    // Users' way to check a download: xtask verify, and gpg + sha512sum by hand.
+    assert!(
+        xtask(&["verify", dist_arg]).status.success(),
+        "verify failed"
+    );
+    let gnupg = tempfile::tempdir().unwrap();
+    let gpg = || {
+        let mut c = Command::new("gpg");
+        c.arg("--homedir").arg(gnupg.path()).arg("--batch");
+        c
+    };
+    run(gpg()
+        .arg("--import")
+        .arg(dist.join("DEVELOPMENT-KEY-NOT-FOR-RELEASE.asc")));
+    for sums in ["SHA256SUMS", "SHA512SUMS"] {
+        run(gpg()
+            .arg("--verify")
+            .arg(dist.join(format!("{sums}.sign")))
+            .arg(dist.join(sums)));
+    }
+    run(Command::new("sha512sum")
+        .args(["--strict", "-c", "SHA512SUMS"])
+        .current_dir(&dist));
+    let _ = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(gnupg.path())
+        .args(["--kill", "all"])
+        .status();
+
+    // Nothing changed: the published image is reused and the command says so.
+    let again = xtask(&["iso", "--dist", dist_arg]);
+    assert!(again.status.success());
+    assert!(
+        stdout(&again).contains("up to date"),
+        "an unchanged rebuild did not skip"
+    );
+
+    // Boot it: BIOS and UEFI, each as a CD and as a USB stick, through its own boot loaders.
+    let iso_path = dist.join(iso_name());
+    let booted = xtask(&["boot-test", "--iso", iso_path.to_str().unwrap()]);
+    assert!(booted.status.success(), "boot test failed");
+    let report = stdout(&booted);
+    for mode in ["bios-cd", "bios-usb", "uefi-cd", "uefi-usb"] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("PASS {mode}")))
+            .unwrap_or_else(|| panic!("{mode} did not pass"));
+        assert!(
+            line.contains(&format!("version={}", env!("CARGO_PKG_VERSION"))),
+            "{line}"
+        );
+        assert!(line.contains("kernel="), "{line}");
+    }
+}
+
+#[test]
+#[ignore = "needs root and the Debian mirror; run by `cargo xtask test`"]
+fn unknown_package_is_named_and_dist_is_left_alone() {
+    let project = ProjectCopy::new();
+    project.append("packages.list", "truthdb-no-such-package\n");
+    let dist = project.path("dist");
+    fs::create_dir_all(&dist).unwrap();
+    fs::write(dist.join("SHA256SUMS"), "previous release\n").unwrap();
+    let before = snapshot(&dist);
+
+    let out = project.xtask(&["iso", "--dist", dist.to_str().unwrap()]);
+    let err = stderr(&out);
+    eprintln!("{err}");
+    assert!(
+        !out.status.success(),
+        "an unknown package did not fail the build"
+    );
+    assert!(
+        err.contains("unknown package \"truthdb-no-such-package\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("packages.list:6"),
+        "the error does not say where: {err}"
+    );
+    assert_eq!(
+        snapshot(&dist),
+        before,
+        "dist/ changed after a failed build"
+    );
+}
+
+#[test]
+#[ignore = "needs root; run by `cargo xtask test`"]
+fn a_failing_command_in_the_build_root_leaves_no_mount() {
+    // The build root exists after the tests above (or any `iso` run on this machine).
+    let roots = fs::read_dir("/var/cache/truthdb-os/build-roots").unwrap();
+    let root = roots
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .unwrap();
+    let exe = env!("CARGO_BIN_EXE_xtask");
+    let build = tempfile::tempdir().unwrap();
+    let bind = format!("{}:/build", build.path().display());
+    // `false` fails inside the namespace after every mount is made.
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--propagation",
+            "private",
+            "--",
+            exe,
+            "enter-build-root",
+            "--root",
+        ])
+        .arg(&root)
+        .args([
+            "--workdir",
+            "/build",
+            "--bind",
+            &bind,
+            "--",
+            "sh",
+            "-c",
+            "test -e /proc/1/status && mountpoint -q /build && false",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    no_mounts_below(&root);
+    no_mounts_below(build.path());
+}
