@@ -233,12 +233,11 @@ fn parse_candidates(policy: &str) -> Vec<String> {
     for line in policy.lines() {
         if !line.starts_with(' ') && line.ends_with(':') {
             current = Some(line.trim_end_matches(':').to_owned());
-        } else if let Some(candidate) = line.trim().strip_prefix("Candidate:") {
-            if let Some(name) = current.take() {
-                if candidate.trim() != "(none)" {
-                    known.push(name);
-                }
-            }
+        } else if let Some(candidate) = line.trim().strip_prefix("Candidate:")
+            && let Some(name) = current.take()
+            && candidate.trim() != "(none)"
+        {
+            known.push(name);
         }
     }
     known

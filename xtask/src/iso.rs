@@ -71,8 +71,10 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let key_source = KeySource::from_env()?;
     let digest = inputs_digest(&config, &root_spec, epoch, &project.version);
 
-    if !args.force {
-        if let Some(published) = publish::published_build(&dist, &stem) {
+    if !args.force
+        && let Some(published) = publish::published_build(&dist, &stem)
+    {
+        {
             let wanted_key = signing::release_fingerprint(&key_source)?;
             let same_signer = match &wanted_key {
                 None => published.development_signature,

@@ -48,9 +48,8 @@ pub fn stage<T>(name: &'static str, f: impl FnOnce(&Stage) -> Result<T>) -> Resu
         Ok(_) => format!("  done  {name} ({elapsed})"),
         Err(_) => format!("FAILED  {name} (after {elapsed})"),
     };
-    match &stage.bar {
-        Some(bar) => bar.finish_and_clear(),
-        None => {}
+    if let Some(bar) = &stage.bar {
+        bar.finish_and_clear();
     }
     eprintln!("{line}");
     result.with_context(|| format!("stage `{name}` failed"))

@@ -52,8 +52,10 @@ impl KeySource {
                 origin: path.display().to_string(),
             });
         }
-        if let Ok(armored) = std::env::var(KEY_ENV) {
-            if !armored.trim().is_empty() {
+        if let Ok(armored) = std::env::var(KEY_ENV)
+            && !armored.trim().is_empty()
+        {
+            {
                 return Ok(KeySource::Release {
                     armored,
                     passphrase,
@@ -288,7 +290,7 @@ mod tests {
         assert!(fs::read_to_string(&key).unwrap().contains("NOT A RELEASE"));
         assert_eq!(
             key_file_fingerprints(&key).unwrap(),
-            [signer.fingerprint.clone()]
+            std::slice::from_ref(&signer.fingerprint)
         );
 
         // The real gpg, as a user would run it, accepts the signature...

@@ -1,9 +1,10 @@
 //! `cargo xtask test`: the whole suite in one command, as the README and CI run it.
 //!
-//! 1. host tools (installed as root when missing), 2. `cargo test --workspace`: unit and
-//! golden tests, 3. the end-to-end tests in `xtask/tests/e2e.rs` (`#[ignore]`d in a plain
-//! `cargo test` because they need root, the Debian mirror and ~15 minutes): build the ISO for
-//! real, verify it, boot it four ways, and feed the pipeline bad input.
+//! 1. host tools (installed as root when missing);
+//! 2. `cargo test --workspace`: unit, golden and bad-input tests;
+//! 3. the end-to-end tests in `xtask/tests/e2e.rs` (`#[ignore]`d in a plain `cargo test`
+//!    because they need root, the Debian mirror and ~15 minutes): build the ISO for real,
+//!    verify it, boot it four ways, and feed the pipeline an unknown package.
 
 use std::process::ExitCode;
 
