@@ -122,14 +122,11 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
             source_date_epoch: epoch,
             log: lb_log.clone(),
         };
-        let mut last = String::new();
-        lb_build::build(&inputs, &mut |phase| {
-            if phase != last {
-                s.set(&format!(
-                    "{phase} [{}]",
-                    progress::format_duration(phase_start.elapsed())
-                ));
-                last = phase.to_owned();
+        lb_build::build(&inputs, &mut |lb_stage, helper| {
+            let at = progress::format_duration(phase_start.elapsed());
+            match helper {
+                None => s.set(&format!("lb {lb_stage} [{at}]")),
+                Some(helper) => s.set_detail(&format!("lb {lb_stage} > {helper} [{at}]")),
             }
         })
     })?;

@@ -34,21 +34,35 @@ pub struct BuiltImage {
     pub package_manifest: PathBuf,
 }
 
-/// live-build's own phases, as they show in its log, for the progress display.
-pub fn phase_of(line: &str) -> Option<&'static str> {
-    // live-build logs each helper it starts as "[date] lb <helper> ...".
-    let helper = line.split("] lb ").nth(1)?.split_whitespace().next()?;
-    Some(match helper {
-        h if h.starts_with("bootstrap") => "bootstrap (debootstrap of the image)",
-        h if h.starts_with("chroot") => "chroot (installing packages)",
-        "binary_rootfs" => "binary (squashfs)",
-        "binary_iso" => "binary (ISO image)",
-        h if h.starts_with("binary") => "binary (boot files)",
-        _ => return None,
-    })
+/// live-build's top-level stages, in order.
+const STAGES: [&str; 5] = ["bootstrap", "chroot", "installer", "binary", "source"];
+
+/// Where live-build is, read from its log lines: it logs every helper it starts as
+/// `[date] lb <helper> [args]`. Returns (stage, helper); the helper is `None` for a stage's
+/// own line.
+pub fn phase_of(line: &str) -> Option<(&str, Option<&str>)> {
+    let helper = line
+        .strip_prefix('[')?
+        .split("] lb ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    if STAGES.contains(&helper) {
+        return Some((helper, None));
+    }
+    let stage = STAGES.iter().find(|s| {
+        helper
+            .strip_prefix(**s)
+            .is_some_and(|rest| rest.starts_with('_'))
+    })?;
+    Some((stage, Some(helper)))
 }
 
-pub fn build(inputs: &LbBuildInputs, on_phase: &mut dyn FnMut(&str)) -> Result<BuiltImage> {
+/// Runs `lb config` and `lb build`. `on_progress(stage, helper)` follows live-build's stages.
+pub fn build(
+    inputs: &LbBuildInputs,
+    on_progress: &mut dyn FnMut(&str, Option<&str>),
+) -> Result<BuiltImage> {
     prepare_build_dir(&inputs.build_dir, &inputs.config.dir)?;
     let epoch = inputs.source_date_epoch.to_string();
     let lb = |argv: &[&str]| {
@@ -58,10 +72,16 @@ pub fn build(inputs: &LbBuildInputs, on_phase: &mut dyn FnMut(&str)) -> Result<B
             .env("SOURCE_DATE_EPOCH", epoch.clone())
             .to_cmd()
     };
-    let mut on_line = |line: &str| {
-        if let Some(phase) = phase_of(line) {
-            on_phase(phase)
+    // Helpers of one stage run inside another (binary installs tools with chroot_* helpers),
+    // so the stage is taken from the stage lines only.
+    let mut stage = String::new();
+    let mut on_line = |line: &str| match phase_of(line) {
+        Some((new_stage, None)) => {
+            stage = new_stage.to_owned();
+            on_progress(&stage, None);
         }
+        Some((_, Some(helper))) if !stage.is_empty() => on_progress(&stage, Some(helper)),
+        _ => {}
     };
     lb(&["lb", "config"])?
         .run_logged(&inputs.log, &mut on_line)

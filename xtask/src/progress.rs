@@ -17,6 +17,13 @@ pub struct Stage {
 }
 
 impl Stage {
+    /// A detail only worth showing live (on a terminal); not logged line by line.
+    pub fn set_detail(&self, message: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(message.to_owned());
+        }
+    }
+
     pub fn set(&self, message: &str) {
         match &self.bar {
             Some(bar) => bar.set_message(message.to_owned()),
