@@ -204,7 +204,10 @@ fn boot_once(
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         // The console may put terminal escapes before the marker on its line (getty resets).
-        if let Some(line) = serial.lines().find_map(|l| l.find(MARKER).map(|at| &l[at..])) {
+        if let Some(line) = serial
+            .lines()
+            .find_map(|l| l.find(MARKER).map(|at| &l[at..]))
+        {
             break Ok(line.trim().to_owned());
         }
         if let Some(output) = qemu.try_wait()? {

@@ -140,17 +140,22 @@ mod tests {
     #[test]
     fn phases_are_read_from_live_build_log_lines() {
         assert_eq!(
-            phase_of("[2026-11-22 07:00:01] lb bootstrap_debootstrap"),
-            Some("bootstrap (debootstrap of the image)")
+            phase_of("[2026-11-22 07:00:00] lb chroot "),
+            Some(("chroot", None))
+        );
+        assert_eq!(
+            phase_of("[2026-11-22 07:00:01] lb bootstrap_debootstrap "),
+            Some(("bootstrap", Some("bootstrap_debootstrap")))
         );
         assert_eq!(
             phase_of("[2026-11-22 07:01:00] lb chroot_install-packages install"),
-            Some("chroot (installing packages)")
+            Some(("chroot", Some("chroot_install-packages")))
         );
         assert_eq!(
             phase_of("[2026-11-22 07:09:00] lb binary_iso"),
-            Some("binary (ISO image)")
+            Some(("binary", Some("binary_iso")))
         );
+        assert_eq!(phase_of("[2026-11-22 07:09:00] lb config noauto"), None);
         assert_eq!(phase_of("P: Begin installing packages..."), None);
     }
 
