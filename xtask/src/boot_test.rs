@@ -26,12 +26,7 @@ pub enum BootMode {
 }
 
 impl BootMode {
-    pub const ALL: [BootMode; 4] = [
-        BootMode::BiosCd,
-        BootMode::BiosUsb,
-        BootMode::UefiCd,
-        BootMode::UefiUsb,
-    ];
+    pub const ALL: [BootMode; 4] = [BootMode::BiosCd, BootMode::BiosUsb, BootMode::UefiCd, BootMode::UefiUsb];
 
     fn is_uefi(self) -> bool {
         matches!(self, BootMode::UefiCd | BootMode::UefiUsb)
@@ -85,14 +80,8 @@ pub struct BootOutcome {
 
 /// UEFI firmware files: (code, vars template). Debian 12/13 and Ubuntu 22.04+ ship the 4M pair.
 const OVMF_CANDIDATES: [(&str, &str); 2] = [
-    (
-        "/usr/share/OVMF/OVMF_CODE_4M.fd",
-        "/usr/share/OVMF/OVMF_VARS_4M.fd",
-    ),
-    (
-        "/usr/share/OVMF/OVMF_CODE.fd",
-        "/usr/share/OVMF/OVMF_VARS.fd",
-    ),
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
 ];
 
 pub fn ovmf_files() -> Result<(PathBuf, PathBuf)> {
@@ -115,17 +104,7 @@ fn qemu_command(
     let mut cmd = Cmd::new("qemu-system-x86_64")
         .args(["-machine", "q35", "-accel", if kvm { "kvm" } else { "tcg" }])
         .args(["-m", &memory_mib.to_string(), "-smp", "2"])
-        .args([
-            "-display",
-            "none",
-            "-vga",
-            "std",
-            "-no-reboot",
-            "-net",
-            "none",
-            "-monitor",
-            "none",
-        ])
+        .args(["-display", "none", "-vga", "std", "-no-reboot", "-net", "none", "-monitor", "none"])
         .arg("-serial")
         .arg(format!("file:{}", serial_log.display()));
     if mode.is_uefi() {
@@ -133,48 +112,30 @@ fn qemu_command(
         let vars = vars.context("UEFI boot needs a writable OVMF vars file")?;
         cmd = cmd
             .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                code.display()
-            ))
+            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
             .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ));
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
     }
     // snapshot=on: the guest may write to the "stick"; the ISO on disk stays unchanged.
     let iso = iso.display();
     if mode.is_usb() {
-        cmd = cmd
-            .arg("-drive")
-            .arg(format!(
-                "if=none,id=stick,format=raw,snapshot=on,file={iso}"
-            ))
-            .args([
-                "-device",
-                "qemu-xhci,id=xhci",
-                "-device",
-                "usb-storage,bus=xhci.0,drive=stick,bootindex=0",
-            ]);
+        cmd = cmd.arg("-drive").arg(format!("if=none,id=stick,format=raw,snapshot=on,file={iso}")).args([
+            "-device",
+            "qemu-xhci,id=xhci",
+            "-device",
+            "usb-storage,bus=xhci.0,drive=stick,bootindex=0",
+        ]);
     } else {
         cmd = cmd
             .arg("-drive")
-            .arg(format!(
-                "if=none,id=cd,format=raw,media=cdrom,readonly=on,file={iso}"
-            ))
+            .arg(format!("if=none,id=cd,format=raw,media=cdrom,readonly=on,file={iso}"))
             .args(["-device", "ide-cd,drive=cd,bootindex=0"]);
     }
     Ok(cmd)
 }
 
 /// Boots once and waits up to `timeout` for the marker.
-fn boot_once(
-    config: &BootTestConfig,
-    mode: BootMode,
-    kvm: bool,
-    timeout: Duration,
-) -> Result<BootOutcome> {
+fn boot_once(config: &BootTestConfig, mode: BootMode, kvm: bool, timeout: Duration) -> Result<BootOutcome> {
     std::fs::create_dir_all(&config.log_dir)?;
     let serial_log = config.log_dir.join(format!("{mode}.serial.log"));
     let qemu_log = config.log_dir.join(format!("{mode}.qemu.log"));
@@ -183,31 +144,18 @@ fn boot_once(
     let vars = if mode.is_uefi() {
         let (_, template) = ovmf_files()?;
         let copy = vars_dir.path().join("OVMF_VARS.fd");
-        std::fs::copy(&template, &copy)
-            .with_context(|| format!("copying {}", template.display()))?;
+        std::fs::copy(&template, &copy).with_context(|| format!("copying {}", template.display()))?;
         Some(copy)
     } else {
         None
     };
-    let cmd = qemu_command(
-        mode,
-        &config.iso,
-        &serial_log,
-        vars.as_deref(),
-        kvm,
-        config.memory_mib,
-    )?;
+    let cmd = qemu_command(mode, &config.iso, &serial_log, vars.as_deref(), kvm, config.memory_mib)?;
     let start = Instant::now();
     let qemu = cmd.start_logged(&qemu_log)?;
     let outcome = loop {
-        let serial = std::fs::read(&serial_log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        let serial = std::fs::read(&serial_log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
         // The console may put terminal escapes before the marker on its line (getty resets).
-        if let Some(line) = serial
-            .lines()
-            .find_map(|l| l.find(MARKER).map(|at| &l[at..]))
-        {
+        if let Some(line) = serial.lines().find_map(|l| l.find(MARKER).map(|at| &l[at..])) {
             break Ok(line.trim().to_owned());
         }
         if let Some(output) = qemu.try_wait()? {
@@ -233,21 +181,13 @@ fn boot_once(
     };
     let _ = qemu.kill();
     let marker_line = outcome.with_context(|| format!("boot mode {mode}"))?;
-    Ok(BootOutcome {
-        mode,
-        marker_line,
-        elapsed: start.elapsed(),
-        accel: if kvm { "kvm" } else { "tcg" },
-    })
+    Ok(BootOutcome { mode, marker_line, elapsed: start.elapsed(), accel: if kvm { "kvm" } else { "tcg" } })
 }
 
 /// Checks the marker names the expected version and a kernel release.
 pub fn check_marker(line: &str, expected_version: &str) -> Result<()> {
-    let field = |key: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key).map(str::to_owned))
-            .unwrap_or_default()
-    };
+    let field =
+        |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key).map(str::to_owned)).unwrap_or_default();
     let version = field("version=");
     if version != expected_version {
         bail!("the booted image says version {version:?}, expected {expected_version:?}: {line:?}");
@@ -263,19 +203,14 @@ const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub fn run(config: &BootTestConfig) -> Result<Vec<BootOutcome>> {
     if !config.iso.is_file() {
-        bail!(
-            "no ISO at {} (run `cargo xtask iso` first)",
-            config.iso.display()
-        );
+        bail!("no ISO at {} (run `cargo xtask iso` first)", config.iso.display());
     }
     let mut kvm = config.accel == Accel::Kvm;
     let mut outcomes = Vec::new();
     let mut modes = config.modes.clone();
     if config.accel == Accel::Auto && Path::new("/dev/kvm").exists() && !modes.is_empty() {
         let first = modes[0];
-        match progress::stage("kvm probe", |_| {
-            boot_once(config, first, true, KVM_PROBE_TIMEOUT)
-        }) {
+        match progress::stage("kvm probe", |_| boot_once(config, first, true, KVM_PROBE_TIMEOUT)) {
             Ok(outcome) => {
                 kvm = true;
                 check_marker(&outcome.marker_line, &config.expected_version)?;
@@ -283,10 +218,7 @@ pub fn run(config: &BootTestConfig) -> Result<Vec<BootOutcome>> {
                 outcomes.push(outcome);
                 modes.remove(0);
             }
-            Err(e) => eprintln!(
-                "KVM probe failed, using TCG: {}",
-                format!("{e:#}").lines().next().unwrap_or("")
-            ),
+            Err(e) => eprintln!("KVM probe failed, using TCG: {}", format!("{e:#}").lines().next().unwrap_or("")),
         }
     }
     let mut failures = Vec::new();
@@ -295,8 +227,7 @@ pub fn run(config: &BootTestConfig) -> Result<Vec<BootOutcome>> {
             stage.set(&format!("{mode} ({})", if kvm { "kvm" } else { "tcg" }));
             boot_once(config, mode, kvm, config.timeout)
         });
-        match result.and_then(|o| check_marker(&o.marker_line, &config.expected_version).map(|_| o))
-        {
+        match result.and_then(|o| check_marker(&o.marker_line, &config.expected_version).map(|_| o)) {
             Ok(outcome) => {
                 report(&outcome);
                 outcomes.push(outcome);
@@ -308,11 +239,7 @@ pub fn run(config: &BootTestConfig) -> Result<Vec<BootOutcome>> {
         }
     }
     if !failures.is_empty() {
-        bail!(
-            "boot test failed in {} mode(s): {}",
-            failures.len(),
-            failures.join(", ")
-        );
+        bail!("boot test failed in {} mode(s): {}", failures.len(), failures.join(", "));
     }
     Ok(outcomes)
 }
@@ -333,11 +260,7 @@ mod tests {
 
     #[test]
     fn marker_must_name_the_version_and_a_kernel() {
-        check_marker(
-            "TRUTHDB-OS-BOOTED version=0.1.0 kernel=6.12.57+deb13-amd64",
-            "0.1.0",
-        )
-        .unwrap();
+        check_marker("TRUTHDB-OS-BOOTED version=0.1.0 kernel=6.12.57+deb13-amd64", "0.1.0").unwrap();
         assert!(check_marker("TRUTHDB-OS-BOOTED version=0.0.9 kernel=6.12", "0.1.0").is_err());
         assert!(check_marker("TRUTHDB-OS-BOOTED version=0.1.0 kernel=", "0.1.0").is_err());
     }
@@ -346,35 +269,11 @@ mod tests {
     fn usb_modes_boot_from_a_usb_stick_and_cd_modes_from_a_cd() {
         let dir = tempfile::tempdir().unwrap();
         let iso = dir.path().join("x.iso");
-        let bios_usb = qemu_command(
-            BootMode::BiosUsb,
-            &iso,
-            &dir.path().join("s"),
-            None,
-            false,
-            1024,
-        )
-        .unwrap()
-        .to_string();
-        assert!(
-            bios_usb.contains("usb-storage")
-                && !bios_usb.contains("media=cdrom")
-                && !bios_usb.contains("pflash")
-        );
-        let bios_cd = qemu_command(
-            BootMode::BiosCd,
-            &iso,
-            &dir.path().join("s"),
-            None,
-            false,
-            1024,
-        )
-        .unwrap()
-        .to_string();
-        assert!(
-            bios_cd.contains("media=cdrom")
-                && bios_cd.contains("-accel tcg")
-                && !bios_cd.contains("-kernel")
-        );
+        let bios_usb =
+            qemu_command(BootMode::BiosUsb, &iso, &dir.path().join("s"), None, false, 1024).unwrap().to_string();
+        assert!(bios_usb.contains("usb-storage") && !bios_usb.contains("media=cdrom") && !bios_usb.contains("pflash"));
+        let bios_cd =
+            qemu_command(BootMode::BiosCd, &iso, &dir.path().join("s"), None, false, 1024).unwrap().to_string();
+        assert!(bios_cd.contains("media=cdrom") && bios_cd.contains("-accel tcg") && !bios_cd.contains("-kernel"));
     }
 }

@@ -20,10 +20,26 @@ use crate::sandbox::RootCommand;
 /// Bump when the way a root is made changes (not its inputs): old roots are then not reused.
 const RECIPE_VERSION: &str = "1";
 
-/// Packages the root needs beyond debootstrap's minbase: live-build and what it calls on the
-/// build side. (Boot loaders, xorriso and squashfs-tools are installed by live-build itself,
-/// into the image chroot, as `--build-with-chroot true` does by default.)
-const BUILD_ROOT_PACKAGES: &[&str] = &["live-build", "ca-certificates"];
+/// Packages the root needs beyond debootstrap's minbase: live-build (boot loaders, xorriso
+/// and squashfs-tools it installs itself, into the image chroot, as `--build-with-chroot
+/// true` does) and what `make bindeb-pkg` needs to build the kernel.
+const BUILD_ROOT_PACKAGES: &[&str] = &[
+    "live-build",
+    "ca-certificates",
+    // kernel build
+    "build-essential",
+    "bc",
+    "bison",
+    "flex",
+    "libssl-dev",
+    "libelf-dev",
+    "cpio",
+    "kmod",
+    "rsync",
+    "dpkg-dev",
+    "xz-utils",
+    "python3",
+];
 
 /// What a build root is made of.
 #[derive(Clone, Debug, PartialEq)]
@@ -90,36 +106,27 @@ const COMPLETE_MARKER: &str = "etc/truthdb-build-root";
 /// Whether the root for `spec` is already in the cache.
 pub fn cached(spec: &BuildRootSpec, cache_dir: &Path) -> Option<BuildRoot> {
     let path = root_path(spec, cache_dir);
-    path.join(COMPLETE_MARKER).is_file().then(|| BuildRoot {
-        path,
-        key: spec.key(),
-    })
+    path.join(COMPLETE_MARKER).is_file().then(|| BuildRoot { path, key: spec.key() })
+}
+
+/// The root `spec` has or will have once [`ensure`]d (for cache keys computed beforehand).
+pub fn planned(spec: &BuildRootSpec, cache_dir: &Path) -> BuildRoot {
+    BuildRoot { path: root_path(spec, cache_dir), key: spec.key() }
 }
 
 fn root_path(spec: &BuildRootSpec, cache_dir: &Path) -> PathBuf {
-    cache_dir.join("build-roots").join(format!(
-        "{}-{}-{}",
-        spec.suite,
-        spec.architecture,
-        spec.key()
-    ))
+    cache_dir.join("build-roots").join(format!("{}-{}-{}", spec.suite, spec.architecture, spec.key()))
 }
 
 /// Returns the cached root for `spec`, making it first if needed. `log` receives the output
 /// of debootstrap and apt.
-pub fn ensure(
-    spec: &BuildRootSpec,
-    cache_dir: &Path,
-    log: &Path,
-    on_line: &mut dyn FnMut(&str),
-) -> Result<BuildRoot> {
+pub fn ensure(spec: &BuildRootSpec, cache_dir: &Path, log: &Path, on_line: &mut dyn FnMut(&str)) -> Result<BuildRoot> {
     if let Some(root) = cached(spec, cache_dir) {
         return Ok(root);
     }
     let final_path = root_path(spec, cache_dir);
     let parent = final_path.parent().expect("root path has a parent");
-    fs::create_dir_all(parent)
-        .with_context(|| format!("creating cache directory {}", parent.display()))?;
+    fs::create_dir_all(parent).with_context(|| format!("creating cache directory {}", parent.display()))?;
     let partial = parent.join(format!(".partial-{}-{}", spec.key(), std::process::id()));
     fsx::remove_if_present(&partial)?;
     remove_stale_partials(parent);
@@ -133,22 +140,13 @@ pub fn ensure(
         // Another build finished the same root first: use theirs.
         let _ = fsx::remove_if_present(&partial);
         if cached(spec, cache_dir).is_none() {
-            return Err(e)
-                .with_context(|| format!("moving the new build root to {}", final_path.display()));
+            return Err(e).with_context(|| format!("moving the new build root to {}", final_path.display()));
         }
     }
-    Ok(BuildRoot {
-        path: final_path,
-        key: spec.key(),
-    })
+    Ok(BuildRoot { path: final_path, key: spec.key() })
 }
 
-fn make_root(
-    spec: &BuildRootSpec,
-    target: &Path,
-    log: &Path,
-    on_line: &mut dyn FnMut(&str),
-) -> Result<()> {
+fn make_root(spec: &BuildRootSpec, target: &Path, log: &Path, on_line: &mut dyn FnMut(&str)) -> Result<()> {
     let debootstrap = Cmd::new("debootstrap")
         .arg("--variant=minbase")
         .arg(format!("--arch={}", spec.architecture))
@@ -157,29 +155,16 @@ fn make_root(
         .arg(&spec.suite)
         .arg(target)
         .arg(&spec.mirror);
-    debootstrap
-        .run_logged(log, &mut *on_line)
-        .with_context(|| {
-            format!(
-                "debootstrap of a {} build root from {} (is the mirror reachable?)",
-                spec.suite, spec.mirror
-            )
-        })?;
+    debootstrap.run_logged(log, &mut *on_line).with_context(|| {
+        format!("debootstrap of a {} build root from {} (is the mirror reachable?)", spec.suite, spec.mirror)
+    })?;
 
     fs::write(target.join("etc/apt/sources.list"), spec.sources_list())?;
     // Updates and security lists, for the package check; also proves the mirrors answer.
-    RootCommand::new(target, &["apt-get", "update"])
-        .to_cmd()?
-        .run_logged(log, &mut *on_line)
-        .with_context(|| {
-            format!(
-                "apt-get update in the build root (are {} and {} reachable?)",
-                spec.mirror, spec.security_mirror
-            )
-        })?;
-    RootCommand::new(target, &["apt-get", "clean"])
-        .to_cmd()?
-        .run_logged(log, &mut *on_line)?;
+    RootCommand::new(target, &["apt-get", "update"]).to_cmd()?.run_logged(log, &mut *on_line).with_context(|| {
+        format!("apt-get update in the build root (are {} and {} reachable?)", spec.mirror, spec.security_mirror)
+    })?;
+    RootCommand::new(target, &["apt-get", "clean"]).to_cmd()?.run_logged(log, &mut *on_line)?;
 
     let description = format!(
         "TruthDB OS build root\nkey={}\nsuite={}\narchitecture={}\nmirror={}\npackages={}\n",
@@ -214,16 +199,10 @@ fn remove_stale_partials(parent: &Path) {
 pub fn missing_packages(root: &BuildRoot, names: &[&str]) -> Result<Vec<String>> {
     let mut argv = vec!["apt-cache", "policy", "--"];
     argv.extend_from_slice(names);
-    let output = RootCommand::new(&root.path, &argv)
-        .to_cmd()?
-        .read()
-        .context("asking the build root's apt about packages")?;
+    let output =
+        RootCommand::new(&root.path, &argv).to_cmd()?.read().context("asking the build root's apt about packages")?;
     let known = parse_candidates(&output);
-    Ok(names
-        .iter()
-        .filter(|n| !known.contains(&n.to_string()))
-        .map(|n| n.to_string())
-        .collect())
+    Ok(names.iter().filter(|n| !known.contains(&n.to_string())).map(|n| n.to_string()).collect())
 }
 
 /// Package names that `apt-cache policy` shows with an installation candidate.
@@ -244,23 +223,13 @@ fn parse_candidates(policy: &str) -> Vec<String> {
 }
 
 /// Fails with one line per unknown package, naming where it was listed.
-pub fn check_packages_exist(
-    root: &BuildRoot,
-    list: &crate::packages::PackageList,
-    suite: &str,
-) -> Result<()> {
+pub fn check_packages_exist(root: &BuildRoot, list: &crate::packages::PackageList, suite: &str) -> Result<()> {
     let names: Vec<&str> = list.names().collect();
     let missing = missing_packages(root, &names)?;
     if !missing.is_empty() {
-        let lines: Vec<String> = missing
-            .iter()
-            .map(|name| format!("  {}: unknown package {name:?}", list.location(name)))
-            .collect();
-        bail!(
-            "{} package(s) not found in Debian {suite}:\n{}",
-            missing.len(),
-            lines.join("\n")
-        );
+        let lines: Vec<String> =
+            missing.iter().map(|name| format!("  {}: unknown package {name:?}", list.location(name))).collect();
+        bail!("{} package(s) not found in Debian {suite}:\n{}", missing.len(), lines.join("\n"));
     }
     Ok(())
 }

@@ -54,29 +54,21 @@ pub fn digest_file(path: &Path) -> Result<FileDigests> {
     let (mut a, mut b) = (Sha256::new(), Sha512::new());
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }
         a.update(&buf[..n]);
         b.update(&buf[..n]);
     }
-    Ok(FileDigests {
-        sha256: hex::encode(a.finalize()),
-        sha512: hex::encode(b.finalize()),
-    })
+    Ok(FileDigests { sha256: hex::encode(a.finalize()), sha512: hex::encode(b.finalize()) })
 }
 
 /// The text of a sums file for `files` (name, digests).
 pub fn sums_text(algorithm: Algorithm, files: &[(String, FileDigests)]) -> String {
     let mut sorted: Vec<&(String, FileDigests)> = files.iter().collect();
     sorted.sort_by(|x, y| x.0.as_bytes().cmp(y.0.as_bytes()));
-    sorted
-        .iter()
-        .map(|(name, d)| format!("{}  {name}\n", d.get(algorithm)))
-        .collect()
+    sorted.iter().map(|(name, d)| format!("{}  {name}\n", d.get(algorithm))).collect()
 }
 
 /// Parses a sums file into (hex digest, file name) pairs.
@@ -89,27 +81,12 @@ pub fn parse_sums(algorithm: Algorithm, text: &str) -> Result<Vec<(String, Strin
         let (digest, name) = line
             .split_once("  ")
             .or_else(|| line.split_once(" *"))
-            .with_context(|| {
-                format!(
-                    "{} line {}: not `<digest>  <file>`",
-                    algorithm.sums_file(),
-                    i + 1
-                )
-            })?;
+            .with_context(|| format!("{} line {}: not `<digest>  <file>`", algorithm.sums_file(), i + 1))?;
         if digest.len() != algorithm.hex_len() || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            bail!(
-                "{} line {}: {digest:?} is not a {} digest",
-                algorithm.sums_file(),
-                i + 1,
-                algorithm.sums_file()
-            );
+            bail!("{} line {}: {digest:?} is not a {} digest", algorithm.sums_file(), i + 1, algorithm.sums_file());
         }
         if name.contains('/') || name.starts_with('.') {
-            bail!(
-                "{} line {}: {name:?} is not a plain file name",
-                algorithm.sums_file(),
-                i + 1
-            );
+            bail!("{} line {}: {name:?} is not a plain file name", algorithm.sums_file(), i + 1);
         }
         entries.push((digest.to_ascii_lowercase(), name.to_owned()));
     }
@@ -130,10 +107,7 @@ mod tests {
         let path = dir.path().join("abc");
         std::fs::write(&path, "abc").unwrap();
         let d = digest_file(&path).unwrap();
-        assert_eq!(
-            d.sha256,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(d.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert!(d.sha512.starts_with("ddaf35a193617aba"));
     }
 
@@ -143,26 +117,13 @@ mod tests {
         let mut files = Vec::new();
         for name in ["b.iso", "a.packages"] {
             std::fs::write(dir.path().join(name), name).unwrap();
-            files.push((
-                name.to_owned(),
-                digest_file(&dir.path().join(name)).unwrap(),
-            ));
+            files.push((name.to_owned(), digest_file(&dir.path().join(name)).unwrap()));
         }
-        for (algorithm, tool) in [
-            (Algorithm::Sha256, "sha256sum"),
-            (Algorithm::Sha512, "sha512sum"),
-        ] {
+        for (algorithm, tool) in [(Algorithm::Sha256, "sha256sum"), (Algorithm::Sha512, "sha512sum")] {
             let text = sums_text(algorithm, &files);
-            assert!(
-                text.starts_with(&format!("{}  a.packages\n", files[1].1.get(algorithm))),
-                "{text}"
-            );
+            assert!(text.starts_with(&format!("{}  a.packages\n", files[1].1.get(algorithm))), "{text}");
             std::fs::write(dir.path().join(algorithm.sums_file()), &text).unwrap();
-            Cmd::new(tool)
-                .args(["--strict", "-c", algorithm.sums_file()])
-                .dir(dir.path())
-                .run()
-                .unwrap();
+            Cmd::new(tool).args(["--strict", "-c", algorithm.sums_file()]).dir(dir.path()).run().unwrap();
             assert_eq!(parse_sums(algorithm, &text).unwrap().len(), 2);
         }
     }

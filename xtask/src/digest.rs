@@ -34,19 +34,11 @@ impl Hasher {
     /// Adds every entry of the tree under `dir`, in a stable order.
     pub fn tree(&mut self, label: &str, dir: &Path) -> Result<&mut Hasher> {
         self.field("tree", label);
-        for entry in walkdir::WalkDir::new(dir)
-            .follow_links(false)
-            .sort_by_file_name()
-        {
+        for entry in walkdir::WalkDir::new(dir).follow_links(false).sort_by_file_name() {
             let entry = entry.with_context(|| format!("walking {}", dir.display()))?;
-            let rel = entry
-                .path()
-                .strip_prefix(dir)
-                .expect("walkdir stays under its root");
-            let meta = entry
-                .path()
-                .symlink_metadata()
-                .with_context(|| format!("reading {}", entry.path().display()))?;
+            let rel = entry.path().strip_prefix(dir).expect("walkdir stays under its root");
+            let meta =
+                entry.path().symlink_metadata().with_context(|| format!("reading {}", entry.path().display()))?;
             self.field("path", rel.as_os_str().as_encoded_bytes());
             self.field("mode", (meta.permissions().mode() & 0o7777).to_le_bytes());
             let kind = entry.file_type();
@@ -65,8 +57,7 @@ impl Hasher {
     }
 
     fn file_contents(&mut self, path: &Path) -> Result<()> {
-        let mut file =
-            fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut file = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
         let len = file.metadata()?.len();
         self.0.update(b"file\0");
         self.0.update(len.to_le_bytes());
@@ -107,10 +98,7 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         sample(a.path());
         sample(b.path());
-        assert_eq!(
-            tree_digest(a.path()).unwrap(),
-            tree_digest(b.path()).unwrap()
-        );
+        assert_eq!(tree_digest(a.path()).unwrap(), tree_digest(b.path()).unwrap());
     }
 
     #[test]

@@ -24,69 +24,30 @@ struct HostTool {
 }
 
 const HOST_TOOLS: &[HostTool] = &[
-    HostTool {
-        probe: "debootstrap",
-        package: "debootstrap",
-        purpose: Purpose::Build,
-    },
+    HostTool { probe: "debootstrap", package: "debootstrap", purpose: Purpose::Build },
     // Ubuntu's debootstrap needs Debian's keys to check a Debian suite.
     HostTool {
         probe: "/usr/share/keyrings/debian-archive-keyring.gpg",
         package: "debian-archive-keyring",
         purpose: Purpose::Build,
     },
-    HostTool {
-        probe: "unshare",
-        package: "util-linux",
-        purpose: Purpose::Build,
-    },
-    HostTool {
-        probe: "mount",
-        package: "mount",
-        purpose: Purpose::Build,
-    },
-    HostTool {
-        probe: "gpg",
-        package: "gnupg",
-        purpose: Purpose::Build,
-    },
-    HostTool {
-        probe: "gpgv",
-        package: "gpgv",
-        purpose: Purpose::Build,
-    },
-    HostTool {
-        probe: "git",
-        package: "git",
-        purpose: Purpose::Build,
-    },
-    HostTool {
-        probe: "qemu-system-x86_64",
-        package: "qemu-system-x86",
-        purpose: Purpose::BootTest,
-    },
-    HostTool {
-        probe: "/usr/share/OVMF/OVMF_CODE_4M.fd",
-        package: "ovmf",
-        purpose: Purpose::BootTest,
-    },
+    HostTool { probe: "unshare", package: "util-linux", purpose: Purpose::Build },
+    HostTool { probe: "mount", package: "mount", purpose: Purpose::Build },
+    HostTool { probe: "gpg", package: "gnupg", purpose: Purpose::Build },
+    HostTool { probe: "gpgv", package: "gpgv", purpose: Purpose::Build },
+    HostTool { probe: "git", package: "git", purpose: Purpose::Build },
+    HostTool { probe: "qemu-system-x86_64", package: "qemu-system-x86", purpose: Purpose::BootTest },
+    HostTool { probe: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", purpose: Purpose::BootTest },
 ];
 
 fn present(tool: &HostTool) -> bool {
-    if tool.probe.starts_with('/') {
-        Path::new(tool.probe).exists()
-    } else {
-        on_path(tool.probe)
-    }
+    if tool.probe.starts_with('/') { Path::new(tool.probe).exists() } else { on_path(tool.probe) }
 }
 
 /// The packages providing the missing tools for `purposes`.
 pub fn missing_packages(purposes: &[Purpose]) -> Vec<&'static str> {
-    let mut packages: Vec<&'static str> = HOST_TOOLS
-        .iter()
-        .filter(|t| purposes.contains(&t.purpose) && !present(t))
-        .map(|t| t.package)
-        .collect();
+    let mut packages: Vec<&'static str> =
+        HOST_TOOLS.iter().filter(|t| purposes.contains(&t.purpose) && !present(t)).map(|t| t.package).collect();
     packages.dedup();
     packages
 }
@@ -97,21 +58,13 @@ pub fn ensure(purposes: &[Purpose]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let apt_command = format!(
-        "apt-get install -y --no-install-recommends {}",
-        missing.join(" ")
-    );
+    let apt_command = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
     let can_install = crate::project::is_root() && on_path("apt-get");
     if !can_install {
-        bail!(
-            "missing host tools; install them with:\n  sudo apt-get update && sudo {apt_command}"
-        );
+        bail!("missing host tools; install them with:\n  sudo apt-get update && sudo {apt_command}");
     }
     eprintln!("installing missing host tools: {}", missing.join(" "));
-    Cmd::new("apt-get")
-        .arg("update")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()?;
+    Cmd::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive").run()?;
     Cmd::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing)
@@ -119,11 +72,7 @@ pub fn ensure(purposes: &[Purpose]) -> Result<()> {
         .run()?;
     let still = missing_packages(purposes);
     if !still.is_empty() {
-        bail!(
-            "installed {} but still missing: {}",
-            missing.join(" "),
-            still.join(" ")
-        );
+        bail!("installed {} but still missing: {}", missing.join(" "), still.join(" "));
     }
     Ok(())
 }
@@ -133,15 +82,10 @@ pub fn run(install: bool) -> Result<()> {
     let all = [Purpose::Build, Purpose::BootTest];
     for tool in HOST_TOOLS {
         let mark = if present(tool) { "ok     " } else { "MISSING" };
-        println!(
-            "{mark} {:<48} (package {}, for {:?})",
-            tool.probe, tool.package, tool.purpose
-        );
+        println!("{mark} {:<48} (package {}, for {:?})", tool.probe, tool.package, tool.purpose);
     }
     if !crate::project::is_root() {
-        println!(
-            "note: `iso` needs root (debootstrap, chroot, mounts); it re-runs itself with sudo when it can"
-        );
+        println!("note: `iso` needs root (debootstrap, chroot, mounts); it re-runs itself with sudo when it can");
     }
     if install {
         ensure(&all)?;

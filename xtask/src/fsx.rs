@@ -12,32 +12,19 @@ use anyhow::{Context, Result, bail};
 /// `dest` are an error naming the file, so two sources never silently overwrite each other.
 /// `skip` names top-level entries of `src` not to copy.
 pub fn copy_tree(src: &Path, dest: &Path, skip: &[&str]) -> Result<()> {
-    let walker = walkdir::WalkDir::new(src)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter();
-    for entry in
-        walker.filter_entry(|e| e.depth() != 1 || !skip.iter().any(|s| e.file_name() == *s))
-    {
+    let walker = walkdir::WalkDir::new(src).follow_links(false).sort_by_file_name().into_iter();
+    for entry in walker.filter_entry(|e| e.depth() != 1 || !skip.iter().any(|s| e.file_name() == *s)) {
         let entry = entry.with_context(|| format!("walking {}", src.display()))?;
-        let rel = entry
-            .path()
-            .strip_prefix(src)
-            .expect("walkdir stays under its root");
+        let rel = entry.path().strip_prefix(src).expect("walkdir stays under its root");
         let target = dest.join(rel);
         if entry.file_type().is_dir() {
-            fs::create_dir_all(&target)
-                .with_context(|| format!("creating {}", target.display()))?;
+            fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
             let mode = entry.metadata()?.permissions().mode() & 0o7777;
             fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
             chown_root(&target)?;
         } else {
             if target.symlink_metadata().is_ok() {
-                bail!(
-                    "{} would overwrite {}",
-                    entry.path().display(),
-                    target.display()
-                );
+                bail!("{} would overwrite {}", entry.path().display(), target.display());
             }
             copy_entry(entry.path(), &target)?;
         }
@@ -50,21 +37,14 @@ pub fn copy_entry(src: &Path, dest: &Path) -> Result<()> {
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    let meta = src
-        .symlink_metadata()
-        .with_context(|| format!("reading {}", src.display()))?;
+    let meta = src.symlink_metadata().with_context(|| format!("reading {}", src.display()))?;
     if meta.file_type().is_symlink() {
-        let target =
-            fs::read_link(src).with_context(|| format!("reading symlink {}", src.display()))?;
+        let target = fs::read_link(src).with_context(|| format!("reading symlink {}", src.display()))?;
         symlink(&target, dest).with_context(|| format!("creating symlink {}", dest.display()))?;
     } else if meta.is_file() {
-        fs::copy(src, dest)
-            .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
+        fs::copy(src, dest).with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
     } else {
-        bail!(
-            "{} is neither a file, a directory nor a symlink",
-            src.display()
-        );
+        bail!("{} is neither a file, a directory nor a symlink", src.display());
     }
     chown_root(dest)
 }
@@ -73,8 +53,7 @@ pub fn copy_entry(src: &Path, dest: &Path) -> Result<()> {
 /// keep that uid inside the image. As root we give everything we copy to root:root.
 fn chown_root(path: &Path) -> Result<()> {
     if crate::project::is_root() {
-        std::os::unix::fs::lchown(path, Some(0), Some(0))
-            .with_context(|| format!("chown root {}", path.display()))?;
+        std::os::unix::fs::lchown(path, Some(0), Some(0)).with_context(|| format!("chown root {}", path.display()))?;
     }
     Ok(())
 }
@@ -86,11 +65,7 @@ pub fn remove_if_present(path: &Path) -> Result<()> {
         Ok(meta) if meta.is_dir() => {
             let mounts = mounts_under(path)?;
             if !mounts.is_empty() {
-                bail!(
-                    "refusing to delete {}: still mounted there: {}",
-                    path.display(),
-                    mounts.join(", ")
-                );
+                bail!("refusing to delete {}: still mounted there: {}", path.display(), mounts.join(", "));
             }
             fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
         }
@@ -102,8 +77,7 @@ pub fn remove_if_present(path: &Path) -> Result<()> {
 /// Mount points at or below `dir`, as this process's mount namespace sees them.
 pub fn mounts_under(dir: &Path) -> Result<Vec<String>> {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-    let mountinfo =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     Ok(mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
@@ -114,11 +88,7 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<String>> {
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape_mount_path(field: &str) -> String {
-    field
-        .replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 #[cfg(test)]
@@ -131,24 +101,14 @@ mod tests {
         let dest = tempfile::tempdir().unwrap();
         fs::create_dir(src.path().join("bin")).unwrap();
         fs::write(src.path().join("bin/tool"), "#!/bin/sh\n").unwrap();
-        fs::set_permissions(
-            src.path().join("bin/tool"),
-            fs::Permissions::from_mode(0o750),
-        )
-        .unwrap();
+        fs::set_permissions(src.path().join("bin/tool"), fs::Permissions::from_mode(0o750)).unwrap();
         symlink("/dev/null", src.path().join("masked.service")).unwrap();
         fs::write(src.path().join("README.md"), "not copied").unwrap();
 
         copy_tree(src.path(), dest.path(), &["README.md"]).unwrap();
-        let mode = fs::metadata(dest.path().join("bin/tool"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = fs::metadata(dest.path().join("bin/tool")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o750);
-        assert_eq!(
-            fs::read_link(dest.path().join("masked.service")).unwrap(),
-            Path::new("/dev/null")
-        );
+        assert_eq!(fs::read_link(dest.path().join("masked.service")).unwrap(), Path::new("/dev/null"));
         assert!(!dest.path().join("README.md").exists());
 
         let msg = format!("{:#}", copy_tree(src.path(), dest.path(), &[]).unwrap_err());
@@ -157,12 +117,7 @@ mod tests {
 
     #[test]
     fn mount_points_are_found_under_a_directory() {
-        assert!(
-            mounts_under(Path::new("/"))
-                .unwrap()
-                .iter()
-                .any(|m| m == "/")
-        );
+        assert!(mounts_under(Path::new("/")).unwrap().iter().any(|m| m == "/"));
         let empty = tempfile::tempdir().unwrap();
         assert!(mounts_under(empty.path()).unwrap().is_empty());
     }

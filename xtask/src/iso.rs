@@ -1,18 +1,19 @@
-//! `cargo xtask iso`: the pipeline, as a list of named stages.
+//! `cargo xtask iso` (and `cargo xtask kernel`): the pipeline, as a list of named stages.
 //!
-//! manifest -> render -> build root -> package check -> lb build -> publish (sums, signatures)
+//! manifest -> render -> build root -> package check -> kernel -> lb build -> publish
 //!
 //! Each stage is a function of a small typed input, timed and shown by [`progress::stage`].
 //! Before building, the digest of every input is compared with the published build's: when
 //! nothing changed (and the same key would sign), the command says so and stops.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::build_root::{self, BuildRootSpec};
+use crate::build_root::{self, BuildRoot, BuildRootSpec};
 use crate::digest::Hasher;
 use crate::doctor::{self, Purpose};
+use crate::kernel::{self, KernelInputs, KernelPackage};
 use crate::lb_build::{self, LbBuildInputs};
 use crate::progress::{self, stage};
 use crate::project::{self, Project};
@@ -31,86 +32,131 @@ pub struct IsoArgs {
 }
 
 /// Everything the image depends on, in one digest: what live-build is given, the build root
-/// it runs in, the timestamp it is built with, and the version it is named after.
-pub fn inputs_digest(
-    config: &RenderedConfig,
-    root: &BuildRootSpec,
-    epoch: u64,
-    version: &str,
-) -> String {
+/// it runs in, the kernel, the timestamp it is built with, and the version it is named after.
+pub fn inputs_digest(config: &RenderedConfig, root: &BuildRoot, kernel_key: &str, epoch: u64, version: &str) -> String {
     Hasher::new()
         .field("config", &config.digest)
-        .field("build-root", root.key())
+        .field("build-root", &root.key)
+        .field("kernel", kernel_key)
         .field("source-date-epoch", epoch.to_string())
         .field("version", version)
         .hex()
 }
 
+/// The machine-wide paths and logs a run uses.
+struct Pipeline<'a> {
+    project: &'a Project,
+    cache: PathBuf,
+    logs: PathBuf,
+}
+
+impl<'a> Pipeline<'a> {
+    fn new(project: &'a Project) -> Result<Pipeline<'a>> {
+        let logs = project.logs_dir();
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        Ok(Pipeline { project, cache: project::cache_dir(), logs })
+    }
+
+    fn fresh_log(&self, name: &str) -> PathBuf {
+        let log = self.logs.join(name);
+        let _ = std::fs::remove_file(&log);
+        log
+    }
+
+    fn root_spec(&self) -> BuildRootSpec {
+        BuildRootSpec::for_image(&self.project.manifest)
+    }
+
+    fn kernel_inputs<'r>(&self, root: &'r BuildRoot, log: PathBuf) -> Result<KernelInputs<'r>>
+    where
+        'a: 'r,
+    {
+        let project = self.project;
+        Ok(KernelInputs {
+            pin: &project.kernel_pin,
+            kernel_dir: project.kernel_dir(),
+            root,
+            cache_dir: self.cache.clone(),
+            work_dir: project.work_dir().join("kernel"),
+            source_date_epoch: project::source_date_epoch_of(&project.root, Some("kernel"))?,
+            log,
+        })
+    }
+
+    /// Stage "build root".
+    fn build_root(&self) -> Result<BuildRoot> {
+        let spec = self.root_spec();
+        let log = self.fresh_log("build-root.log");
+        stage("build root", |s| {
+            if build_root::cached(&spec, &self.cache).is_some() {
+                s.set("cached");
+            } else {
+                s.set(&format!("debootstrap {} with live-build and a compiler (log: {})", spec.suite, log.display()));
+            }
+            build_root::ensure(&spec, &self.cache, &log, &mut |_| {})
+        })
+    }
+
+    /// Stage "kernel".
+    fn kernel(&self, root: &BuildRoot) -> Result<KernelPackage> {
+        let inputs = self.kernel_inputs(root, self.logs.join("kernel.log"))?;
+        stage("kernel", |s| {
+            if kernel::cached(&inputs)?.is_none() {
+                let _ = std::fs::remove_file(&inputs.log);
+            }
+            let package = kernel::build(&inputs, &mut |step| s.set(step))?;
+            if package.cached {
+                s.set(&format!("{} cached: nothing to compile", package.release));
+            }
+            Ok(package)
+        })
+    }
+}
+
+/// `cargo xtask kernel`: build (or find in the cache) the kernel package.
+pub fn run_kernel(project: &Project) -> Result<()> {
+    doctor::ensure(&[Purpose::Build])?;
+    let cx = Pipeline::new(project)?;
+    let root = cx.build_root()?;
+    let package = cx.kernel(&root)?;
+    if package.cached {
+        println!("kernel {} is cached (key {}): nothing compiled", package.release, package.key);
+    } else {
+        println!("built kernel {} (key {})", package.release, package.key);
+    }
+    println!("  package: {}", package.deb.display());
+    println!("  config:  {}", package.config.display());
+    Ok(())
+}
+
 pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let manifest = &project.manifest;
-    let dist = args
-        .dist
-        .clone()
-        .unwrap_or_else(|| project.default_dist_dir());
-    let stem = format!(
-        "{}-{}",
-        manifest.image_name(&project.version),
-        manifest.architecture
-    );
-    let cache = project::cache_dir();
-    let logs = project.logs_dir();
-    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let dist = args.dist.clone().unwrap_or_else(|| project.default_dist_dir());
+    let stem = format!("{}-{}", manifest.image_name(&project.version), manifest.architecture);
+    let cx = Pipeline::new(project)?;
 
     doctor::ensure(&[Purpose::Build])?;
     let epoch = project::source_date_epoch(&project.root)?;
-    let config = stage("render", |_| {
-        render::render(&RenderInputs::of(project), &project.default_config_dir())
-    })?;
-    let root_spec = BuildRootSpec::for_image(manifest);
+    let config = stage("render", |_| render::render(&RenderInputs::of(project), &project.default_config_dir()))?;
     let key_source = KeySource::from_env()?;
-    let digest = inputs_digest(&config, &root_spec, epoch, &project.version);
-
-    if !args.force
-        && let Some(published) = publish::published_build(&dist, &stem)
-    {
-        {
-            let wanted_key = signing::release_fingerprint(&key_source)?;
-            let same_signer = match &wanted_key {
-                None => published.development_signature,
-                Some(fpr) => !published.development_signature && &published.signing_key == fpr,
-            };
-            if published.inputs_digest == digest && same_signer {
-                println!(
-                    "up to date: {} was built from these exact inputs (digest {}); use --force to rebuild",
-                    dist.join(project.iso_file_name()).display(),
-                    &digest[..16]
-                );
-                return Ok(());
-            }
-        }
+    let planned_root = build_root::planned(&cx.root_spec(), &cx.cache);
+    let kernel_key = cx.kernel_inputs(&planned_root, PathBuf::new())?.key()?;
+    let digest = inputs_digest(&config, &planned_root, &kernel_key, epoch, &project.version);
+    if !args.force && is_published(&dist, &stem, &digest, &key_source)? {
+        println!(
+            "up to date: {} was built from these exact inputs (digest {}); use --force to rebuild",
+            dist.join(project.iso_file_name()).display(),
+            &digest[..16]
+        );
+        return Ok(());
     }
 
-    let root_log = logs.join("build-root.log");
-    let _ = std::fs::remove_file(&root_log);
-    let root = stage("build root", |s| {
-        if build_root::cached(&root_spec, &cache).is_some() {
-            s.set("cached");
-        } else {
-            s.set(&format!(
-                "debootstrap {} (log: {})",
-                root_spec.suite,
-                root_log.display()
-            ));
-        }
-        build_root::ensure(&root_spec, &cache, &root_log, &mut |_| {})
-    })?;
-    stage("package check", |_| {
-        build_root::check_packages_exist(&root, &config.packages, &manifest.suite)
-    })?;
+    let root = cx.build_root()?;
+    stage("package check", |_| build_root::check_packages_exist(&root, &config.packages, &manifest.suite))?;
+    let kernel = cx.kernel(&root)?;
 
-    let lb_log = logs.join("lb-build.log");
-    let _ = std::fs::remove_file(&lb_log);
+    let lb_log = cx.fresh_log("lb-build.log");
     let built = stage("lb build", |s| {
         let phase_start = std::time::Instant::now();
         s.set(&format!("starting (log: {})", lb_log.display()));
@@ -121,6 +167,8 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
             image_stem: stem.clone(),
             source_date_epoch: epoch,
             log: lb_log.clone(),
+            kernel_deb: kernel.deb.clone(),
+            kernel_release: kernel.release.clone(),
         };
         lb_build::build(&inputs, &mut |lb_stage, helper| {
             let at = progress::format_duration(phase_start.elapsed());
@@ -131,57 +179,54 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
         })
     })?;
 
-    let info_without_key = |signer: &Signer| BuildInfo {
-        name: manifest.name.clone(),
-        version: project.version.clone(),
-        suite: manifest.suite.clone(),
-        architecture: manifest.architecture.clone(),
-        source_date_epoch: epoch,
-        inputs_digest: digest.clone(),
-        config_digest: config.digest.clone(),
-        build_root_key: root.key.clone(),
-        signing_key: signer.fingerprint.clone(),
-        development_signature: signer.is_development,
-    };
-    let published = stage("publish", |s| {
+    let signer = stage("publish", |s| {
         s.set("loading signing key");
         let signer = Signer::new(&key_source)?;
-        let artifacts = Artifacts {
-            iso: &built.iso,
-            package_manifest: &built.package_manifest,
-            stem: &stem,
+        let info = BuildInfo {
+            name: manifest.name.clone(),
+            version: project.version.clone(),
+            suite: manifest.suite.clone(),
+            architecture: manifest.architecture.clone(),
+            source_date_epoch: epoch,
+            inputs_digest: digest.clone(),
+            config_digest: config.digest.clone(),
+            build_root_key: root.key.clone(),
+            kernel_release: kernel.release.clone(),
+            kernel_key: kernel.key.clone(),
+            signing_key: signer.fingerprint.clone(),
+            development_signature: signer.is_development,
         };
-        let files = publish::publish(
-            &artifacts,
-            &info_without_key(&signer),
-            &signer,
-            &dist,
-            &mut |step| s.set(step),
-        )?;
-        Ok((files, signer.is_development, signer.fingerprint.clone()))
+        let artifacts = Artifacts { iso: &built.iso, package_manifest: &built.package_manifest, stem: &stem };
+        let files = publish::publish(&artifacts, &info, &signer, &dist, &mut |step| s.set(step))?;
+        println!("published to {} in {}:", dist.display(), progress::format_duration(started.elapsed()));
+        for file in &files {
+            println!("  {}", file.file_name().unwrap_or_default().to_string_lossy());
+        }
+        Ok(signer)
     })?;
 
-    let (files, development, fingerprint) = published;
-    println!(
-        "published to {} in {}:",
-        dist.display(),
-        progress::format_duration(started.elapsed())
-    );
-    for file in &files {
+    if signer.is_development {
         println!(
-            "  {}",
-            file.file_name().unwrap_or_default().to_string_lossy()
-        );
-    }
-    if development {
-        println!(
-            "NOTE: signed with a throwaway DEVELOPMENT key {fingerprint}: NOT a release signature \
+            "NOTE: signed with a throwaway DEVELOPMENT key {}: NOT a release signature \
              (set ${} or ${} to sign with the release key)",
+            signer.fingerprint,
             signing::KEY_FILE_ENV,
             signing::KEY_ENV
         );
     } else {
-        println!("signed with key {fingerprint}");
+        println!("signed with key {}", signer.fingerprint);
     }
     Ok(())
+}
+
+/// Whether `dist` already holds this exact build, signed the way it would be now.
+fn is_published(dist: &Path, stem: &str, digest: &str, key_source: &KeySource) -> Result<bool> {
+    let Some(published) = publish::published_build(dist, stem) else {
+        return Ok(false);
+    };
+    let same_signer = match signing::release_fingerprint(key_source)? {
+        None => published.development_signature,
+        Some(fpr) => !published.development_signature && published.signing_key == fpr,
+    };
+    Ok(published.inputs_digest == digest && same_signer)
 }

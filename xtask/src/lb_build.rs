@@ -24,6 +24,10 @@ pub struct LbBuildInputs<'a> {
     pub image_stem: String,
     pub source_date_epoch: u64,
     pub log: PathBuf,
+    /// The kernel package to install instead of Debian's (`linux-image-<release>_*.deb`).
+    pub kernel_deb: PathBuf,
+    /// Its release: the image's `/live/vmlinuz` and initrd must be this kernel's.
+    pub kernel_release: String,
 }
 
 /// What live-build produced.
@@ -41,29 +45,24 @@ const STAGES: [&str; 5] = ["bootstrap", "chroot", "installer", "binary", "source
 /// `[date] lb <helper> [args]`. Returns (stage, helper); the helper is `None` for a stage's
 /// own line.
 pub fn phase_of(line: &str) -> Option<(&str, Option<&str>)> {
-    let helper = line
-        .strip_prefix('[')?
-        .split("] lb ")
-        .nth(1)?
-        .split_whitespace()
-        .next()?;
+    let helper = line.strip_prefix('[')?.split("] lb ").nth(1)?.split_whitespace().next()?;
     if STAGES.contains(&helper) {
         return Some((helper, None));
     }
-    let stage = STAGES.iter().find(|s| {
-        helper
-            .strip_prefix(**s)
-            .is_some_and(|rest| rest.starts_with('_'))
-    })?;
+    let stage = STAGES.iter().find(|s| helper.strip_prefix(**s).is_some_and(|rest| rest.starts_with('_')))?;
     Some((stage, Some(helper)))
 }
 
 /// Runs `lb config` and `lb build`. `on_progress(stage, helper)` follows live-build's stages.
-pub fn build(
-    inputs: &LbBuildInputs,
-    on_progress: &mut dyn FnMut(&str, Option<&str>),
-) -> Result<BuiltImage> {
+pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&str>)) -> Result<BuiltImage> {
     prepare_build_dir(&inputs.build_dir, &inputs.config.dir)?;
+    // live-build installs every .deb in config/packages.chroot/ from a local repository; only
+    // the image package goes there (no headers, -dbg or libc-dev).
+    let local_debs = inputs.build_dir.join("config/packages.chroot");
+    fs::create_dir_all(&local_debs)?;
+    let deb_name = inputs.kernel_deb.file_name().context("kernel package has no file name")?;
+    fs::copy(&inputs.kernel_deb, local_debs.join(deb_name))
+        .with_context(|| format!("copying {} into config/packages.chroot", inputs.kernel_deb.display()))?;
     let epoch = inputs.source_date_epoch.to_string();
     let lb = |argv: &[&str]| {
         RootCommand::new(&inputs.root.path, argv)
@@ -83,32 +82,41 @@ pub fn build(
         Some((_, Some(helper))) if !stage.is_empty() => on_progress(&stage, Some(helper)),
         _ => {}
     };
-    lb(&["lb", "config"])?
-        .run_logged(&inputs.log, &mut on_line)
-        .context("lb config failed")?;
-    lb(&["lb", "build"])?
-        .run_logged(&inputs.log, &mut on_line)
-        .context("lb build failed")?;
+    lb(&["lb", "config"])?.run_logged(&inputs.log, &mut on_line).context("lb config failed")?;
+    lb(&["lb", "build"])?.run_logged(&inputs.log, &mut on_line).context("lb build failed")?;
 
-    let iso = inputs
-        .build_dir
-        .join(format!("{}.hybrid.iso", inputs.image_stem));
-    let package_manifest = inputs
-        .build_dir
-        .join(format!("{}.packages", inputs.image_stem));
+    let iso = inputs.build_dir.join(format!("{}.hybrid.iso", inputs.image_stem));
+    let package_manifest = inputs.build_dir.join(format!("{}.packages", inputs.image_stem));
     for (what, path) in [("ISO", &iso), ("package manifest", &package_manifest)] {
         if !path.is_file() {
-            bail!(
-                "lb build finished but produced no {what} at {} (see {})",
-                path.display(),
-                inputs.log.display()
-            );
+            bail!("lb build finished but produced no {what} at {} (see {})", path.display(), inputs.log.display());
         }
     }
-    Ok(BuiltImage {
-        iso,
-        package_manifest,
-    })
+    check_boot_files(&inputs.build_dir.join("binary/live"), &inputs.kernel_release)?;
+    Ok(BuiltImage { iso, package_manifest })
+}
+
+/// live-build only warns when the initrd is missing; an image without one cannot boot. Also
+/// proves the kernel in `/live` is ours: live-build copies it from `chroot/boot/`, where the
+/// package we installed put `vmlinuz-<release>`.
+fn check_boot_files(live: &Path, release: &str) -> Result<()> {
+    let names: Vec<String> = fs::read_dir(live)
+        .with_context(|| format!("reading {}", live.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
+    if !has("vmlinuz") {
+        bail!("the image has no kernel in live/ (found: {})", names.join(", "));
+    }
+    if !has("initrd.img") {
+        bail!("the image has no initrd in live/ for kernel {release} (found: {})", names.join(", "));
+    }
+    let foreign: Vec<&String> = names.iter().filter(|n| n.starts_with("vmlinuz-") && !n.ends_with(release)).collect();
+    if !foreign.is_empty() {
+        bail!("live/ holds a kernel other than {release}: {foreign:?}");
+    }
+    Ok(())
 }
 
 /// Empties the build directory except live-build's package cache, then puts the rendered
@@ -117,11 +125,7 @@ fn prepare_build_dir(build_dir: &Path, config_dir: &Path) -> Result<()> {
     fs::create_dir_all(build_dir).with_context(|| format!("creating {}", build_dir.display()))?;
     let mounted = fsx::mounts_under(build_dir)?;
     if !mounted.is_empty() {
-        bail!(
-            "{} has mounts below it ({}); unmount them first",
-            build_dir.display(),
-            mounted.join(", ")
-        );
+        bail!("{} has mounts below it ({}); unmount them first", build_dir.display(), mounted.join(", "));
     }
     for entry in fs::read_dir(build_dir)? {
         let entry = entry?;
@@ -129,8 +133,7 @@ fn prepare_build_dir(build_dir: &Path, config_dir: &Path) -> Result<()> {
             fsx::remove_if_present(&entry.path())?;
         }
     }
-    fsx::copy_tree(config_dir, build_dir, &["cache"])
-        .context("copying the rendered config into the build directory")
+    fsx::copy_tree(config_dir, build_dir, &["cache"]).context("copying the rendered config into the build directory")
 }
 
 #[cfg(test)]
@@ -139,10 +142,7 @@ mod tests {
 
     #[test]
     fn phases_are_read_from_live_build_log_lines() {
-        assert_eq!(
-            phase_of("[2026-11-22 07:00:00] lb chroot "),
-            Some(("chroot", None))
-        );
+        assert_eq!(phase_of("[2026-11-22 07:00:00] lb chroot "), Some(("chroot", None)));
         assert_eq!(
             phase_of("[2026-11-22 07:00:01] lb bootstrap_debootstrap "),
             Some(("bootstrap", Some("bootstrap_debootstrap")))
@@ -151,12 +151,21 @@ mod tests {
             phase_of("[2026-11-22 07:01:00] lb chroot_install-packages install"),
             Some(("chroot", Some("chroot_install-packages")))
         );
-        assert_eq!(
-            phase_of("[2026-11-22 07:09:00] lb binary_iso"),
-            Some(("binary", Some("binary_iso")))
-        );
+        assert_eq!(phase_of("[2026-11-22 07:09:00] lb binary_iso"), Some(("binary", Some("binary_iso"))));
         assert_eq!(phase_of("[2026-11-22 07:09:00] lb config noauto"), None);
         assert_eq!(phase_of("P: Begin installing packages..."), None);
+    }
+
+    #[test]
+    fn boot_files_must_include_an_initrd_and_only_our_kernel() {
+        let live = tempfile::tempdir().unwrap();
+        fs::write(live.path().join("vmlinuz"), "k").unwrap();
+        let msg = format!("{:#}", check_boot_files(live.path(), "6.12.117-truthdb").unwrap_err());
+        assert!(msg.contains("no initrd"), "{msg}");
+        fs::write(live.path().join("initrd.img"), "i").unwrap();
+        check_boot_files(live.path(), "6.12.117-truthdb").unwrap();
+        fs::write(live.path().join("vmlinuz-6.12.117+deb13-amd64"), "k").unwrap();
+        assert!(check_boot_files(live.path(), "6.12.117-truthdb").is_err());
     }
 
     #[test]

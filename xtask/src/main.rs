@@ -8,6 +8,7 @@ mod digest;
 mod doctor;
 mod fsx;
 mod iso;
+mod kernel;
 mod lb_build;
 mod manifest;
 mod packages;
@@ -44,6 +45,8 @@ struct Cli {
 enum Command {
     /// Build the signed, checksummed hybrid ISO into dist/ (needs root; uses sudo if not).
     Iso(iso::IsoArgs),
+    /// Build the appliance kernel package from kernel/ (or say it is cached), in the build root.
+    Kernel,
     /// Render the live-build configuration only, to read or diff what live-build gets.
     Config {
         /// Output directory (default: target/truthdb-os/config).
@@ -115,25 +118,19 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             reexec_as_root_if_needed()?;
             iso::run(&project, &args)?;
         }
+        Command::Kernel => {
+            let project = project()?;
+            reexec_as_root_if_needed()?;
+            iso::run_kernel(&project)?;
+        }
         Command::Config { out } => render::run_config_command(&project()?, out)?,
         Command::Verify { dir, key } => publish::run_verify_command(&dir, key.as_deref())?,
-        Command::BootTest {
-            iso,
-            modes,
-            accel,
-            timeout,
-            memory,
-        } => {
+        Command::BootTest { iso, modes, accel, timeout, memory } => {
             let project = project()?;
             doctor::ensure(&[doctor::Purpose::BootTest])?;
             let config = boot_test::BootTestConfig {
-                iso: iso
-                    .unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
-                modes: if modes.is_empty() {
-                    boot_test::BootMode::ALL.to_vec()
-                } else {
-                    modes
-                },
+                iso: iso.unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
+                modes: if modes.is_empty() { boot_test::BootMode::ALL.to_vec() } else { modes },
                 accel,
                 timeout: Duration::from_secs(timeout),
                 memory_mib: memory,

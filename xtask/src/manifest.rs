@@ -85,15 +85,7 @@ fn default_security_mirror() -> String {
     "http://deb.debian.org/debian-security".into()
 }
 fn default_append() -> Vec<String> {
-    [
-        "boot=live",
-        "components",
-        "quiet",
-        "loglevel=3",
-        "systemd.show_status=false",
-    ]
-    .map(String::from)
-    .to_vec()
+    ["boot=live", "components", "quiet", "loglevel=3", "systemd.show_status=false"].map(String::from).to_vec()
 }
 fn default_serial_console() -> String {
     "ttyS0,115200".into()
@@ -104,10 +96,7 @@ fn default_timeout() -> u32 {
 
 impl Default for Mirrors {
     fn default() -> Self {
-        Mirrors {
-            archive: default_archive_mirror(),
-            security: default_security_mirror(),
-        }
+        Mirrors { archive: default_archive_mirror(), security: default_security_mirror() }
     }
 }
 
@@ -129,10 +118,9 @@ const MAX_ISO_ID: usize = 128;
 impl Manifest {
     /// Reads and validates a manifest file; errors name the file and the offending field.
     pub fn load(path: &Path, version: &str) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading appliance manifest {}", path.display()))?;
-        Manifest::parse(&text, version)
-            .with_context(|| format!("in appliance manifest {}", path.display()))
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading appliance manifest {}", path.display()))?;
+        Manifest::parse(&text, version).with_context(|| format!("in appliance manifest {}", path.display()))
     }
 
     pub fn parse(text: &str, version: &str) -> Result<Manifest> {
@@ -143,27 +131,16 @@ impl Manifest {
 
     fn validate(&self, version: &str) -> Result<()> {
         if !is_debian_name(&self.name) {
-            bail!(
-                "field `name`: {:?} must be lower-case letters, digits, '.', '+' or '-'",
-                self.name
-            );
+            bail!("field `name`: {:?} must be lower-case letters, digits, '.', '+' or '-'", self.name);
         }
         if self.pretty_name.trim().is_empty() {
             bail!("field `pretty_name` is empty");
         }
-        if self.suite.is_empty()
-            || !self
-                .suite
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c == '-')
-        {
+        if self.suite.is_empty() || !self.suite.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
             bail!("field `suite`: {:?} is not a Debian suite name", self.suite);
         }
         if self.architecture != "amd64" {
-            bail!(
-                "field `architecture`: {:?} is not supported (only amd64)",
-                self.architecture
-            );
+            bail!("field `architecture`: {:?} is not supported (only amd64)", self.architecture);
         }
         if self.archive_areas.is_empty() {
             bail!("field `archive_areas` is empty (at least \"main\")");
@@ -173,13 +150,8 @@ impl Manifest {
                 bail!("field `archive_areas`: unknown area {area:?}");
             }
         }
-        for (field, url) in [
-            ("mirrors.archive", &self.mirrors.archive),
-            ("mirrors.security", &self.mirrors.security),
-        ] {
-            let rest = url
-                .strip_prefix("http://")
-                .or_else(|| url.strip_prefix("https://"));
+        for (field, url) in [("mirrors.archive", &self.mirrors.archive), ("mirrors.security", &self.mirrors.security)] {
+            let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
             if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
                 bail!("field `{field}`: {url:?} is not an http:// or https:// URL");
             }
@@ -192,9 +164,7 @@ impl Manifest {
                 bail!("field `boot.append`: {param:?}: set the console with `boot.serial_console`");
             }
         }
-        if self.boot.serial_console.is_empty()
-            || self.boot.serial_console.contains(char::is_whitespace)
-        {
+        if self.boot.serial_console.is_empty() || self.boot.serial_console.contains(char::is_whitespace) {
             bail!(
                 "field `boot.serial_console`: {:?} is not a console spec like ttyS0,115200",
                 self.boot.serial_console
@@ -205,14 +175,9 @@ impl Manifest {
         }
         let volume = self.volume_id(version);
         if volume.len() > MAX_VOLUME_ID || !volume.is_ascii() {
-            bail!(
-                "field `iso.volume`: {volume:?} (with the version) is longer than {MAX_VOLUME_ID} ASCII characters"
-            );
+            bail!("field `iso.volume`: {volume:?} (with the version) is longer than {MAX_VOLUME_ID} ASCII characters");
         }
-        for (field, value) in [
-            ("iso.publisher", &self.iso.publisher),
-            ("iso.application", &self.iso.application),
-        ] {
+        for (field, value) in [("iso.publisher", &self.iso.publisher), ("iso.application", &self.iso.application)] {
             if value.len() > MAX_ISO_ID || value.contains('"') {
                 bail!("field `{field}`: at most {MAX_ISO_ID} characters and no '\"'");
             }
@@ -239,11 +204,7 @@ impl Manifest {
 
     /// The published ISO's file name.
     pub fn iso_file_name(&self, version: &str) -> String {
-        format!(
-            "{}-{}.hybrid.iso",
-            self.image_name(version),
-            self.architecture
-        )
+        format!("{}-{}.hybrid.iso", self.image_name(version), self.architecture)
     }
 }
 
@@ -269,24 +230,12 @@ pub fn workspace_version(cargo_toml: &Path) -> Result<String> {
     struct WorkspacePackage {
         version: String,
     }
-    let text = std::fs::read_to_string(cargo_toml)
-        .with_context(|| format!("reading {}", cargo_toml.display()))?;
-    let parsed: CargoToml = toml::from_str(&text).with_context(|| {
-        format!(
-            "{}: reading field `workspace.package.version`",
-            cargo_toml.display()
-        )
-    })?;
+    let text = std::fs::read_to_string(cargo_toml).with_context(|| format!("reading {}", cargo_toml.display()))?;
+    let parsed: CargoToml = toml::from_str(&text)
+        .with_context(|| format!("{}: reading field `workspace.package.version`", cargo_toml.display()))?;
     let version = parsed.workspace.package.version;
-    if version.is_empty()
-        || !version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".+-~".contains(c))
-    {
-        bail!(
-            "{}: `workspace.package.version` {version:?} is not a usable version",
-            cargo_toml.display()
-        );
+    if version.is_empty() || !version.chars().all(|c| c.is_ascii_alphanumeric() || ".+-~".contains(c)) {
+        bail!("{}: `workspace.package.version` {version:?} is not a usable version", cargo_toml.display());
     }
     Ok(version)
 }
@@ -315,10 +264,7 @@ application = "TruthDB OS appliance"
         assert_eq!(m.architecture, "amd64");
         assert_eq!(m.mirrors.security, "http://deb.debian.org/debian-security");
         assert!(m.kernel_command_line().ends_with("console=ttyS0,115200"));
-        assert_eq!(
-            m.iso_file_name("0.1.0"),
-            "truthdb-os-0.1.0-amd64.hybrid.iso"
-        );
+        assert_eq!(m.iso_file_name("0.1.0"), "truthdb-os-0.1.0-amd64.hybrid.iso");
         assert_eq!(m.volume_id("0.1.0"), "TruthDB OS 0.1.0");
     }
 
@@ -336,41 +282,22 @@ application = "TruthDB OS appliance"
 
     #[test]
     fn missing_required_field_is_named() {
-        let msg =
-            err("name = \"truthdb-os\"\n[iso]\nvolume=\"a\"\npublisher=\"b\"\napplication=\"c\"\n");
+        let msg = err("name = \"truthdb-os\"\n[iso]\nvolume=\"a\"\npublisher=\"b\"\napplication=\"c\"\n");
         assert!(msg.contains("pretty_name"), "{msg}");
     }
 
     #[test]
     fn invalid_values_name_their_field() {
         let cases = [
+            (MINIMAL.replace("truthdb-os\"", "Truth DB\""), "field `name`"),
+            (format!("{MINIMAL}\n[mirrors]\narchive = \"ftp://x\"\n"), "field `mirrors.archive`"),
+            (format!("{MINIMAL}\n[boot]\nappend = [\"console=tty0\"]\n"), "field `boot.append`"),
+            (format!("{MINIMAL}\n[boot]\nmenu_timeout_seconds = 0\n"), "menu_timeout_seconds"),
             (
-                MINIMAL.replace("truthdb-os\"", "Truth DB\""),
-                "field `name`",
-            ),
-            (
-                format!("{MINIMAL}\n[mirrors]\narchive = \"ftp://x\"\n"),
-                "field `mirrors.archive`",
-            ),
-            (
-                format!("{MINIMAL}\n[boot]\nappend = [\"console=tty0\"]\n"),
-                "field `boot.append`",
-            ),
-            (
-                format!("{MINIMAL}\n[boot]\nmenu_timeout_seconds = 0\n"),
-                "menu_timeout_seconds",
-            ),
-            (
-                MINIMAL.replace(
-                    "volume = \"TruthDB OS\"",
-                    "volume = \"A VERY LONG VOLUME NAME FOR AN ISO\"",
-                ),
+                MINIMAL.replace("volume = \"TruthDB OS\"", "volume = \"A VERY LONG VOLUME NAME FOR AN ISO\""),
                 "iso.volume",
             ),
-            (
-                MINIMAL.replace("pretty_name", "architecture = \"arm64\"\npretty_name"),
-                "field `architecture`",
-            ),
+            (MINIMAL.replace("pretty_name", "architecture = \"arm64\"\npretty_name"), "field `architecture`"),
         ];
         for (text, expected) in cases {
             let msg = err(&text);

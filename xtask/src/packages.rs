@@ -24,14 +24,9 @@ pub struct PackageList {
 
 impl PackageList {
     pub fn load(path: &Path) -> Result<PackageList> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading package list {}", path.display()))?;
-        let entries =
-            parse(&text).with_context(|| format!("in package list {}", path.display()))?;
-        Ok(PackageList {
-            path: path.to_owned(),
-            entries,
-        })
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading package list {}", path.display()))?;
+        let entries = parse(&text).with_context(|| format!("in package list {}", path.display()))?;
+        Ok(PackageList { path: path.to_owned(), entries })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -63,15 +58,9 @@ pub fn parse(text: &str) -> Result<Vec<PackageEntry>> {
             bail!("line {line}: {content:?} is not a valid Debian package name");
         }
         if let Some(first) = entries.iter().find(|e| e.name == content) {
-            bail!(
-                "line {line}: package {content:?} is already listed on line {}",
-                first.line
-            );
+            bail!("line {line}: package {content:?} is already listed on line {}", first.line);
         }
-        entries.push(PackageEntry {
-            name: content.to_owned(),
-            line,
-        });
+        entries.push(PackageEntry { name: content.to_owned(), line });
     }
     if entries.is_empty() {
         bail!("no packages listed (live-build needs at least one)");
@@ -88,16 +77,7 @@ mod tests {
         let entries = parse("# header\n\nopenssh-server  # remote admin\n  curl\n").unwrap();
         assert_eq!(
             entries,
-            [
-                PackageEntry {
-                    name: "openssh-server".into(),
-                    line: 3
-                },
-                PackageEntry {
-                    name: "curl".into(),
-                    line: 4
-                }
-            ]
+            [PackageEntry { name: "openssh-server".into(), line: 3 }, PackageEntry { name: "curl".into(), line: 4 }]
         );
     }
 
@@ -106,10 +86,7 @@ mod tests {
         for (text, expected) in [
             ("curl\nOpenSSH\n", "line 2: \"OpenSSH\" is not a valid"),
             ("curl wget\n", "line 1: \"curl wget\" holds more than one"),
-            (
-                "curl\ncurl\n",
-                "line 2: package \"curl\" is already listed on line 1",
-            ),
+            ("curl\ncurl\n", "line 2: package \"curl\" is already listed on line 1"),
             ("# nothing\n\n", "no packages listed"),
         ] {
             let msg = format!("{:#}", parse(text).unwrap_err());
@@ -123,9 +100,6 @@ mod tests {
         let path = dir.path().join("packages.list");
         std::fs::write(&path, "Bad_Name\n").unwrap();
         let msg = format!("{:#}", PackageList::load(&path).unwrap_err());
-        assert!(
-            msg.contains("packages.list") && msg.contains("line 1"),
-            "{msg}"
-        );
+        assert!(msg.contains("packages.list") && msg.contains("line 1"), "{msg}");
     }
 }

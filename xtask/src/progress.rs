@@ -64,11 +64,7 @@ pub fn stage<T>(name: &'static str, f: impl FnOnce(&Stage) -> Result<T>) -> Resu
 
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs >= 60 {
-        format!("{}m{:02}s", secs / 60, secs % 60)
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
+    if secs >= 60 { format!("{}m{:02}s", secs / 60, secs % 60) } else { format!("{:.1}s", d.as_secs_f64()) }
 }
 
 #[cfg(test)]
@@ -77,15 +73,9 @@ mod tests {
 
     #[test]
     fn failure_names_the_stage() {
-        let err = stage("checksums", |_| -> Result<()> {
-            anyhow::bail!("disk full")
-        })
-        .unwrap_err();
+        let err = stage("checksums", |_| -> Result<()> { anyhow::bail!("disk full") }).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(
-            msg.starts_with("stage `checksums` failed") && msg.contains("disk full"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("stage `checksums` failed") && msg.contains("disk full"), "{msg}");
     }
 
     #[test]

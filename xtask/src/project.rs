@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::kernel::KernelPin;
 use crate::manifest::{Manifest, workspace_version};
 
 /// The default cache, outside the repository, shared by every checkout on the machine.
@@ -18,6 +19,8 @@ pub struct Project {
     /// The workspace version: the one version of everything.
     pub version: String,
     pub manifest: Manifest,
+    /// `kernel/kernel.toml`: the kernel the image boots.
+    pub kernel_pin: KernelPin,
 }
 
 impl Project {
@@ -25,21 +28,13 @@ impl Project {
     pub fn load(root: Option<&Path>) -> Result<Project> {
         let root = match root {
             Some(root) => root.to_owned(),
-            None => Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("xtask/ has a parent")
-                .to_owned(),
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_owned(),
         };
-        let root = root
-            .canonicalize()
-            .with_context(|| format!("project directory {}", root.display()))?;
+        let root = root.canonicalize().with_context(|| format!("project directory {}", root.display()))?;
         let version = workspace_version(&root.join("Cargo.toml"))?;
         let manifest = Manifest::load(&root.join("lb-config/appliance.toml"), &version)?;
-        Ok(Project {
-            root,
-            version,
-            manifest,
-        })
+        let kernel_pin = KernelPin::load(&root.join("kernel/kernel.toml"))?;
+        Ok(Project { root, version, manifest, kernel_pin })
     }
 
     /// minijinja templates and verbatim files mirroring live-build's `auto/` and `config/`.
@@ -54,6 +49,10 @@ impl Project {
     }
     pub fn packages_list(&self) -> PathBuf {
         self.root.join("packages.list")
+    }
+    /// `kernel/`: pin, config fragments, patches.
+    pub fn kernel_dir(&self) -> PathBuf {
+        self.root.join("kernel")
     }
     /// Everything xtask writes inside the repository lives under here (ignored by git).
     pub fn work_dir(&self) -> PathBuf {
@@ -75,31 +74,28 @@ impl Project {
 
 /// The machine-wide cache directory: `$TRUTHDB_CACHE_DIR` or [`DEFAULT_CACHE_DIR`].
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("TRUTHDB_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| DEFAULT_CACHE_DIR.into())
+    std::env::var_os("TRUTHDB_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_CACHE_DIR.into())
 }
 
 /// `SOURCE_DATE_EPOCH`: the caller's if set (a rebuilder's), else the last commit's time.
 pub fn source_date_epoch(root: &Path) -> Result<u64> {
+    source_date_epoch_of(root, None)
+}
+
+/// Like [`source_date_epoch`], but the last commit that touched `path`: the kernel's
+/// timestamp changes only when `kernel/` does, so unrelated commits do not rebuild it.
+pub fn source_date_epoch_of(root: &Path, path: Option<&str>) -> Result<u64> {
     if let Some(value) = std::env::var_os("SOURCE_DATE_EPOCH") {
         let value = value.to_string_lossy();
-        return value
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number"));
+        return value.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number"));
     }
     let out = crate::run::Cmd::new("git")
-        .args(["-c", "safe.directory=*", "log", "-1", "--format=%ct"])
+        .args(["-c", "safe.directory=*", "log", "-1", "--format=%ct", "--"])
+        .args(path)
         .dir(root)
         .read()
-        .context(
-            "reading the last commit's time for SOURCE_DATE_EPOCH (or set SOURCE_DATE_EPOCH)",
-        )?;
-    let epoch: u64 = out
-        .trim()
-        .parse()
-        .with_context(|| format!("git printed {out:?} as commit time"))?;
+        .context("reading the last commit's time for SOURCE_DATE_EPOCH (or set SOURCE_DATE_EPOCH)")?;
+    let epoch: u64 = out.trim().parse().with_context(|| format!("git printed {out:?} as commit time"))?;
     // FAT (the EFI boot image) cannot store dates before 1980.
     if epoch < 315_532_800 {
         bail!("SOURCE_DATE_EPOCH {epoch} is before 1980, which FAT cannot store");

@@ -36,6 +36,9 @@ pub struct BuildInfo {
     pub inputs_digest: String,
     pub config_digest: String,
     pub build_root_key: String,
+    /// `uname -r` of the image's kernel, and the cache key it was built under.
+    pub kernel_release: String,
+    pub kernel_key: String,
     /// Fingerprint of the key that signed the sums.
     pub signing_key: String,
     pub development_signature: bool,
@@ -86,10 +89,7 @@ fn stage_release(
     move_or_copy(artifacts.iso, &staging.join(&iso_name))?;
     fs::copy(artifacts.package_manifest, staging.join(&packages_name))
         .with_context(|| format!("copying {}", artifacts.package_manifest.display()))?;
-    fs::write(
-        staging.join(&info_name),
-        serde_json::to_string_pretty(info)? + "\n",
-    )?;
+    fs::write(staging.join(&info_name), serde_json::to_string_pretty(info)? + "\n")?;
 
     on_step("checksums");
     let mut digests = Vec::new();
@@ -116,8 +116,7 @@ fn move_or_copy(from: &Path, to: &Path) -> Result<()> {
     if fs::rename(from, to).is_ok() {
         return Ok(());
     }
-    fs::copy(from, to)
-        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     Ok(())
 }
 
@@ -127,16 +126,14 @@ fn move_into_place(staging: &Path, dist: &Path, names: &[String]) -> Result<Vec<
     let mut published = Vec::new();
     for name in names {
         let to = dist.join(name);
-        fs::rename(staging.join(name), &to)
-            .with_context(|| format!("moving {name} into {}", dist.display()))?;
+        fs::rename(staging.join(name), &to).with_context(|| format!("moving {name} into {}", dist.display()))?;
         published.push(to);
     }
     for entry in fs::read_dir(dist)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if !names.contains(&name) && is_release_file(&name) {
-            fs::remove_file(entry.path())
-                .with_context(|| format!("removing stale {}", entry.path().display()))?;
+            fs::remove_file(entry.path()).with_context(|| format!("removing stale {}", entry.path().display()))?;
         }
     }
     Ok(published)
@@ -165,16 +162,11 @@ pub fn verify_sums(dir: &Path, algorithms: &[Algorithm]) -> Result<Vec<String>> 
     let mut checked = Vec::new();
     for &algorithm in algorithms {
         let sums_path = dir.join(algorithm.sums_file());
-        let text = fs::read_to_string(&sums_path)
-            .with_context(|| format!("reading {}", sums_path.display()))?;
+        let text = fs::read_to_string(&sums_path).with_context(|| format!("reading {}", sums_path.display()))?;
         for (expected, name) in checksums::parse_sums(algorithm, &text)? {
             let path = dir.join(&name);
-            let actual = checksums::digest_file(&path).with_context(|| {
-                format!(
-                    "{} lists {name}, which cannot be read",
-                    algorithm.sums_file()
-                )
-            })?;
+            let actual = checksums::digest_file(&path)
+                .with_context(|| format!("{} lists {name}, which cannot be read", algorithm.sums_file()))?;
             if actual.get(algorithm) != expected {
                 bail!(
                     "{name}: {} mismatch (expected {expected}, got {})",
@@ -212,10 +204,7 @@ pub fn run_verify_command(dir: &Path, key: Option<&Path>) -> Result<()> {
             bail!("{} is missing: the sums are unsigned", sig.display());
         }
         let fingerprint = signing::verify_detached(&sig, &sums, &key)?;
-        println!(
-            "OK  {}.sign  good signature by {fingerprint}",
-            algorithm.sums_file()
-        );
+        println!("OK  {}.sign  good signature by {fingerprint}", algorithm.sums_file());
     }
     if development {
         println!(
@@ -242,6 +231,8 @@ mod tests {
             inputs_digest: "abc".into(),
             config_digest: "def".into(),
             build_root_key: "0123".into(),
+            kernel_release: "6.12.117-truthdb".into(),
+            kernel_key: "4567".into(),
             signing_key: String::new(),
             development_signature: true,
         }
@@ -263,17 +254,11 @@ mod tests {
         fs::write(dist.path().join("NOTES.txt"), "mine").unwrap();
         let (iso, packages) = fake_build(build.path());
         let signer = Signer::new(&KeySource::Development).unwrap();
-        let artifacts = Artifacts {
-            iso: &iso,
-            package_manifest: &packages,
-            stem: "truthdb-os-0.1.0-amd64",
-        };
+        let artifacts = Artifacts { iso: &iso, package_manifest: &packages, stem: "truthdb-os-0.1.0-amd64" };
         publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).unwrap();
 
-        let mut names: Vec<String> = fs::read_dir(dist.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> =
+            fs::read_dir(dist.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         assert_eq!(
             names,
@@ -290,22 +275,12 @@ mod tests {
             ]
         );
         run_verify_command(dist.path(), None).unwrap();
-        assert_eq!(
-            published_build(dist.path(), "truthdb-os-0.1.0-amd64"),
-            Some(info())
-        );
+        assert_eq!(published_build(dist.path(), "truthdb-os-0.1.0-amd64"), Some(info()));
 
         // A corrupted image is caught by the sums.
-        fs::write(
-            dist.path().join("truthdb-os-0.1.0-amd64.hybrid.iso"),
-            "corrupt",
-        )
-        .unwrap();
+        fs::write(dist.path().join("truthdb-os-0.1.0-amd64.hybrid.iso"), "corrupt").unwrap();
         let msg = format!("{:#}", run_verify_command(dist.path(), None).unwrap_err());
-        assert!(
-            msg.contains("truthdb-os-0.1.0-amd64.hybrid.iso: SHA256SUMS mismatch"),
-            "{msg}"
-        );
+        assert!(msg.contains("truthdb-os-0.1.0-amd64.hybrid.iso: SHA256SUMS mismatch"), "{msg}");
         assert_eq!(published_build(dist.path(), "truthdb-os-0.1.0-amd64"), None);
     }
 
@@ -315,11 +290,7 @@ mod tests {
         let dist = tempfile::tempdir().unwrap();
         let (iso, packages) = fake_build(build.path());
         let signer = Signer::new(&KeySource::Development).unwrap();
-        let artifacts = Artifacts {
-            iso: &iso,
-            package_manifest: &packages,
-            stem: "truthdb-os-0.1.0-amd64",
-        };
+        let artifacts = Artifacts { iso: &iso, package_manifest: &packages, stem: "truthdb-os-0.1.0-amd64" };
         publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).unwrap();
         // Rewrite the sums consistently for a swapped payload: only the signature can tell.
         let payload = dist.path().join("truthdb-os-0.1.0-amd64.packages");
@@ -331,16 +302,9 @@ mod tests {
                 "truthdb-os-0.1.0-amd64.hybrid.iso",
                 "truthdb-os-0.1.0-amd64.packages",
             ] {
-                files.push((
-                    name.to_owned(),
-                    checksums::digest_file(&dist.path().join(name)).unwrap(),
-                ));
+                files.push((name.to_owned(), checksums::digest_file(&dist.path().join(name)).unwrap()));
             }
-            fs::write(
-                dist.path().join(algorithm.sums_file()),
-                checksums::sums_text(algorithm, &files),
-            )
-            .unwrap();
+            fs::write(dist.path().join(algorithm.sums_file()), checksums::sums_text(algorithm, &files)).unwrap();
         }
         let msg = format!("{:#}", run_verify_command(dist.path(), None).unwrap_err());
         assert!(msg.contains("bad signature"), "{msg}");
@@ -352,20 +316,10 @@ mod tests {
         fs::write(dist.path().join("SHA256SUMS"), "previous\n").unwrap();
         let signer = Signer::new(&KeySource::Development).unwrap();
         let missing = Path::new("/nonexistent/x.iso");
-        let artifacts = Artifacts {
-            iso: missing,
-            package_manifest: missing,
-            stem: "truthdb-os-0.1.0-amd64",
-        };
+        let artifacts = Artifacts { iso: missing, package_manifest: missing, stem: "truthdb-os-0.1.0-amd64" };
         assert!(publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).is_err());
-        let names: Vec<_> = fs::read_dir(dist.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(dist.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["SHA256SUMS"]);
-        assert_eq!(
-            fs::read_to_string(dist.path().join("SHA256SUMS")).unwrap(),
-            "previous\n"
-        );
+        assert_eq!(fs::read_to_string(dist.path().join("SHA256SUMS")).unwrap(), "previous\n");
     }
 }

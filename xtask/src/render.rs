@@ -13,6 +13,9 @@
 //! config/bootloaders/...               menus with a timeout and the serial console
 //! ```
 //!
+//! The kernel package itself is a build product, not an input: the lb build stage adds it to
+//! `config/packages.chroot/`.
+//!
 //! Rendering is pure: the same inputs give the same bytes (golden tests in `tests/render.rs`).
 
 use std::collections::BTreeMap;
@@ -23,6 +26,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use crate::kernel::LiveBuildKernel;
 use crate::manifest::Manifest;
 use crate::packages::PackageList;
 use crate::project::Project;
@@ -37,6 +41,8 @@ pub struct RenderInputs {
     pub packages_list: PathBuf,
     pub hooks_dir: PathBuf,
     pub overlay_dir: PathBuf,
+    /// Which kernel package live-build installs (ours, from `kernel/kernel.toml`).
+    pub kernel: LiveBuildKernel,
 }
 
 impl RenderInputs {
@@ -48,6 +54,7 @@ impl RenderInputs {
             packages_list: project.packages_list(),
             hooks_dir: project.hooks_dir(),
             overlay_dir: project.overlay_dir(),
+            kernel: project.kernel_pin.live_build_selection(),
         }
     }
 }
@@ -80,6 +87,7 @@ struct TemplateContext<'a> {
     iso_application: &'a str,
     image_name: String,
     packages: Vec<&'a str>,
+    kernel: &'a LiveBuildKernel,
 }
 
 /// The manifest file sits in `lb-config/` but is input to the render, not part of its output.
@@ -89,27 +97,19 @@ const HOOK_SUFFIXES: [&str; 2] = [".hook.chroot", ".hook.binary"];
 /// Renders into `out`, replacing whatever was there. The tree is assembled beside `out` and
 /// renamed into place, so `out` is never a half-rendered mix.
 pub fn render(inputs: &RenderInputs, out: &Path) -> Result<RenderedConfig> {
-    for (what, dir) in [
-        ("lb-config", &inputs.lb_config_dir),
-        ("hooks", &inputs.hooks_dir),
-        ("overlay", &inputs.overlay_dir),
-    ] {
+    for (what, dir) in
+        [("lb-config", &inputs.lb_config_dir), ("hooks", &inputs.hooks_dir), ("overlay", &inputs.overlay_dir)]
+    {
         if !dir.is_dir() {
             bail!("the {what} directory {} is missing", dir.display());
         }
     }
     let packages = PackageList::load(&inputs.packages_list)?;
 
-    let parent = out
-        .parent()
-        .context("render output has no parent directory")?;
+    let parent = out.parent().context("render output has no parent directory")?;
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let staging = parent.join(format!(
-        ".{}.rendering",
-        out.file_name()
-            .context("render output has no name")?
-            .to_string_lossy()
-    ));
+    let staging =
+        parent.join(format!(".{}.rendering", out.file_name().context("render output has no name")?.to_string_lossy()));
     fsx::remove_if_present(&staging)?;
     fs::create_dir_all(&staging)?;
 
@@ -117,12 +117,8 @@ pub fn render(inputs: &RenderInputs, out: &Path) -> Result<RenderedConfig> {
     let result = (|| {
         render_lb_config(&inputs.lb_config_dir, &staging, &context)?;
         copy_hooks(&inputs.hooks_dir, &staging.join("config/hooks/normal"))?;
-        fsx::copy_tree(
-            &inputs.overlay_dir,
-            &staging.join("config/includes.chroot"),
-            &["README.md"],
-        )
-        .context("copying overlay/ into config/includes.chroot")?;
+        fsx::copy_tree(&inputs.overlay_dir, &staging.join("config/includes.chroot"), &["README.md"])
+            .context("copying overlay/ into config/includes.chroot")?;
         Ok::<_, anyhow::Error>(())
     })();
     if let Err(e) = result {
@@ -130,20 +126,12 @@ pub fn render(inputs: &RenderInputs, out: &Path) -> Result<RenderedConfig> {
         return Err(e);
     }
     fsx::remove_if_present(out)?;
-    fs::rename(&staging, out)
-        .with_context(|| format!("moving rendered config into {}", out.display()))?;
+    fs::rename(&staging, out).with_context(|| format!("moving rendered config into {}", out.display()))?;
     let digest = digest::tree_digest(out)?;
-    Ok(RenderedConfig {
-        dir: out.to_owned(),
-        digest,
-        packages,
-    })
+    Ok(RenderedConfig { dir: out.to_owned(), digest, packages })
 }
 
-fn template_context<'a>(
-    inputs: &'a RenderInputs,
-    packages: &'a PackageList,
-) -> TemplateContext<'a> {
+fn template_context<'a>(inputs: &'a RenderInputs, packages: &'a PackageList) -> TemplateContext<'a> {
     let m = &inputs.manifest;
     TemplateContext {
         name: &m.name,
@@ -161,6 +149,7 @@ fn template_context<'a>(
         iso_application: &m.iso.application,
         image_name: m.image_name(&inputs.version),
         packages: packages.names().collect(),
+        kernel: &inputs.kernel,
     }
 }
 
@@ -172,10 +161,7 @@ fn render_lb_config(src: &Path, dest: &Path, context: &TemplateContext) -> Resul
     env.set_keep_trailing_newline(true);
 
     let mut templates: BTreeMap<PathBuf, (PathBuf, u32)> = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(src)
-        .follow_links(false)
-        .sort_by_file_name()
-    {
+    for entry in walkdir::WalkDir::new(src).follow_links(false).sort_by_file_name() {
         let entry = entry.with_context(|| format!("walking {}", src.display()))?;
         let rel = entry.path().strip_prefix(src).expect("under src");
         if rel.as_os_str().is_empty() || rel == Path::new(MANIFEST_FILE) {
@@ -223,13 +209,9 @@ fn copy_hooks(src: &Path, dest: &Path) -> Result<()> {
             continue;
         }
         if !HOOK_SUFFIXES.iter().any(|s| name.ends_with(s)) {
-            bail!(
-                "hook {}: live-build only runs files named *.hook.chroot or *.hook.binary",
-                path.display()
-            );
+            bail!("hook {}: live-build only runs files named *.hook.chroot or *.hook.binary", path.display());
         }
-        let meta =
-            fs::metadata(&path).with_context(|| format!("reading hook {}", path.display()))?;
+        let meta = fs::metadata(&path).with_context(|| format!("reading hook {}", path.display()))?;
         if !meta.is_file() {
             bail!("hook {} is not a regular file", path.display());
         }
@@ -245,10 +227,7 @@ fn copy_hooks(src: &Path, dest: &Path) -> Result<()> {
 pub fn run_config_command(project: &Project, out: Option<PathBuf>) -> Result<()> {
     let out = out.unwrap_or_else(|| project.default_config_dir());
     let rendered = render(&RenderInputs::of(project), &out)?;
-    println!(
-        "rendered live-build configuration into {}",
-        rendered.dir.display()
-    );
+    println!("rendered live-build configuration into {}", rendered.dir.display());
     println!("config digest: {}", rendered.digest);
     Ok(())
 }

@@ -29,12 +29,7 @@ pub struct Cmd {
 
 impl Cmd {
     pub fn new(program: impl AsRef<OsStr>) -> Cmd {
-        Cmd {
-            program: program.as_ref().to_owned(),
-            args: Vec::new(),
-            env: Vec::new(),
-            dir: None,
-        }
+        Cmd { program: program.as_ref().to_owned(), args: Vec::new(), env: Vec::new(), dir: None }
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Cmd {
@@ -47,14 +42,12 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Cmd {
-        self.env
-            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self.env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -67,16 +60,10 @@ impl Cmd {
         // A fixed, small environment: the build must not change with the caller's locale,
         // aliases or a stray variable. Only PATH (so tools are found) and TERM pass through.
         let mut env: Vec<(OsString, OsString)> = vec![
-            (
-                "PATH".into(),
-                std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
-            ),
+            ("PATH".into(), std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into())),
             ("LC_ALL".into(), "C.UTF-8".into()),
             ("LANG".into(), "C.UTF-8".into()),
-            (
-                "HOME".into(),
-                std::env::var_os("HOME").unwrap_or_else(|| "/root".into()),
-            ),
+            ("HOME".into(), std::env::var_os("HOME").unwrap_or_else(|| "/root".into())),
         ];
         if let Some(term) = std::env::var_os("TERM") {
             env.push(("TERM".into(), term));
@@ -103,12 +90,7 @@ impl Cmd {
 
     /// Runs to completion and returns the raw output whatever the exit status.
     pub fn output_unchecked(&self) -> Result<Output> {
-        self.expression()
-            .stdout_capture()
-            .stderr_capture()
-            .unchecked()
-            .run()
-            .map_err(|e| self.spawn_error(e))
+        self.expression().stdout_capture().stderr_capture().unchecked().run().map_err(|e| self.spawn_error(e))
     }
 
     fn capture(&self) -> Result<Output> {
@@ -116,16 +98,8 @@ impl Cmd {
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let stdout = String::from_utf8_lossy(&output.stdout);
-            let said = if stderr.trim().is_empty() {
-                stdout
-            } else {
-                stderr
-            };
-            bail!(
-                "`{self}` failed: {}\n{}",
-                describe_status(output.status),
-                tail(&said, TAIL_LINES)
-            );
+            let said = if stderr.trim().is_empty() { stdout } else { stderr };
+            bail!("`{self}` failed: {}\n{}", describe_status(output.status), tail(&said, TAIL_LINES));
         }
         Ok(output)
     }
@@ -139,21 +113,14 @@ impl Cmd {
             .open(log)
             .with_context(|| format!("opening log file {}", log.display()))?;
         writeln!(log_file, "$ {self}")?;
-        let reader = self
-            .expression()
-            .stderr_to_stdout()
-            .stdin_null()
-            .unchecked()
-            .reader()
-            .map_err(|e| self.spawn_error(e))?;
+        let reader =
+            self.expression().stderr_to_stdout().stdin_null().unchecked().reader().map_err(|e| self.spawn_error(e))?;
         let mut last_lines: Vec<String> = Vec::new();
         let mut lines = BufReader::new(&reader);
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            let n = lines
-                .read_until(b'\n', &mut buf)
-                .with_context(|| format!("reading output of `{self}`"))?;
+            let n = lines.read_until(b'\n', &mut buf).with_context(|| format!("reading output of `{self}`"))?;
             if n == 0 {
                 break;
             }
@@ -166,10 +133,7 @@ impl Cmd {
                 last_lines.remove(0);
             }
         }
-        let status = reader
-            .try_wait()?
-            .map(|out| out.status)
-            .context("child still running after its output ended")?;
+        let status = reader.try_wait()?.map(|out| out.status).context("child still running after its output ended")?;
         log_file.flush()?;
         if !status.success() {
             bail!(
@@ -185,11 +149,7 @@ impl Cmd {
     /// Runs with the terminal's stdin/stdout/stderr (for commands whose output *is* the
     /// report, like a test runner), failing on a non-zero exit.
     pub fn run_inherit(&self) -> Result<()> {
-        let output = self
-            .expression()
-            .unchecked()
-            .run()
-            .map_err(|e| self.spawn_error(e))?;
+        let output = self.expression().unchecked().run().map_err(|e| self.spawn_error(e))?;
         if !output.status.success() {
             bail!("`{self}` failed: {}", describe_status(output.status));
         }
@@ -199,8 +159,7 @@ impl Cmd {
     /// Starts in the background with stdout and stderr going to `log`; the caller waits on or
     /// kills the returned handle (duct also kills it when the handle is dropped unwaited).
     pub fn start_logged(&self, log: &Path) -> Result<duct::Handle> {
-        let file =
-            File::create(log).with_context(|| format!("creating log file {}", log.display()))?;
+        let file = File::create(log).with_context(|| format!("creating log file {}", log.display()))?;
         self.expression()
             .stdin_null()
             .stdout_file(file.try_clone()?)
@@ -227,8 +186,7 @@ impl fmt::Display for Cmd {
         write!(f, "{}", self.program.to_string_lossy())?;
         for arg in &self.args {
             let arg = arg.to_string_lossy();
-            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'')
-            {
+            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
                 write!(f, " {arg:?}")?;
             } else {
                 write!(f, " {arg}")?;
@@ -271,10 +229,7 @@ mod tests {
 
     #[test]
     fn failure_names_the_exit_code_and_quotes_stderr() {
-        let err = Cmd::new("sh")
-            .args(["-c", "echo oops >&2; exit 3"])
-            .run()
-            .unwrap_err();
+        let err = Cmd::new("sh").args(["-c", "echo oops >&2; exit 3"]).run().unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("exit code 3"), "{msg}");
         assert!(msg.contains("oops"), "{msg}");
@@ -283,10 +238,7 @@ mod tests {
     #[test]
     fn missing_program_is_reported_as_not_found() {
         let err = Cmd::new("truthdb-no-such-tool").run().unwrap_err();
-        assert!(
-            format!("{err:#}").contains("`truthdb-no-such-tool` not found"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("`truthdb-no-such-tool` not found"), "{err:#}");
     }
 
     #[test]
@@ -302,10 +254,7 @@ mod tests {
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("one\ntwo\n"), "{text}");
         let msg = format!("{err:#}");
-        assert!(
-            msg.contains(&log.display().to_string()) && msg.contains("two"),
-            "{msg}"
-        );
+        assert!(msg.contains(&log.display().to_string()) && msg.contains("two"), "{msg}");
     }
 
     #[test]

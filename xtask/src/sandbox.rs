@@ -57,18 +57,9 @@ impl RootCommand {
 
     /// The host command line that runs this in a fresh namespace.
     pub fn to_cmd(&self) -> Result<Cmd> {
-        let exe = std::env::current_exe()
-            .context("locating the xtask binary to re-run it in the namespace")?;
+        let exe = std::env::current_exe().context("locating the xtask binary to re-run it in the namespace")?;
         let mut cmd = Cmd::new("unshare")
-            .args([
-                "--mount",
-                "--pid",
-                "--fork",
-                "--kill-child",
-                "--propagation",
-                "private",
-                "--",
-            ])
+            .args(["--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--"])
             .arg(exe)
             .arg("enter-build-root")
             .arg("--root")
@@ -76,9 +67,7 @@ impl RootCommand {
             .arg("--workdir")
             .arg(&self.workdir);
         for (host, inside) in &self.binds {
-            cmd = cmd
-                .arg("--bind")
-                .arg(format!("{}:{}", host.display(), inside.display()));
+            cmd = cmd.arg("--bind").arg(format!("{}:{}", host.display(), inside.display()));
         }
         for (key, value) in &self.env {
             cmd = cmd.arg("--env").arg(format!("{key}={value}"));
@@ -107,67 +96,43 @@ pub struct EnterArgs {
 /// Runs inside the new namespace: mounts, chroot, runs the command, exits with its status.
 pub fn enter(args: EnterArgs) -> Result<i32> {
     if std::process::id() != 1 {
-        bail!(
-            "enter-build-root is internal: run through `unshare --mount --pid --fork` (as PID 1)"
-        );
+        bail!("enter-build-root is internal: run through `unshare --mount --pid --fork` (as PID 1)");
     }
     let root = &args.root;
     mount(&["-t", "proc", "proc"], &root.join("proc"))?;
     mount(&["-t", "sysfs", "sysfs"], &root.join("sys"))?;
     mount(&["--rbind", "/dev"], &root.join("dev"))?;
     for bind in &args.binds {
-        let (host, inside) = bind
-            .split_once(':')
-            .with_context(|| format!("--bind {bind:?} is not HOST:INSIDE"))?;
+        let (host, inside) = bind.split_once(':').with_context(|| format!("--bind {bind:?} is not HOST:INSIDE"))?;
         let target = root.join(inside.trim_start_matches('/'));
-        std::fs::create_dir_all(&target)
-            .with_context(|| format!("creating {}", target.display()))?;
+        std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
         mount(&["--bind", host], &target)?;
     }
     // Name resolution for apt and debootstrap inside the root: the host's resolver.
     let resolv = root.join("etc/resolv.conf");
     let _ = std::fs::remove_file(&resolv);
-    std::fs::copy("/etc/resolv.conf", &resolv)
-        .context("copying /etc/resolv.conf into the build root")?;
+    std::fs::copy("/etc/resolv.conf", &resolv).context("copying /etc/resolv.conf into the build root")?;
 
     std::os::unix::fs::chroot(root).with_context(|| format!("chroot {}", root.display()))?;
     std::env::set_current_dir(&args.workdir)
         .with_context(|| format!("cd {} in the build root", args.workdir.display()))?;
 
     let mut command = Command::new(&args.argv[0]);
-    command
-        .args(&args.argv[1..])
-        .env_clear()
-        .env("PATH", ROOT_PATH)
-        .env("HOME", "/root");
-    command
-        .env("LC_ALL", "C.UTF-8")
-        .env("DEBIAN_FRONTEND", "noninteractive");
+    command.args(&args.argv[1..]).env_clear().env("PATH", ROOT_PATH).env("HOME", "/root");
+    command.env("LC_ALL", "C.UTF-8").env("DEBIAN_FRONTEND", "noninteractive");
     for pair in &args.env {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--env {pair:?} is not KEY=VALUE"))?;
+        let (key, value) = pair.split_once('=').with_context(|| format!("--env {pair:?} is not KEY=VALUE"))?;
         command.env(key, value);
     }
     // Spawn rather than exec: as PID 1 we reap orphans, and when we return the kernel tears
     // down the namespace and everything still running in it.
-    let status = command
-        .status()
-        .with_context(|| format!("running {:?} in the build root", args.argv[0]))?;
+    let status = command.status().with_context(|| format!("running {:?} in the build root", args.argv[0]))?;
     if !status.success() {
-        eprintln!(
-            "{} in the build root: {}",
-            args.argv[0],
-            describe_status(status)
-        );
+        eprintln!("{} in the build root: {}", args.argv[0], describe_status(status));
     }
     Ok(status.code().unwrap_or(128 + 9))
 }
 
 fn mount(source: &[&str], target: &Path) -> Result<()> {
-    Cmd::new("mount")
-        .args(source)
-        .arg(target)
-        .run()
-        .with_context(|| format!("mounting onto {}", target.display()))
+    Cmd::new("mount").args(source).arg(target).run().with_context(|| format!("mounting onto {}", target.display()))
 }

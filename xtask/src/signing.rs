@@ -18,18 +18,13 @@ pub const PASSPHRASE_ENV: &str = "TRUTHDB_SIGNING_KEY_PASSPHRASE";
 
 /// File name of the published public key when the signature is a development one.
 pub const DEVELOPMENT_KEY_FILE: &str = "DEVELOPMENT-KEY-NOT-FOR-RELEASE.asc";
-const DEVELOPMENT_UID: &str =
-    "TruthDB OS development key (NOT A RELEASE KEY) <dev@truthdb-os.invalid>";
+const DEVELOPMENT_UID: &str = "TruthDB OS development key (NOT A RELEASE KEY) <dev@truthdb-os.invalid>";
 
 /// Where the signing key comes from.
 #[derive(Clone, Debug)]
 pub enum KeySource {
     /// An armored secret key (from a file or the environment).
-    Release {
-        armored: String,
-        passphrase: Option<String>,
-        origin: String,
-    },
+    Release { armored: String, passphrase: Option<String>, origin: String },
     /// A fresh key made for this build.
     Development,
 }
@@ -40,27 +35,15 @@ impl KeySource {
         let passphrase = std::env::var(PASSPHRASE_ENV).ok();
         if let Some(path) = std::env::var_os(KEY_FILE_ENV) {
             let path = PathBuf::from(path);
-            let armored = fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "reading the signing key {} (from ${KEY_FILE_ENV})",
-                    path.display()
-                )
-            })?;
-            return Ok(KeySource::Release {
-                armored,
-                passphrase,
-                origin: path.display().to_string(),
-            });
+            let armored = fs::read_to_string(&path)
+                .with_context(|| format!("reading the signing key {} (from ${KEY_FILE_ENV})", path.display()))?;
+            return Ok(KeySource::Release { armored, passphrase, origin: path.display().to_string() });
         }
         if let Ok(armored) = std::env::var(KEY_ENV)
             && !armored.trim().is_empty()
         {
             {
-                return Ok(KeySource::Release {
-                    armored,
-                    passphrase,
-                    origin: format!("${KEY_ENV}"),
-                });
+                return Ok(KeySource::Release { armored, passphrase, origin: format!("${KEY_ENV}") });
             }
         }
         Ok(KeySource::Development)
@@ -77,22 +60,10 @@ pub struct Signer {
 
 impl Signer {
     pub fn new(source: &KeySource) -> Result<Signer> {
-        let home = tempfile::Builder::new()
-            .prefix("truthdb-gpg-")
-            .tempdir()
-            .context("creating a GnuPG home")?;
-        let mut signer = Signer {
-            home,
-            fingerprint: String::new(),
-            is_development: false,
-            passphrase: None,
-        };
+        let home = tempfile::Builder::new().prefix("truthdb-gpg-").tempdir().context("creating a GnuPG home")?;
+        let mut signer = Signer { home, fingerprint: String::new(), is_development: false, passphrase: None };
         match source {
-            KeySource::Release {
-                armored,
-                passphrase,
-                origin,
-            } => {
+            KeySource::Release { armored, passphrase, origin } => {
                 let key_file = signer.home.path().join("import.asc");
                 fs::write(&key_file, armored)?;
                 signer.passphrase = passphrase.clone();
@@ -108,15 +79,7 @@ impl Signer {
                 signer.is_development = true;
                 signer
                     .gpg()
-                    .args([
-                        "--passphrase",
-                        "",
-                        "--quick-generate-key",
-                        DEVELOPMENT_UID,
-                        "ed25519",
-                        "sign",
-                        "30d",
-                    ])
+                    .args(["--passphrase", "", "--quick-generate-key", DEVELOPMENT_UID, "ed25519", "sign", "30d"])
                     .run()
                     .context("generating a development signing key")?;
             }
@@ -126,17 +89,16 @@ impl Signer {
     }
 
     fn gpg(&self) -> Cmd {
-        Cmd::new("gpg")
-            .arg("--homedir")
-            .arg(self.home.path())
-            .args(["--batch", "--no-tty", "--pinentry-mode", "loopback"])
+        Cmd::new("gpg").arg("--homedir").arg(self.home.path()).args([
+            "--batch",
+            "--no-tty",
+            "--pinentry-mode",
+            "loopback",
+        ])
     }
 
     fn secret_fingerprint(&self) -> Result<String> {
-        let listing = self
-            .gpg()
-            .args(["--with-colons", "--list-secret-keys"])
-            .read()?;
+        let listing = self.gpg().args(["--with-colons", "--list-secret-keys"]).read()?;
         let fingerprints = colon_fingerprints(&listing);
         match fingerprints.as_slice() {
             [only] => Ok(only.clone()),
@@ -148,20 +110,13 @@ impl Signer {
     /// Writes `<file>.sign`, a detached armored signature of `file`.
     pub fn sign_detached(&self, file: &Path) -> Result<PathBuf> {
         let sig = PathBuf::from(format!("{}.sign", file.display()));
-        let mut gpg = self
-            .gpg()
-            .args(["--yes", "--armor", "--detach-sign", "--local-user"])
-            .arg(&self.fingerprint);
+        let mut gpg = self.gpg().args(["--yes", "--armor", "--detach-sign", "--local-user"]).arg(&self.fingerprint);
         if let Some(passphrase) = &self.passphrase {
             let pass_file = self.home.path().join("passphrase");
             fs::write(&pass_file, passphrase)?;
             gpg = gpg.arg("--passphrase-file").arg(pass_file);
         }
-        gpg.arg("--output")
-            .arg(&sig)
-            .arg(file)
-            .run()
-            .with_context(|| format!("signing {}", file.display()))?;
+        gpg.arg("--output").arg(&sig).arg(file).run().with_context(|| format!("signing {}", file.display()))?;
         Ok(sig)
     }
 
@@ -169,16 +124,9 @@ impl Signer {
     pub fn export_public_key(&self, path: &Path) -> Result<()> {
         let mut gpg = self.gpg().arg("--armor");
         if self.is_development {
-            gpg = gpg.args([
-                "--comment",
-                "TruthDB OS DEVELOPMENT key: NOT A RELEASE SIGNATURE",
-            ]);
+            gpg = gpg.args(["--comment", "TruthDB OS DEVELOPMENT key: NOT A RELEASE SIGNATURE"]);
         }
-        let armored = gpg
-            .arg("--export")
-            .arg(&self.fingerprint)
-            .read()
-            .context("exporting the public key")?;
+        let armored = gpg.arg("--export").arg(&self.fingerprint).read().context("exporting the public key")?;
         fs::write(path, armored).with_context(|| format!("writing {}", path.display()))
     }
 }
@@ -186,11 +134,7 @@ impl Signer {
 impl Drop for Signer {
     fn drop(&mut self) {
         // gpg starts an agent for the home; stop it before the directory goes.
-        let _ = Cmd::new("gpgconf")
-            .arg("--homedir")
-            .arg(self.home.path())
-            .args(["--kill", "all"])
-            .run();
+        let _ = Cmd::new("gpgconf").arg("--homedir").arg(self.home.path()).args(["--kill", "all"]).run();
     }
 }
 
@@ -252,10 +196,8 @@ pub fn verify_detached(signature: &Path, data: &Path, public_key: &Path) -> Resu
         .arg(data)
         .output_unchecked()?;
     let status = String::from_utf8_lossy(&output.stdout);
-    let good = status
-        .lines()
-        .find_map(|l| l.strip_prefix("[GNUPG:] VALIDSIG "))
-        .and_then(|rest| rest.split(' ').next());
+    let good =
+        status.lines().find_map(|l| l.strip_prefix("[GNUPG:] VALIDSIG ")).and_then(|rest| rest.split(' ').next());
     match good {
         Some(fpr) if output.status.success() => Ok(fpr.to_owned()),
         _ => bail!(
@@ -280,43 +222,24 @@ mod tests {
         let signer = Signer::new(&KeySource::Development).unwrap();
         assert!(signer.is_development);
         let sig = signer.sign_detached(&data).unwrap();
-        assert!(
-            fs::read_to_string(&sig)
-                .unwrap()
-                .starts_with("-----BEGIN PGP SIGNATURE-----")
-        );
+        assert!(fs::read_to_string(&sig).unwrap().starts_with("-----BEGIN PGP SIGNATURE-----"));
         let key = dir.path().join(DEVELOPMENT_KEY_FILE);
         signer.export_public_key(&key).unwrap();
         assert!(fs::read_to_string(&key).unwrap().contains("NOT A RELEASE"));
-        assert_eq!(
-            key_file_fingerprints(&key).unwrap(),
-            std::slice::from_ref(&signer.fingerprint)
-        );
+        assert_eq!(key_file_fingerprints(&key).unwrap(), std::slice::from_ref(&signer.fingerprint));
 
         // The real gpg, as a user would run it, accepts the signature...
         let gnupg = tempfile::tempdir().unwrap();
-        let gpg = || {
-            Cmd::new("gpg")
-                .arg("--homedir")
-                .arg(gnupg.path())
-                .arg("--batch")
-        };
+        let gpg = || Cmd::new("gpg").arg("--homedir").arg(gnupg.path()).arg("--batch");
         gpg().arg("--import").arg(&key).run().unwrap();
         gpg().arg("--verify").arg(&sig).arg(&data).run().unwrap();
-        assert_eq!(
-            verify_detached(&sig, &data, &key).unwrap(),
-            signer.fingerprint
-        );
+        assert_eq!(verify_detached(&sig, &data, &key).unwrap(), signer.fingerprint);
 
         // ...and refuses it once the signed file changes.
         fs::write(&data, "1111  x.iso\n").unwrap();
         assert!(gpg().arg("--verify").arg(&sig).arg(&data).run().is_err());
         assert!(verify_detached(&sig, &data, &key).is_err());
-        let _ = Cmd::new("gpgconf")
-            .arg("--homedir")
-            .arg(gnupg.path())
-            .args(["--kill", "all"])
-            .run();
+        let _ = Cmd::new("gpgconf").arg("--homedir").arg(gnupg.path()).args(["--kill", "all"]).run();
     }
 
     #[test]
@@ -337,13 +260,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Make a passphrase-protected key the way a release manager would, then export it.
         let gnupg = tempfile::tempdir().unwrap();
-        let gpg = || {
-            Cmd::new("gpg").arg("--homedir").arg(gnupg.path()).args([
-                "--batch",
-                "--pinentry-mode",
-                "loopback",
-            ])
-        };
+        let gpg =
+            || Cmd::new("gpg").arg("--homedir").arg(gnupg.path()).args(["--batch", "--pinentry-mode", "loopback"]);
         gpg()
             .args([
                 "--passphrase",
@@ -356,21 +274,10 @@ mod tests {
             ])
             .run()
             .unwrap();
-        let secret = gpg()
-            .args(["--passphrase", "s3cret", "--armor", "--export-secret-keys"])
-            .read()
-            .unwrap();
-        let _ = Cmd::new("gpgconf")
-            .arg("--homedir")
-            .arg(gnupg.path())
-            .args(["--kill", "all"])
-            .run();
+        let secret = gpg().args(["--passphrase", "s3cret", "--armor", "--export-secret-keys"]).read().unwrap();
+        let _ = Cmd::new("gpgconf").arg("--homedir").arg(gnupg.path()).args(["--kill", "all"]).run();
 
-        let source = KeySource::Release {
-            armored: secret,
-            passphrase: Some("s3cret".into()),
-            origin: "test".into(),
-        };
+        let source = KeySource::Release { armored: secret, passphrase: Some("s3cret".into()), origin: "test".into() };
         let signer = Signer::new(&source).unwrap();
         assert!(!signer.is_development);
         let data = dir.path().join("SHA256SUMS");
@@ -378,13 +285,7 @@ mod tests {
         let sig = signer.sign_detached(&data).unwrap();
         let public = dir.path().join("release.asc");
         signer.export_public_key(&public).unwrap();
-        assert_eq!(
-            verify_detached(&sig, &data, &public).unwrap(),
-            signer.fingerprint
-        );
-        assert_eq!(
-            release_fingerprint(&source).unwrap(),
-            Some(signer.fingerprint.clone())
-        );
+        assert_eq!(verify_detached(&sig, &data, &public).unwrap(), signer.fingerprint);
+        assert_eq!(release_fingerprint(&source).unwrap(), Some(signer.fingerprint.clone()));
     }
 }

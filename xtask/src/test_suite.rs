@@ -21,9 +21,7 @@ pub fn run(project: &Project, fast: bool) -> Result<ExitCode> {
         doctor::ensure(&[Purpose::Build, Purpose::BootTest])?;
     }
     eprintln!("==> unit and golden tests");
-    cargo()
-        .args(["test", "--workspace", "--locked"])
-        .run_inherit()?;
+    cargo().args(["test", "--workspace", "--locked"]).run_inherit()?;
     if fast {
         return Ok(ExitCode::SUCCESS);
     }

@@ -17,18 +17,11 @@ fn assert_config_fails(project: &ProjectCopy, expected: &[&str]) {
     let before = snapshot(&out);
     let result = project.xtask(&["config", "--out", out.to_str().unwrap()]);
     let err = stderr(&result);
-    assert!(
-        !result.status.success(),
-        "expected failure, got success:\n{err}"
-    );
+    assert!(!result.status.success(), "expected failure, got success:\n{err}");
     for word in expected {
         assert!(err.contains(word), "expected {word:?} in:\n{err}");
     }
-    assert_eq!(
-        snapshot(&out),
-        before,
-        "a failed render changed its output directory"
-    );
+    assert_eq!(snapshot(&out), before, "a failed render changed its output directory");
 }
 
 #[test]
@@ -49,10 +42,7 @@ fn unknown_manifest_key_is_named() {
 fn invalid_manifest_value_names_the_field() {
     let p = ProjectCopy::new();
     let text = fs::read_to_string(p.path("lb-config/appliance.toml")).unwrap();
-    p.write(
-        "lb-config/appliance.toml",
-        &text.replace("http://deb.debian.org/debian-security", "deb.debian.org"),
-    );
+    p.write("lb-config/appliance.toml", &text.replace("http://deb.debian.org/debian-security", "deb.debian.org"));
     assert_config_fails(&p, &["appliance.toml", "mirrors.security"]);
 }
 
@@ -115,10 +105,14 @@ fn broken_manifest_leaves_dist_untouched() {
     p.append("lb-config/appliance.toml", "\nsuite = \"sid\"\n");
     let result = p.xtask(&["iso", "--dist", dist.to_str().unwrap()]);
     assert!(!result.status.success());
-    assert!(
-        stderr(&result).contains("appliance.toml"),
-        "{}",
-        stderr(&result)
-    );
+    assert!(stderr(&result).contains("appliance.toml"), "{}", stderr(&result));
     assert_eq!(snapshot(&dist), before);
+}
+
+#[test]
+fn bad_kernel_pin_names_file_and_field() {
+    let p = ProjectCopy::new();
+    let text = fs::read_to_string(p.path("kernel/kernel.toml")).unwrap();
+    p.write("kernel/kernel.toml", &text.replace("local_version = \"-truthdb\"", "local_version = \"truthdb\""));
+    assert_config_fails(&p, &["kernel/kernel.toml", "build.local_version"]);
 }

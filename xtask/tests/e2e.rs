@@ -6,21 +6,15 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use common::{ProjectCopy, repo_root, snapshot, stderr, stdout};
 
+/// Runs xtask with its progress (stderr) shown live and its report (stdout) captured.
 fn xtask(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .unwrap();
-    eprintln!(
-        "$ xtask {}\n{}{}",
-        args.join(" "),
-        stdout(&out),
-        stderr(&out)
-    );
+    eprintln!("$ xtask {}", args.join(" "));
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).stderr(Stdio::inherit()).output().unwrap();
+    eprintln!("{}", stdout(&out));
     out
 }
 
@@ -35,26 +29,14 @@ fn iso_name() -> String {
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{}{}", stdout(&out), stderr(&out));
     out
 }
 
 fn no_mounts_below(dir: &Path) {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let leaked: Vec<&str> = mountinfo
-        .lines()
-        .filter(|l| l.contains(&dir.display().to_string()))
-        .collect();
-    assert!(
-        leaked.is_empty(),
-        "mounts left on the host below {}: {leaked:#?}",
-        dir.display()
-    );
+    let leaked: Vec<&str> = mountinfo.lines().filter(|l| l.contains(&dir.display().to_string())).collect();
+    assert!(leaked.is_empty(), "mounts left on the host below {}: {leaked:#?}", dir.display());
 }
 
 #[test]
@@ -67,10 +49,8 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
     // Build for real (--force: a cached image in this dist must not stand in for a build).
     let built = xtask(&["iso", "--force", "--dist", dist_arg]);
     assert!(built.status.success(), "iso failed");
-    let mut names: Vec<String> = fs::read_dir(&dist)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        fs::read_dir(&dist).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     let stem = iso_name().trim_end_matches(".hybrid.iso").to_owned();
     assert_eq!(
@@ -94,69 +74,48 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
 
     // The image is a hybrid ISO: an ISO 9660 volume with an MBR boot signature for USB sticks.
     let iso = fs::read(dist.join(iso_name())).unwrap();
-    assert_eq!(
-        &iso[0x8001..0x8006],
-        b"CD001",
-        "no ISO 9660 volume descriptor"
-    );
-    assert_eq!(
-        &iso[510..512],
-        &[0x55, 0xAA],
-        "no MBR boot signature (not hybrid)"
-    );
+    assert_eq!(&iso[0x8001..0x8006], b"CD001", "no ISO 9660 volume descriptor");
+    assert_eq!(&iso[510..512], &[0x55, 0xAA], "no MBR boot signature (not hybrid)");
     drop(iso);
 
-    // The package manifest lists the live system and the packages we asked for.
+    // The package manifest lists the live system, the packages we asked for and our kernel,
+    // and no Debian kernel.
     let packages = fs::read_to_string(dist.join(format!("{stem}.packages"))).unwrap();
-    for wanted in [
-        "live-boot",
-        "systemd-sysv",
-        "iproute2",
-        "procps",
-        "linux-image-",
-    ] {
-        assert!(
-            packages.lines().any(|l| l.starts_with(wanted)),
-            "{wanted} missing from the package manifest"
-        );
+    for wanted in ["live-boot", "systemd-sysv", "iproute2", "procps"] {
+        assert!(packages.lines().any(|l| l.starts_with(wanted)), "{wanted} missing from the package manifest");
     }
+    let kernels: Vec<&str> = packages
+        .lines()
+        .filter(|l| l.starts_with("linux-image-"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(kernels.len(), 1, "expected exactly one kernel package: {kernels:?}");
+    assert!(kernels[0].starts_with("linux-image-") && kernels[0].ends_with("-truthdb"), "{kernels:?}");
+
+    // The kernel is cached by its inputs: asking again compiles nothing.
+    let kernel = xtask(&["kernel"]);
+    assert!(kernel.status.success());
+    assert!(stdout(&kernel).contains("nothing compiled"), "the unchanged kernel was not taken from the cache");
 
     // Users' way to check a download: xtask verify, and gpg + sha512sum by hand.
-    assert!(
-        xtask(&["verify", dist_arg]).status.success(),
-        "verify failed"
-    );
+    assert!(xtask(&["verify", dist_arg]).status.success(), "verify failed");
     let gnupg = tempfile::tempdir().unwrap();
     let gpg = || {
         let mut c = Command::new("gpg");
         c.arg("--homedir").arg(gnupg.path()).arg("--batch");
         c
     };
-    run(gpg()
-        .arg("--import")
-        .arg(dist.join("DEVELOPMENT-KEY-NOT-FOR-RELEASE.asc")));
+    run(gpg().arg("--import").arg(dist.join("DEVELOPMENT-KEY-NOT-FOR-RELEASE.asc")));
     for sums in ["SHA256SUMS", "SHA512SUMS"] {
-        run(gpg()
-            .arg("--verify")
-            .arg(dist.join(format!("{sums}.sign")))
-            .arg(dist.join(sums)));
+        run(gpg().arg("--verify").arg(dist.join(format!("{sums}.sign"))).arg(dist.join(sums)));
     }
-    run(Command::new("sha512sum")
-        .args(["--strict", "-c", "SHA512SUMS"])
-        .current_dir(&dist));
-    let _ = Command::new("gpgconf")
-        .arg("--homedir")
-        .arg(gnupg.path())
-        .args(["--kill", "all"])
-        .status();
+    run(Command::new("sha512sum").args(["--strict", "-c", "SHA512SUMS"]).current_dir(&dist));
+    let _ = Command::new("gpgconf").arg("--homedir").arg(gnupg.path()).args(["--kill", "all"]).status();
 
     // Nothing changed: the published image is reused and the command says so.
     let again = xtask(&["iso", "--dist", dist_arg]);
     assert!(again.status.success());
-    assert!(
-        stdout(&again).contains("up to date"),
-        "an unchanged rebuild did not skip"
-    );
+    assert!(stdout(&again).contains("up to date"), "an unchanged rebuild did not skip");
 
     // Boot it: BIOS and UEFI, each as a CD and as a USB stick, through its own boot loaders.
     let iso_path = dist.join(iso_name());
@@ -168,11 +127,8 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
             .lines()
             .find(|l| l.starts_with(&format!("PASS {mode}")))
             .unwrap_or_else(|| panic!("{mode} did not pass"));
-        assert!(
-            line.contains(&format!("version={}", env!("CARGO_PKG_VERSION"))),
-            "{line}"
-        );
-        assert!(line.contains("kernel="), "{line}");
+        assert!(line.contains(&format!("version={}", env!("CARGO_PKG_VERSION"))), "{line}");
+        assert!(line.contains("kernel=") && line.ends_with("-truthdb"), "not our kernel: {line}");
     }
 }
 
@@ -189,23 +145,10 @@ fn unknown_package_is_named_and_dist_is_left_alone() {
     let out = project.xtask(&["iso", "--dist", dist.to_str().unwrap()]);
     let err = stderr(&out);
     eprintln!("{err}");
-    assert!(
-        !out.status.success(),
-        "an unknown package did not fail the build"
-    );
-    assert!(
-        err.contains("unknown package \"truthdb-no-such-package\""),
-        "{err}"
-    );
-    assert!(
-        err.contains("packages.list:6"),
-        "the error does not say where: {err}"
-    );
-    assert_eq!(
-        snapshot(&dist),
-        before,
-        "dist/ changed after a failed build"
-    );
+    assert!(!out.status.success(), "an unknown package did not fail the build");
+    assert!(err.contains("unknown package \"truthdb-no-such-package\""), "{err}");
+    assert!(err.contains("packages.list:6"), "the error does not say where: {err}");
+    assert_eq!(snapshot(&dist), before, "dist/ changed after a failed build");
 }
 
 #[test]
@@ -213,10 +156,8 @@ fn unknown_package_is_named_and_dist_is_left_alone() {
 fn a_failing_command_in_the_build_root_leaves_no_mount() {
     // The build root exists after the tests above (or any `iso` run on this machine).
     let roots = fs::read_dir("/var/cache/truthdb-os/build-roots").unwrap();
-    let root = roots
-        .map(|e| e.unwrap().path())
-        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .unwrap();
+    let root =
+        roots.map(|e| e.unwrap().path()).find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).unwrap();
     let exe = env!("CARGO_BIN_EXE_xtask");
     let build = tempfile::tempdir().unwrap();
     let bind = format!("{}:/build", build.path().display());

@@ -17,30 +17,15 @@ fn describe(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for entry in walkdir::WalkDir::new(dir).min_depth(1).sort_by_file_name() {
         let entry = entry.unwrap();
-        let rel = entry
-            .path()
-            .strip_prefix(dir)
-            .unwrap()
-            .display()
-            .to_string();
+        let rel = entry.path().strip_prefix(dir).unwrap().display().to_string();
         let meta = entry.path().symlink_metadata().unwrap();
         let what = if meta.file_type().is_symlink() {
-            format!(
-                "symlink -> {}",
-                fs::read_link(entry.path()).unwrap().display()
-            )
+            format!("symlink -> {}", fs::read_link(entry.path()).unwrap().display())
         } else if meta.is_dir() {
             "dir".to_owned()
         } else {
-            let exec = if meta.permissions().mode() & 0o111 != 0 {
-                "x "
-            } else {
-                ""
-            };
-            format!(
-                "{exec}{}",
-                String::from_utf8_lossy(&fs::read(entry.path()).unwrap())
-            )
+            let exec = if meta.permissions().mode() & 0o111 != 0 { "x " } else { "" };
+            format!("{exec}{}", String::from_utf8_lossy(&fs::read(entry.path()).unwrap()))
         };
         out.push((rel, what));
     }
@@ -48,11 +33,7 @@ fn describe(dir: &Path) -> Vec<(String, String)> {
 }
 
 fn render_into(out: &Path) {
-    let status = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["config", "--out"])
-        .arg(out)
-        .output()
-        .unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_xtask")).args(["config", "--out"]).arg(out).output().unwrap();
     assert!(status.status.success(), "{}", stderr(&status));
 }
 
@@ -65,33 +46,15 @@ fn repository_config_matches_golden_files() {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         let _ = fs::remove_dir_all(&golden);
         fs::create_dir_all(golden.parent().unwrap()).unwrap();
-        assert!(
-            Command::new("cp")
-                .arg("-a")
-                .arg(&out)
-                .arg(&golden)
-                .status()
-                .unwrap()
-                .success()
-        );
+        assert!(Command::new("cp").arg("-a").arg(&out).arg(&golden).status().unwrap().success());
         return;
     }
     let (actual, expected) = (describe(&out), describe(&golden));
     for ((a_path, a), (e_path, e)) in actual.iter().zip(expected.iter()) {
-        assert_eq!(
-            a_path, e_path,
-            "file sets differ (UPDATE_GOLDEN=1 to refresh after an intended change)"
-        );
-        assert_eq!(
-            a, e,
-            "{a_path} differs from the golden file (UPDATE_GOLDEN=1 to refresh)"
-        );
+        assert_eq!(a_path, e_path, "file sets differ (UPDATE_GOLDEN=1 to refresh after an intended change)");
+        assert_eq!(a, e, "{a_path} differs from the golden file (UPDATE_GOLDEN=1 to refresh)");
     }
-    assert_eq!(
-        actual.len(),
-        expected.len(),
-        "file sets differ (UPDATE_GOLDEN=1 to refresh)"
-    );
+    assert_eq!(actual.len(), expected.len(), "file sets differ (UPDATE_GOLDEN=1 to refresh)");
 }
 
 #[test]
@@ -110,46 +73,23 @@ fn manifest_values_reach_the_live_build_options() {
     project.write(
         "lb-config/appliance.toml",
         &manifest
-            .replace(
-                "http://deb.debian.org/debian\"",
-                "http://mirror.example/debian\"",
-            )
+            .replace("http://deb.debian.org/debian\"", "http://mirror.example/debian\"")
             .replace("menu_timeout_seconds = 1", "menu_timeout_seconds = 4"),
     );
     project.write(
         "Cargo.toml",
-        &fs::read_to_string(project.path("Cargo.toml"))
-            .unwrap()
-            .replace("version = \"", "version = \"9.9.9-test"),
+        &fs::read_to_string(project.path("Cargo.toml")).unwrap().replace("version = \"", "version = \"9.9.9-test"),
     );
     let out = project.path("rendered");
     let result = project.xtask(&["config", "--out", out.to_str().unwrap()]);
     assert!(result.status.success(), "{}", stderr(&result));
     let auto = fs::read_to_string(out.join("auto/config")).unwrap();
-    assert!(
-        auto.contains("--mirror-chroot \"http://mirror.example/debian\""),
-        "{auto}"
-    );
-    assert!(
-        auto.contains("--mirror-chroot-security \"http://deb.debian.org/debian-security\""),
-        "{auto}"
-    );
-    assert!(
-        auto.contains("--image-name \"truthdb-os-9.9.9-test"),
-        "{auto}"
-    );
-    assert!(
-        fs::read_to_string(out.join("config/bootloaders/isolinux/isolinux.cfg"))
-            .unwrap()
-            .contains("timeout 40")
-    );
-    assert!(
-        fs::read_to_string(out.join("config/bootloaders/grub-pc/config.cfg"))
-            .unwrap()
-            .contains("set timeout=4")
-    );
-    let release =
-        fs::read_to_string(out.join("config/includes.chroot/etc/truthdb-release")).unwrap();
+    assert!(auto.contains("--mirror-chroot \"http://mirror.example/debian\""), "{auto}");
+    assert!(auto.contains("--mirror-chroot-security \"http://deb.debian.org/debian-security\""), "{auto}");
+    assert!(auto.contains("--image-name \"truthdb-os-9.9.9-test"), "{auto}");
+    assert!(fs::read_to_string(out.join("config/bootloaders/isolinux/isolinux.cfg")).unwrap().contains("timeout 40"));
+    assert!(fs::read_to_string(out.join("config/bootloaders/grub-pc/config.cfg")).unwrap().contains("set timeout=4"));
+    let release = fs::read_to_string(out.join("config/includes.chroot/etc/truthdb-release")).unwrap();
     assert!(release.contains("VERSION=\"9.9.9-test"), "{release}");
 }
 
@@ -159,26 +99,12 @@ fn overlay_modes_and_symlinks_are_kept() {
     let overlay = project.path("overlay/usr/local/sbin");
     fs::create_dir_all(&overlay).unwrap();
     fs::write(overlay.join("secret-tool"), "#!/bin/sh\n").unwrap();
-    fs::set_permissions(
-        overlay.join("secret-tool"),
-        fs::Permissions::from_mode(0o700),
-    )
-    .unwrap();
+    fs::set_permissions(overlay.join("secret-tool"), fs::Permissions::from_mode(0o700)).unwrap();
     std::os::unix::fs::symlink("secret-tool", overlay.join("alias")).unwrap();
     let out = project.path("rendered");
     let result = project.xtask(&["config", "--out", out.to_str().unwrap()]);
     assert!(result.status.success(), "{}", stderr(&result));
     let copied = out.join("config/includes.chroot/usr/local/sbin");
-    assert_eq!(
-        fs::metadata(copied.join("secret-tool"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o700
-    );
-    assert_eq!(
-        fs::read_link(copied.join("alias")).unwrap(),
-        Path::new("secret-tool")
-    );
+    assert_eq!(fs::metadata(copied.join("secret-tool")).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(fs::read_link(copied.join("alias")).unwrap(), Path::new("secret-tool"));
 }

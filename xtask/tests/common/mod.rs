@@ -8,10 +8,7 @@ use std::process::{Command, Output};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
 /// The project's inputs copied into a temporary directory, to be changed by a test.
@@ -21,14 +18,11 @@ pub struct ProjectCopy {
 
 impl ProjectCopy {
     pub fn new() -> ProjectCopy {
-        let dir = tempfile::Builder::new()
-            .prefix("truthdb-project-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("truthdb-project-").tempdir().unwrap();
         let root = repo_root();
         fs::copy(root.join("Cargo.toml"), dir.path().join("Cargo.toml")).unwrap();
         fs::copy(root.join("packages.list"), dir.path().join("packages.list")).unwrap();
-        for sub in ["lb-config", "hooks", "overlay"] {
+        for sub in ["lb-config", "hooks", "overlay", "kernel"] {
             copy_dir(&root.join(sub), &dir.path().join(sub));
         }
         ProjectCopy { dir }
@@ -60,12 +54,7 @@ impl ProjectCopy {
 }
 
 fn copy_dir(src: &Path, dest: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(src)
-        .arg(dest)
-        .status()
-        .unwrap();
+    let status = Command::new("cp").arg("-a").arg(src).arg(dest).status().unwrap();
     assert!(status.success());
 }
 
@@ -85,11 +74,7 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .map(|e| e.unwrap())
         .map(|e| {
             let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
-            let content = if e.file_type().is_file() {
-                fs::read(e.path()).unwrap()
-            } else {
-                Vec::new()
-            };
+            let content = if e.file_type().is_file() { fs::read(e.path()).unwrap() } else { Vec::new() };
             (rel, content)
         })
         .collect();
