@@ -330,6 +330,7 @@ pub fn build(inputs: &KernelInputs, on_step: &mut dyn FnMut(&str)) -> Result<Ker
             .env("KBUILD_BUILD_USER", "truthdb")
             .env("KBUILD_BUILD_HOST", "truthdb-os")
             .env("KDEB_PKGVERSION", package_version.clone())
+            .env("KDEB_CHANGELOG_DIST", "truthdb")
             .env("LOCALVERSION", inputs.pin.build.local_version.clone())
             .to_cmd()
     };
@@ -351,8 +352,10 @@ pub fn build(inputs: &KernelInputs, on_step: &mut dyn FnMut(&str)) -> Result<Ker
         "make",
         &format!("-j{jobs}"),
         "bindeb-pkg",
-        // Only the image package is used; headers and debug packages would cost minutes.
-        "DPKG_FLAGS=-Ppkg.linux-upstream.nokernelheaders,pkg.linux-upstream.nokerneldbg",
+        // -d: the build root has the real build dependencies but not debhelper, which only
+        // the source package declares. Only the image package is used; the profiles skip the
+        // headers and debug packages, which would cost minutes.
+        "DPKG_FLAGS=-d -Ppkg.linux-upstream.nokernelheaders,pkg.linux-upstream.nokerneldbg",
     ])?
     .run_logged(&inputs.log, |_| {})
     .context("make bindeb-pkg failed")?;
