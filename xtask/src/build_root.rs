@@ -37,6 +37,8 @@ const BUILD_ROOT_PACKAGES: &[&str] = &[
     "kmod",
     "rsync",
     "dpkg-dev",
+    // the generated debian/rules lists its packages with dh_listpackages
+    "debhelper",
     "xz-utils",
     "python3",
 ];
