@@ -113,6 +113,14 @@ impl<'a> Pipeline<'a> {
     }
 }
 
+/// The cache keys of the build root and the kernel for the project as it is now.
+pub fn cache_keys(project: &Project) -> Result<(String, String)> {
+    let cx = Pipeline::new(project)?;
+    let root = build_root::planned(&cx.root_spec(), &cx.cache);
+    let kernel = cx.kernel_inputs(&root, PathBuf::new())?.key()?;
+    Ok((root.key, kernel))
+}
+
 /// `cargo xtask kernel`: build (or find in the cache) the kernel package.
 pub fn run_kernel(project: &Project) -> Result<()> {
     doctor::ensure(&[Purpose::Build])?;

@@ -15,6 +15,7 @@ mod packages;
 mod progress;
 mod project;
 mod publish;
+mod release;
 mod render;
 mod run;
 mod sandbox;
@@ -37,6 +38,9 @@ struct Cli {
     /// Project directory (default: the workspace this xtask belongs to).
     #[arg(long, global = true, value_name = "DIR")]
     project: Option<PathBuf>,
+    /// Label a pre-release build: version `<workspace version>-<SUFFIX>`, e.g. nightly.20261122.
+    #[arg(long, global = true, value_name = "SUFFIX")]
+    version_suffix: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,6 +85,12 @@ enum Command {
         #[arg(long, default_value_t = 2048)]
         memory: u32,
     },
+    /// Check a release tag against the workspace version and put the release's files (ISO,
+    /// sums, signatures, package manifest, build info, key fingerprint) into a directory.
+    Release(release::ReleaseArgs),
+    /// Print the cache keys of the build root and the kernel, as `name=value` lines (for CI
+    /// caches keyed like xtask's own).
+    CacheKeys,
     /// Check (and with --install, install) the host tools the pipeline needs.
     Doctor {
         /// Install missing tools with apt (as root).
@@ -111,7 +121,7 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
-    let project = || Project::load(cli.project.as_deref());
+    let project = || Project::load(cli.project.as_deref(), cli.version_suffix.as_deref());
     match cli.command {
         Command::Iso(args) => {
             let project = project()?;
@@ -140,6 +150,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             boot_test::run(&config)?;
         }
         Command::Doctor { install } => doctor::run(install)?,
+        Command::Release(args) => release::run(&project()?, &args)?,
+        Command::CacheKeys => {
+            let (root, kernel) = iso::cache_keys(&project()?)?;
+            println!("build-root={root}");
+            println!("kernel={kernel}");
+        }
         Command::Test { fast } => {
             let project = project()?;
             if !fast {

@@ -25,13 +25,21 @@ pub struct Project {
 
 impl Project {
     /// Loads the project at `root`, or at the workspace this xtask was built from.
-    pub fn load(root: Option<&Path>) -> Result<Project> {
+    /// `version_suffix` labels a pre-release build: `0.1.0` becomes `0.1.0-<suffix>`
+    /// (nightly images use `nightly.<date>`); the workspace version stays the only source.
+    pub fn load(root: Option<&Path>, version_suffix: Option<&str>) -> Result<Project> {
         let root = match root {
             Some(root) => root.to_owned(),
             None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_owned(),
         };
         let root = root.canonicalize().with_context(|| format!("project directory {}", root.display()))?;
-        let version = workspace_version(&root.join("Cargo.toml"))?;
+        let mut version = workspace_version(&root.join("Cargo.toml"))?;
+        if let Some(suffix) = version_suffix {
+            if suffix.is_empty() || !suffix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.') {
+                bail!("--version-suffix {suffix:?}: use lower-case letters, digits and dots, e.g. nightly.20261122");
+            }
+            version = format!("{version}-{suffix}");
+        }
         let manifest = Manifest::load(&root.join("lb-config/appliance.toml"), &version)?;
         let kernel_pin = KernelPin::load(&root.join("kernel/kernel.toml"))?;
         Ok(Project { root, version, manifest, kernel_pin })

@@ -91,8 +91,8 @@ fn template_typo_names_the_template() {
 #[test]
 fn overlay_file_colliding_with_a_rendered_file_is_refused() {
     let p = ProjectCopy::new();
-    p.write("overlay/etc/truthdb-release", "mine\n");
-    assert_config_fails(&p, &["overlay", "truthdb-release"]);
+    p.write("overlay/etc/os-release", "mine\n");
+    assert_config_fails(&p, &["overlay", "os-release"]);
 }
 
 #[test]

@@ -113,6 +113,37 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
     run(Command::new("sha512sum").args(["--strict", "-c", "SHA512SUMS"]).current_dir(&dist));
     let _ = Command::new("gpgconf").arg("--homedir").arg(gnupg.path()).args(["--kill", "all"]).status();
 
+    // The release rehearsal assembles exactly a release's file set, and it verifies.
+    let release_dir = tempfile::tempdir().unwrap();
+    let release_out = release_dir.path().join("release");
+    let rehearsal = xtask(&["release", "--dry-run", "--dist", dist_arg, "--out", release_out.to_str().unwrap()]);
+    assert!(rehearsal.status.success(), "release --dry-run failed");
+    let mut released: Vec<String> =
+        fs::read_dir(&release_out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    released.sort();
+    let mut expected = vec![
+        "SHA256SUMS".to_owned(),
+        "SHA256SUMS.sign".into(),
+        "SHA512SUMS".into(),
+        "SHA512SUMS.sign".into(),
+        "SIGNING-KEY-FINGERPRINT.txt".into(),
+        format!("{stem}.build-info.json"),
+        format!("{stem}.hybrid.iso"),
+        format!("{stem}.packages"),
+    ];
+    expected.sort();
+    assert_eq!(released, expected);
+    assert!(
+        xtask(&[
+            "verify",
+            release_out.to_str().unwrap(),
+            "--key",
+            dist.join("DEVELOPMENT-KEY-NOT-FOR-RELEASE.asc").to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+
     // Nothing changed: the published image is reused and the command says so.
     let again = xtask(&["iso", "--dist", dist_arg]);
     assert!(again.status.success());

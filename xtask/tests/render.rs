@@ -89,8 +89,8 @@ fn manifest_values_reach_the_live_build_options() {
     assert!(auto.contains("--image-name \"truthdb-os-9.9.9-test"), "{auto}");
     assert!(fs::read_to_string(out.join("config/bootloaders/isolinux/isolinux.cfg")).unwrap().contains("timeout 40"));
     assert!(fs::read_to_string(out.join("config/bootloaders/grub-pc/config.cfg")).unwrap().contains("set timeout=4"));
-    let release = fs::read_to_string(out.join("config/includes.chroot/etc/truthdb-release")).unwrap();
-    assert!(release.contains("VERSION=\"9.9.9-test"), "{release}");
+    let release = fs::read_to_string(out.join("config/includes.chroot/etc/os-release")).unwrap();
+    assert!(release.contains("IMAGE_VERSION=9.9.9-test"), "{release}");
 }
 
 #[test]

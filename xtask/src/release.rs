@@ -1,0 +1,162 @@
+//! `cargo xtask release`: turns a published `dist/` into the file set of a GitHub Release,
+//! after the checks a release must pass. The release workflow runs exactly this, then uploads
+//! the directory; `--dry-run` runs it locally (a development signature is then allowed and the
+//! tag need not exist or be on main).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::project::Project;
+use crate::publish::{self, BuildInfo};
+use crate::run::Cmd;
+use crate::signing::DEVELOPMENT_KEY_FILE;
+
+#[derive(Debug, clap::Args)]
+pub struct ReleaseArgs {
+    /// The release tag (default: v<workspace version>). Must be exactly `v` + the version.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// The published build to release (default: dist/).
+    #[arg(long)]
+    pub dist: Option<PathBuf>,
+    /// Where to put the release's files (created; must not exist or be empty).
+    #[arg(long, required_unless_present = "check_only")]
+    pub out: Option<PathBuf>,
+    /// Only check the tag (matches the version, is on origin/main); needs no build.
+    #[arg(long)]
+    pub check_only: bool,
+    /// Public key the sums must verify with (required unless --dry-run).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Local rehearsal: allow a development signature, skip the "tag is on main" check.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// The name of the file holding the signing key's fingerprint, published with the release.
+pub const FINGERPRINT_FILE: &str = "SIGNING-KEY-FINGERPRINT.txt";
+
+/// A release tag is `v` + the workspace version, nothing else; a `-suffix` makes it a
+/// pre-release. Returns whether it is one.
+pub fn check_tag(tag: &str, version: &str) -> Result<bool> {
+    let expected = format!("v{version}");
+    if tag != expected {
+        bail!("tag {tag:?} does not match the workspace version in Cargo.toml: the tag must be {expected:?}");
+    }
+    let core = version.split(['-', '+']).next().unwrap_or("");
+    if core.split('.').count() != 3 || !core.split('.').all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    {
+        bail!("version {version:?} is not semver MAJOR.MINOR.PATCH[-PRERELEASE]");
+    }
+    Ok(version.contains('-'))
+}
+
+/// The files a release publishes, by name, for a build stem.
+pub fn release_file_names(stem: &str) -> Vec<String> {
+    let mut names = vec![
+        format!("{stem}.hybrid.iso"),
+        format!("{stem}.packages"),
+        publish::build_info_name(stem),
+        "SHA256SUMS".to_owned(),
+        "SHA256SUMS.sign".to_owned(),
+        "SHA512SUMS".to_owned(),
+        "SHA512SUMS.sign".to_owned(),
+        FINGERPRINT_FILE.to_owned(),
+    ];
+    names.sort();
+    names
+}
+
+pub fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
+    let tag = args.tag.clone().unwrap_or_else(|| format!("v{}", project.version));
+    let prerelease = check_tag(&tag, &project.version)?;
+    if !args.dry_run {
+        check_tag_on_main(&project.root, &tag)?;
+    }
+    if args.check_only {
+        println!("tag {tag} matches version {}{}", project.version, if prerelease { " (pre-release)" } else { "" });
+        return Ok(());
+    }
+    let out = args.out.as_deref().context("--out is required")?;
+    let dist = args.dist.clone().unwrap_or_else(|| project.default_dist_dir());
+    let stem = format!("{}-{}", project.manifest.image_name(&project.version), project.manifest.architecture);
+    let info_path = dist.join(publish::build_info_name(&stem));
+    let info: BuildInfo = serde_json::from_str(
+        &fs::read_to_string(&info_path)
+            .with_context(|| format!("reading {} (run `cargo xtask iso` first)", info_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", info_path.display()))?;
+    if info.version != project.version {
+        bail!("{} is version {}, the release is {}", info_path.display(), info.version, project.version);
+    }
+    if info.development_signature && !args.dry_run {
+        bail!("{} was signed with a development key: a release needs the release key", dist.display());
+    }
+    let key = match (&args.key, args.dry_run) {
+        (Some(key), _) => key.clone(),
+        (None, true) => dist.join(DEVELOPMENT_KEY_FILE),
+        (None, false) => bail!("--key <release public key> is required to check the signatures"),
+    };
+    publish::run_verify_command(&dist, Some(&key))?;
+
+    if out.exists() && fs::read_dir(out)?.next().is_some() {
+        bail!("{} is not empty: a release's files are never replaced", out.display());
+    }
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for name in release_file_names(&stem) {
+        let to = out.join(&name);
+        if name == FINGERPRINT_FILE {
+            let label = if info.development_signature { " (DEVELOPMENT key: not a release signature)" } else { "" };
+            fs::write(&to, format!("{}{label}\n", info.signing_key))?;
+            continue;
+        }
+        let from = dist.join(&name);
+        // A hard link costs nothing for a 300 MB image; copy across file systems.
+        if fs::hard_link(&from, &to).is_err() {
+            fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        }
+    }
+    println!("release {tag}{} for {}:", if prerelease { " (pre-release)" } else { "" }, info.signing_key);
+    for name in release_file_names(&stem) {
+        println!("  {}", out.join(name).display());
+    }
+    Ok(())
+}
+
+/// Releases come from main: the tagged commit must be on `origin/main`.
+fn check_tag_on_main(root: &Path, tag: &str) -> Result<()> {
+    let git = || Cmd::new("git").args(["-c", "safe.directory=*"]).dir(root);
+    let commit = git()
+        .args(["rev-parse", "--verify", &format!("refs/tags/{tag}^{{commit}}")])
+        .read()
+        .with_context(|| format!("tag {tag} does not exist here"))?;
+    git()
+        .args(["merge-base", "--is-ancestor", commit.trim(), "origin/main"])
+        .run()
+        .with_context(|| format!("tag {tag} ({}) is not on origin/main: releases come from main", commit.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_must_be_v_plus_the_workspace_version() {
+        assert!(!check_tag("v0.1.0", "0.1.0").unwrap());
+        assert!(check_tag("v0.2.0-rc.1", "0.2.0-rc.1").unwrap());
+        for (tag, version) in [("0.1.0", "0.1.0"), ("v0.1.1", "0.1.0"), ("v0.1.0-rc.1", "0.1.0"), ("v0.1", "0.1")] {
+            assert!(check_tag(tag, version).is_err(), "{tag} for {version} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_file_set_is_the_debian_layout_plus_the_fingerprint() {
+        let names = release_file_names("truthdb-os-0.1.0-amd64");
+        assert_eq!(names.len(), 8);
+        assert!(names.contains(&"truthdb-os-0.1.0-amd64.hybrid.iso".to_owned()));
+        assert!(names.contains(&"SHA512SUMS.sign".to_owned()));
+        assert!(!names.iter().any(|n| n.contains("DEVELOPMENT")), "a release never ships the development key");
+    }
+}

