@@ -33,7 +33,7 @@ use crate::project::Project;
 
 /// Builds, signs and boot-tests the TruthDB OS hybrid ISO.
 #[derive(Parser)]
-#[command(name = "cargo xtask", version, about, long_about = None)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about, long_about = None)]
 struct Cli {
     /// Project directory (default: the workspace this xtask belongs to).
     #[arg(long, global = true, value_name = "DIR")]
