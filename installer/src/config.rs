@@ -1,0 +1,175 @@
+//! The unattended install config (TOML): which disk, the explicit wipe consent, and the
+//! appliance's identity. Unknown keys are errors; so are a missing `wipe = true`, an admin
+//! account with no way to log in, and a default or empty database password.
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstallConfig {
+    pub disk: DiskSelector,
+    /// Consent to erase the selected disk. Must be `true`; there is no default.
+    pub wipe: Option<bool>,
+    pub hostname: String,
+    pub admin: Admin,
+    pub database: Database,
+    #[serde(default)]
+    pub power: PowerAction,
+}
+
+/// Exactly one way of naming the target disk.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DiskSelector {
+    /// A `/dev/disk/by-id/...` name (or its last component).
+    ById(String),
+    /// The disk's serial number.
+    Serial(String),
+    /// A device path such as `/dev/vda`.
+    Path(String),
+    /// The largest installable disk; refused when two share that size.
+    Largest(bool),
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Login name of the administrator account.
+    pub user: String,
+    /// OpenSSH public keys allowed to log in as the administrator.
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    /// A crypt(3) hash (e.g. from `mkpasswd -m yescrypt`), never a clear-text password.
+    pub password_hash: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// Password of the database's admin role. Required: the appliance has no default.
+    pub admin_password: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerAction {
+    #[default]
+    Poweroff,
+    Reboot,
+}
+
+/// Passwords the installer refuses outright.
+const WEAK_PASSWORDS: &[&str] = &["postgres", "password", "admin", "truthdb", "changeme"];
+
+impl InstallConfig {
+    /// Parses and validates; `source` names the file in errors.
+    pub fn parse(text: &str, source: &str) -> Result<InstallConfig> {
+        let config: InstallConfig =
+            toml::from_str(text).map_err(|e| Error::Config { source: source.to_owned(), message: e.to_string() })?;
+        config.validate().map_err(|message| Error::Config { source: source.to_owned(), message })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.wipe != Some(true) {
+            return Err("`wipe = true` is required: the selected disk is erased".into());
+        }
+        if let DiskSelector::Largest(false) = self.disk {
+            return Err("field `disk.largest` must be true when given".into());
+        }
+        let host = &self.hostname;
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(format!("field `hostname`: {host:?} is not a valid host name"));
+        }
+        let user = &self.admin.user;
+        if user.is_empty()
+            || user == "root"
+            || !user.starts_with(|c: char| c.is_ascii_lowercase())
+            || !user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            return Err(format!("field `admin.user`: {user:?} is not a usable login name"));
+        }
+        if self.admin.ssh_authorized_keys.is_empty() && self.admin.password_hash.is_none() {
+            return Err("the admin needs `ssh_authorized_keys` or `password_hash` to log in".into());
+        }
+        for key in &self.admin.ssh_authorized_keys {
+            let kind = key.split_whitespace().next().unwrap_or("");
+            if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-")) {
+                return Err(format!("field `admin.ssh_authorized_keys`: {kind:?} is not an OpenSSH public key"));
+            }
+        }
+        if let Some(hash) = &self.admin.password_hash
+            && !hash.starts_with('$')
+        {
+            return Err("field `admin.password_hash` must be a crypt(3) hash ($y$..., $6$...), not a password".into());
+        }
+        let password = &self.database.admin_password;
+        if password.len() < 12 || WEAK_PASSWORDS.contains(&password.to_ascii_lowercase().as_str()) {
+            return Err("field `database.admin_password`: at least 12 characters and not a default".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+wipe = true
+hostname = "db1.example.org"
+power = "reboot"
+[disk]
+serial = "QM00001"
+[admin]
+user = "dba"
+ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample dba@laptop"]
+[database]
+admin_password = "correct horse battery"
+"#;
+
+    fn err(text: &str) -> String {
+        InstallConfig::parse(text, "install.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_complete_config_parses() {
+        let c = InstallConfig::parse(GOOD, "install.toml").unwrap();
+        assert_eq!(c.disk, DiskSelector::Serial("QM00001".into()));
+        assert_eq!(c.power, PowerAction::Reboot);
+    }
+
+    #[test]
+    fn wipe_consent_is_required() {
+        assert!(err(&GOOD.replace("wipe = true\n", "")).contains("`wipe = true` is required"));
+        assert!(err(&GOOD.replace("wipe = true", "wipe = false")).contains("`wipe = true` is required"));
+    }
+
+    #[test]
+    fn unknown_keys_and_two_selectors_are_refused() {
+        assert!(err(&GOOD.replace("[admin]", "[admin]\nshell = \"zsh\"")).contains("unknown field `shell`"));
+        let two = GOOD.replace("serial = \"QM00001\"", "serial = \"QM00001\"\npath = \"/dev/vda\"");
+        assert!(err(&two).contains("install.toml"), "{}", err(&two));
+    }
+
+    #[test]
+    fn weak_or_missing_credentials_are_refused() {
+        assert!(err(&GOOD.replace("correct horse battery", "postgres")).contains("database.admin_password"));
+        let no_login =
+            GOOD.replace("ssh_authorized_keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample dba@laptop\"]", "");
+        assert!(err(&no_login).contains("to log in"));
+        let clear = no_login.replace("user = \"dba\"", "user = \"dba\"\npassword_hash = \"hunter2hunter2\"");
+        assert!(err(&clear).contains("crypt(3)"));
+        assert!(err(&GOOD.replace("db1.example.org", "db_1")).contains("hostname"));
+        assert!(err(&GOOD.replace("user = \"dba\"", "user = \"root\"")).contains("admin.user"));
+    }
+}
