@@ -69,9 +69,10 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
     assert!(stdout(&built).contains("NOT a release signature"));
 
     // No mount of the build may outlive it, nor of a command that fails in the build root.
-    no_mounts_below(Path::new("/var/cache/truthdb-os"));
+    no_mounts_below(&cache_dir());
     no_mounts_below(&repo_root().join("target/truthdb-os"));
     a_failing_command_in_the_build_root_leaves_no_mount();
+    a_killed_build_leaves_no_mount_and_no_process();
 
     // The image is a hybrid ISO: an ISO 9660 volume with an MBR boot signature for USB sticks.
     let iso = fs::read(dist.join(iso_name())).unwrap();
@@ -186,9 +187,7 @@ fn unknown_package_is_named_and_dist_is_left_alone() {
 /// Runs a failing command in the build root the way every build step runs, and checks that
 /// none of the namespace's mounts outlive it.
 fn a_failing_command_in_the_build_root_leaves_no_mount() {
-    let roots = fs::read_dir("/var/cache/truthdb-os/build-roots").unwrap();
-    let root =
-        roots.map(|e| e.unwrap().path()).find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).unwrap();
+    let root = build_root();
     let exe = env!("CARGO_BIN_EXE_xtask");
     let build = tempfile::tempdir().unwrap();
     let bind = format!("{}:/build", build.path().display());
@@ -222,4 +221,55 @@ fn a_failing_command_in_the_build_root_leaves_no_mount() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     no_mounts_below(&root);
     no_mounts_below(build.path());
+}
+
+/// SIGKILL to the outermost process of a build (what a CI timeout or `kill -9` does): the
+/// namespace's PID 1 dies with it (`--kill-child`), the kernel kills everything inside and
+/// drops the mounts.
+fn a_killed_build_leaves_no_mount_and_no_process() {
+    let root = build_root();
+    let build = tempfile::tempdir().unwrap();
+    let bind = format!("{}:/build", build.path().display());
+    let marker = format!("truthdb-e2e-sleep-{}", std::process::id());
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--"])
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .args(["enter-build-root", "--root"])
+        .arg(&root)
+        .args(["--workdir", "/build", "--bind", &bind, "--", "bash", "-c"])
+        .arg(format!("exec -a {marker} sleep 300"))
+        .spawn()
+        .unwrap();
+    // Wait until the command runs inside, with its mounts made.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !running(&marker) {
+        assert!(std::time::Instant::now() < deadline, "the command never started in the build root");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!running(&marker), "a process of the killed build is still running");
+    no_mounts_below(&root);
+    no_mounts_below(build.path());
+}
+
+fn running(marker: &str) -> bool {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).starts_with(marker)))
+}
+
+/// A complete build root from the cache (the build above made or reused one).
+fn build_root() -> PathBuf {
+    fs::read_dir(cache_dir().join("build-roots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .expect("a build root in the cache")
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("TRUTHDB_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/cache/truthdb-os".into())
 }
