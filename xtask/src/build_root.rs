@@ -123,9 +123,24 @@ fn root_path(spec: &BuildRootSpec, cache_dir: &Path) -> PathBuf {
 /// Returns the cached root for `spec`, making it first if needed. `log` receives the output
 /// of debootstrap and apt.
 pub fn ensure(spec: &BuildRootSpec, cache_dir: &Path, log: &Path, on_line: &mut dyn FnMut(&str)) -> Result<BuildRoot> {
-    if let Some(root) = cached(spec, cache_dir) {
-        return Ok(root);
-    }
+    let root = match cached(spec, cache_dir) {
+        Some(root) => root,
+        None => make_cached_root(spec, cache_dir, log, on_line)?,
+    };
+    // Roots of other inputs (an older live-build, another mirror) are kept while in use.
+    fsx::touch_and_prune(&root.path, UNUSED_ROOT_LIFETIME)?;
+    Ok(root)
+}
+
+/// How long a build root no build has used stays in the cache.
+const UNUSED_ROOT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+fn make_cached_root(
+    spec: &BuildRootSpec,
+    cache_dir: &Path,
+    log: &Path,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<BuildRoot> {
     let final_path = root_path(spec, cache_dir);
     let parent = final_path.parent().expect("root path has a parent");
     fs::create_dir_all(parent).with_context(|| format!("creating cache directory {}", parent.display()))?;

@@ -91,6 +91,28 @@ fn unescape_mount_path(field: &str) -> String {
     field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
+/// Cache hygiene: marks the cache entry `entry` (a directory) as used now, and removes its
+/// sibling entries that were last used longer than `max_age` ago (hidden ones, such as partial
+/// builds, are left to their owners). Returns what was removed.
+pub fn touch_and_prune(entry: &Path, max_age: std::time::Duration) -> Result<Vec<std::path::PathBuf>> {
+    let now = std::time::SystemTime::now();
+    fs::File::open(entry)
+        .and_then(|dir| dir.set_modified(now))
+        .with_context(|| format!("marking {} as used", entry.display()))?;
+    let Some(parent) = entry.parent() else { return Ok(Vec::new()) };
+    let mut removed = Vec::new();
+    for sibling in fs::read_dir(parent)?.flatten() {
+        let path = sibling.path();
+        let hidden = sibling.file_name().to_string_lossy().starts_with('.');
+        let last_used = sibling.metadata().and_then(|m| m.modified()).ok();
+        let stale = last_used.and_then(|t| now.duration_since(t).ok()).is_some_and(|age| age > max_age);
+        if path != entry && !hidden && stale && remove_if_present(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +142,26 @@ mod tests {
         assert!(mounts_under(Path::new("/")).unwrap().iter().any(|m| m == "/"));
         let empty = tempfile::tempdir().unwrap();
         assert!(mounts_under(empty.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn stale_cache_entries_are_pruned_and_the_used_one_kept() {
+        let cache = tempfile::tempdir().unwrap();
+        let (used, fresh, stale, partial) = (
+            cache.path().join("a-used"),
+            cache.path().join("b-fresh"),
+            cache.path().join("c-stale"),
+            cache.path().join(".partial-c"),
+        );
+        for dir in [&used, &fresh, &stale, &partial] {
+            fs::create_dir_all(dir.join("etc")).unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(90 * 86400);
+        for dir in [&used, &stale, &partial] {
+            fs::File::open(dir).unwrap().set_modified(long_ago).unwrap();
+        }
+        let removed = touch_and_prune(&used, std::time::Duration::from_secs(30 * 86400)).unwrap();
+        assert_eq!(removed, std::slice::from_ref(&stale));
+        assert!(used.exists() && fresh.exists() && partial.exists() && !stale.exists());
     }
 }

@@ -278,9 +278,20 @@ fn find_package(dir: &Path, release: &str) -> Option<PathBuf> {
 
 /// Builds (or finds in the cache) the kernel package.
 pub fn build(inputs: &KernelInputs, on_step: &mut dyn FnMut(&str)) -> Result<KernelPackage> {
-    if let Some(package) = cached(inputs)? {
-        return Ok(package);
-    }
+    let package = match cached(inputs)? {
+        Some(package) => package,
+        None => compile(inputs, on_step)?,
+    };
+    // Kernels of other inputs are kept while in use.
+    let entry = package.deb.parent().context("kernel package has no directory")?;
+    fsx::touch_and_prune(entry, UNUSED_KERNEL_LIFETIME)?;
+    Ok(package)
+}
+
+/// How long a kernel package no build has used stays in the cache.
+const UNUSED_KERNEL_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+fn compile(inputs: &KernelInputs, on_step: &mut dyn FnMut(&str)) -> Result<KernelPackage> {
     let key = inputs.key()?;
     let release = inputs.pin.release();
     let work = &inputs.work_dir;
