@@ -259,10 +259,10 @@ mod tests {
 
     #[test]
     fn environment_is_fixed_not_inherited() {
-        // SAFETY: tests in this module do not read this variable concurrently.
-        unsafe { std::env::set_var("TRUTHDB_LEAK_CHECK", "leaked") };
+        // cargo test runs this process with CARGO_MANIFEST_DIR set; a child must not see it.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
         let out = Cmd::new("env").read().unwrap();
-        assert!(!out.contains("TRUTHDB_LEAK_CHECK"), "{out}");
+        assert!(!out.contains("CARGO_MANIFEST_DIR"), "{out}");
         assert!(out.contains("LC_ALL=C.UTF-8"));
     }
 }
