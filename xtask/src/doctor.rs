@@ -36,6 +36,13 @@ const HOST_TOOLS: &[HostTool] = &[
     HostTool { probe: "gpg", package: "gnupg", purpose: Purpose::Build },
     HostTool { probe: "gpgv", package: "gpgv", purpose: Purpose::Build },
     HostTool { probe: "git", package: "git", purpose: Purpose::Build },
+    // Kernel source: fetched, checked and unpacked on the host, compiled in the build root.
+    HostTool { probe: "curl", package: "curl", purpose: Purpose::Build },
+    HostTool { probe: "patch", package: "patch", purpose: Purpose::Build },
+    HostTool { probe: "xz", package: "xz-utils", purpose: Purpose::Build },
+    HostTool { probe: "dpkg-deb", package: "dpkg", purpose: Purpose::Build },
+    // The installer's tests write partition tables into image files with the real sfdisk.
+    HostTool { probe: "sfdisk", package: "fdisk", purpose: Purpose::Build },
     HostTool { probe: "qemu-system-x86_64", package: "qemu-system-x86", purpose: Purpose::BootTest },
     HostTool { probe: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", purpose: Purpose::BootTest },
 ];
