@@ -2,14 +2,15 @@
 //! config, and plans the disk layout before anything is written.
 //!
 //! The engine never prints and never depends on a UI: the CLI (`src/main.rs`) and, later, the
-//! iced front end call it and present its results. Still to come (see the installer-engine
-//! issue): executing the plan (sfdisk, mkfs, copying the live root, the UKI), the database
-//! payload and verification. Nothing in this crate writes to a disk yet.
+//! iced front end call it and present its results. [`write`] already writes a plan into a
+//! disk image file (no mounts); still to come (see the installer-engine issue): real disks,
+//! the UKI, the database payload and the unattended install. Nothing writes to a disk device yet.
 
 pub mod config;
 pub mod disks;
 pub mod error;
 pub mod plan;
+pub mod write;
 
 pub use error::{Error, Result};
 

@@ -41,8 +41,12 @@ const HOST_TOOLS: &[HostTool] = &[
     HostTool { probe: "patch", package: "patch", purpose: Purpose::Build },
     HostTool { probe: "xz", package: "xz-utils", purpose: Purpose::Build },
     HostTool { probe: "dpkg-deb", package: "dpkg", purpose: Purpose::Build },
-    // The installer's tests write partition tables into image files with the real sfdisk.
+    // The installer's tests write partition tables into image files with the real sfdisk...
     HostTool { probe: "sfdisk", package: "fdisk", purpose: Purpose::Build },
+    // ...and make file systems in them at an offset, and read them back.
+    HostTool { probe: "mkfs.fat", package: "dosfstools", purpose: Purpose::Build },
+    HostTool { probe: "mcopy", package: "mtools", purpose: Purpose::Build },
+    HostTool { probe: "mke2fs", package: "e2fsprogs", purpose: Purpose::Build },
     HostTool { probe: "qemu-system-x86_64", package: "qemu-system-x86", purpose: Purpose::BootTest },
     HostTool { probe: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", purpose: Purpose::BootTest },
 ];
