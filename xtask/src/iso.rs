@@ -141,7 +141,7 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let manifest = &project.manifest;
     let dist = args.dist.clone().unwrap_or_else(|| project.default_dist_dir());
-    let stem = format!("{}-{}", manifest.image_name(&project.version), manifest.architecture);
+    let stem = project.image_stem();
     let cx = Pipeline::new(project)?;
 
     doctor::ensure(&[Purpose::Build])?;

@@ -75,6 +75,10 @@ impl Project {
     pub fn default_dist_dir(&self) -> PathBuf {
         self.root.join("dist")
     }
+    /// `<name>-<version>-<arch>`: the stem of every published file of this build.
+    pub fn image_stem(&self) -> String {
+        format!("{}-{}", self.manifest.image_name(&self.version), self.manifest.architecture)
+    }
     pub fn iso_file_name(&self) -> String {
         self.manifest.iso_file_name(&self.version)
     }

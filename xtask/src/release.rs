@@ -81,7 +81,7 @@ pub fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
     }
     let out = args.out.as_deref().context("--out is required")?;
     let dist = args.dist.clone().unwrap_or_else(|| project.default_dist_dir());
-    let stem = format!("{}-{}", project.manifest.image_name(&project.version), project.manifest.architecture);
+    let stem = project.image_stem();
     let info_path = dist.join(publish::build_info_name(&stem));
     let info: BuildInfo = serde_json::from_str(
         &fs::read_to_string(&info_path)
