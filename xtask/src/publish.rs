@@ -160,13 +160,18 @@ pub fn published_build(dist: &Path, stem: &str) -> Option<BuildInfo> {
 /// Checks every file listed in the given sums files; returns the names checked.
 pub fn verify_sums(dir: &Path, algorithms: &[Algorithm]) -> Result<Vec<String>> {
     let mut checked = Vec::new();
+    // digest_file computes both digests in one read: an image is read once, not per sums file.
+    let mut digests: std::collections::HashMap<String, checksums::FileDigests> = Default::default();
     for &algorithm in algorithms {
         let sums_path = dir.join(algorithm.sums_file());
         let text = fs::read_to_string(&sums_path).with_context(|| format!("reading {}", sums_path.display()))?;
         for (expected, name) in checksums::parse_sums(algorithm, &text)? {
-            let path = dir.join(&name);
-            let actual = checksums::digest_file(&path)
-                .with_context(|| format!("{} lists {name}, which cannot be read", algorithm.sums_file()))?;
+            if !digests.contains_key(&name) {
+                let digest = checksums::digest_file(&dir.join(&name))
+                    .with_context(|| format!("{} lists {name}, which cannot be read", algorithm.sums_file()))?;
+                digests.insert(name.clone(), digest);
+            }
+            let actual = &digests[&name];
             if actual.get(algorithm) != expected {
                 bail!(
                     "{name}: {} mismatch (expected {expected}, got {})",
