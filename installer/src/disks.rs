@@ -77,26 +77,36 @@ pub const LSBLK_ARGS: &[&str] = &["--json", "--bytes", "--tree", "-o", "NAME,PAT
 pub fn parse_lsblk(json: &str, by_id: &dyn Fn(&str) -> Vec<String>) -> Result<Vec<Disk>> {
     let parsed: LsblkOutput = serde_json::from_str(json)
         .map_err(|e| Error::Tool { command: "lsblk --json".into(), message: e.to_string() })?;
-    Ok(parsed
+    Ok(parsed.blockdevices.into_iter().filter(|d| d.kind == "disk" && d.size > 0).map(|d| to_disk(d, by_id)).collect())
+}
+
+/// The one device of `lsblk --nodeps <path>` JSON, whatever its type (a disk image's loop
+/// device is a "loop", not a "disk").
+pub fn parse_lsblk_device(json: &str, by_id: &dyn Fn(&str) -> Vec<String>) -> Result<Disk> {
+    let parsed: LsblkOutput = serde_json::from_str(json)
+        .map_err(|e| Error::Tool { command: "lsblk --json".into(), message: e.to_string() })?;
+    let device = parsed
         .blockdevices
         .into_iter()
-        .filter(|d| d.kind == "disk" && d.size > 0)
-        .map(|d| {
-            let mut children = Vec::new();
-            collect_names(&d.children, &mut children);
-            Disk {
-                by_id: by_id(&d.path),
-                path: d.path,
-                model: d.model.map(|m| m.trim().to_owned()).filter(|m| !m.is_empty()),
-                serial: d.serial.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
-                size_bytes: d.size,
-                transport: d.tran,
-                removable: d.rm,
-                read_only: d.ro,
-                children,
-            }
-        })
-        .collect())
+        .next()
+        .ok_or_else(|| Error::Tool { command: "lsblk --json".into(), message: "no device listed".into() })?;
+    Ok(to_disk(device, by_id))
+}
+
+fn to_disk(d: LsblkDevice, by_id: &dyn Fn(&str) -> Vec<String>) -> Disk {
+    let mut children = Vec::new();
+    collect_names(&d.children, &mut children);
+    Disk {
+        by_id: by_id(&d.path),
+        path: d.path,
+        model: d.model.map(|m| m.trim().to_owned()).filter(|m| !m.is_empty()),
+        serial: d.serial.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
+        size_bytes: d.size,
+        transport: d.tran,
+        removable: d.rm,
+        read_only: d.ro,
+        children,
+    }
 }
 
 fn collect_names(devices: &[LsblkDevice], out: &mut Vec<String>) {

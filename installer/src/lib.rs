@@ -1,21 +1,30 @@
 //! The TruthDB OS installer engine: finds the disks it may install to, checks the install
-//! config, and plans the disk layout before anything is written.
+//! config, plans the disk layout, and installs the appliance (see [`install`]).
 //!
-//! The engine never prints and never depends on a UI: the CLI (`src/main.rs`) and, later, the
-//! iced front end call it and present its results. [`write`] already writes a plan into a
-//! disk image file (no mounts); still to come (see the installer-engine issue): real disks,
-//! the UKI, the database payload and the unattended install. Nothing writes to a disk device yet.
+//! The engine never prints and never depends on a UI: the CLI (`src/main.rs`) and the
+//! graphical front end call it, show its [`progress::Event`]s and present its errors as they
+//! are. Every tool it runs is logged to the install log.
 
 pub mod config;
 pub mod disks;
 pub mod error;
+pub mod install;
+pub mod medium;
+pub mod mounts;
 pub mod plan;
-pub mod write;
+pub mod progress;
+pub mod spec;
+pub mod tool;
+pub mod verify;
 
 pub use error::{Error, Result};
 
-/// The installer's version: the workspace version, the one version of TruthDB OS.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The installer's version: the TruthDB OS version it was built as (`TRUTHDB_VERSION`, set by
+/// `cargo xtask iso` for pre-releases), else the workspace version.
+pub const VERSION: &str = match option_env!("TRUTHDB_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 /// The device the live system booted from (behind `/run/live/medium`), never offered.
 pub fn live_medium_device() -> Option<String> {
@@ -23,23 +32,33 @@ pub fn live_medium_device() -> Option<String> {
     mounts.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
         let (source, target) = (fields.next()?, fields.next()?);
-        (target == "/run/live/medium").then(|| source.to_owned())
+        (target == medium::MEDIUM_MOUNT).then(|| source.to_owned())
     })
 }
 
-/// All whole disks, from the real `lsblk`, with their `/dev/disk/by-id` names.
-pub fn list_disks() -> Result<Vec<disks::Disk>> {
+fn lsblk(args: &[&str]) -> Result<String> {
     let output = std::process::Command::new("lsblk")
         .args(disks::LSBLK_ARGS)
+        .args(args)
         .output()
         .map_err(|e| Error::Tool { command: "lsblk".into(), message: e.to_string() })?;
     if !output.status.success() {
         return Err(Error::Tool {
-            command: "lsblk".into(),
+            command: format!("lsblk {}", args.join(" ")),
             message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         });
     }
-    disks::parse_lsblk(&String::from_utf8_lossy(&output.stdout), &by_id_names)
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// All whole disks, from the real `lsblk`, with their `/dev/disk/by-id` names.
+pub fn list_disks() -> Result<Vec<disks::Disk>> {
+    disks::parse_lsblk(&lsblk(&[])?, &by_id_names)
+}
+
+/// One block device named by path (a disk, or the loop device of a disk image).
+pub fn describe_device(path: &str) -> Result<disks::Disk> {
+    disks::parse_lsblk_device(&lsblk(&["--nodeps", path])?, &by_id_names)
 }
 
 fn by_id_names(device: &str) -> Vec<String> {

@@ -1,14 +1,20 @@
-//! `truthdb-installer`: the command-line front end of the installer engine.
+//! `truthdb-installer`: the command-line front end of the installer engine. In the live
+//! system, `truthdb-installer auto` (started by truthdb-installer.service) runs the unattended
+//! install when an install config is on the boot medium or named by `truthdb.install=`.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use truthdb_installer::config::InstallConfig;
-use truthdb_installer::plan::{Layout, Plan};
-use truthdb_installer::{disks, list_disks, live_medium_device};
+use truthdb_installer::config::{InstallConfig, PowerAction};
+use truthdb_installer::install::{self, InstallRequest};
+use truthdb_installer::medium::{self, MEDIUM_MOUNT, SQUASHFS_ON_MEDIUM};
+use truthdb_installer::plan::Plan;
+use truthdb_installer::spec::{IMAGE_SPEC_PATH, ImageSpec};
+use truthdb_installer::tool::Log;
+use truthdb_installer::{describe_device, disks, list_disks, live_medium_device};
 
-/// Installs TruthDB OS to a disk. So far it lists disks and shows the plan (a dry run); it
-/// writes nothing.
+/// Installs TruthDB OS to a disk: lists disks, shows the plan (a dry run) and installs.
 #[derive(Parser)]
 #[command(name = "truthdb-installer", version = truthdb_installer::VERSION, about)]
 struct Cli {
@@ -16,35 +22,89 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct Target {
+    /// The unattended install config (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Install to this device instead of the one the config selects (how `cargo xtask disk`
+    /// points the engine at a disk image's loop device).
+    #[arg(long)]
+    disk: Option<String>,
+    /// The image spec (default: the running image's /usr/lib/truthdb/image.toml).
+    #[arg(long)]
+    spec: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// List the disks the appliance can be installed to (never the live medium).
     Disks,
     /// Show what an install with this config would erase and create (dry run).
-    Plan {
-        /// The unattended install config (TOML).
+    Plan(Target),
+    /// Install: ERASES the selected disk (the config must say `wipe = true`).
+    Install {
+        #[command(flatten)]
+        target: Target,
+        /// The image's root file system (default: the live medium's).
         #[arg(long)]
-        config: std::path::PathBuf,
+        source: Option<PathBuf>,
+        /// Do not add a UEFI boot entry (disk images; the fallback path boots anyway).
+        #[arg(long)]
+        no_boot_entry: bool,
+        /// Scratch directory for mount points.
+        #[arg(long, default_value = "/run/truthdb-installer")]
+        work_dir: PathBuf,
+        /// The install log (copied to the installed system's /var/log/truthdb-installer.log).
+        #[arg(long, default_value = "/var/log/truthdb-installer.log")]
+        log: PathBuf,
     },
+    /// In the live system: install unattended if a config is on the boot medium or named by
+    /// the `truthdb.install=` kernel parameter, then power off or reboot as it says.
+    Auto,
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("truthdb-installer: error: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let layout = Layout::default();
-    let medium = live_medium_device();
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn load_config(path: &Path) -> AnyResult<InstallConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading install config {}: {e}", path.display()))?;
+    Ok(InstallConfig::parse(&text, &path.display().to_string())?)
+}
+
+fn load_spec(path: Option<&Path>) -> AnyResult<ImageSpec> {
+    let default = Path::new("/").join(IMAGE_SPEC_PATH);
+    Ok(ImageSpec::load(path.unwrap_or(&default))?)
+}
+
+/// The disk to install to: the one named on the command line, else the config's selection.
+fn resolve_disk(config: &InstallConfig, override_path: Option<&str>, spec: &ImageSpec) -> AnyResult<disks::Disk> {
+    let layout = install::layout_for(spec);
+    match override_path {
+        Some(path) => Ok(describe_device(path)?),
+        None => {
+            let medium = live_medium_device();
+            Ok(disks::select(&config.disk, &list_disks()?, medium.as_deref(), layout.min_disk_bytes())?)
+        }
+    }
+}
+
+fn run(cli: Cli) -> AnyResult<()> {
     match cli.command {
         Command::Disks => {
-            let all = list_disks()?;
-            let offered = disks::installable(&all, medium.as_deref(), layout.min_disk_bytes());
+            let spec = load_spec(None).ok();
+            let layout = spec.as_ref().map(install::layout_for).unwrap_or_default();
+            let medium = live_medium_device();
+            let offered = disks::installable(&list_disks()?, medium.as_deref(), layout.min_disk_bytes());
             if offered.is_empty() {
                 println!("no suitable disk (at least {} needed)", disks::human_size(layout.min_disk_bytes()));
             }
@@ -52,13 +112,118 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 println!("{}", disk.describe());
             }
         }
-        Command::Plan { config } => {
-            let text = std::fs::read_to_string(&config).map_err(|e| format!("reading {}: {e}", config.display()))?;
-            let config = InstallConfig::parse(&text, &config.display().to_string())?;
-            let disk = disks::select(&config.disk, &list_disks()?, medium.as_deref(), layout.min_disk_bytes())?;
-            print!("{}", Plan::new(&disk, &layout));
+        Command::Plan(target) => {
+            let config = load_config(&target.config)?;
+            let spec = load_spec(target.spec.as_deref())?;
+            let disk = resolve_disk(&config, target.disk.as_deref(), &spec)?;
+            print!("{}", Plan::new(&disk, &install::layout_for(&spec)));
             println!("(dry run: nothing was written)");
         }
+        Command::Install { target, source, no_boot_entry, work_dir, log } => {
+            let config = load_config(&target.config)?;
+            let spec = load_spec(target.spec.as_deref())?;
+            let disk = resolve_disk(&config, target.disk.as_deref(), &spec)?;
+            let source = source.unwrap_or_else(|| Path::new(MEDIUM_MOUNT).join(SQUASHFS_ON_MEDIUM));
+            let request = InstallRequest {
+                config,
+                disk,
+                source,
+                spec,
+                work_dir,
+                efi_boot_entry: !no_boot_entry,
+                boot_medium: live_medium_device(),
+            };
+            install_and_report(&request, &log)?;
+        }
+        Command::Auto => auto()?,
     }
     Ok(())
+}
+
+fn install_and_report(request: &InstallRequest, log_path: &Path) -> AnyResult<()> {
+    let log = Log::create(log_path)?;
+    println!(
+        "truthdb-installer {}: {}",
+        truthdb_installer::VERSION,
+        Plan::new(&request.disk, &install::layout_for(&request.spec))
+    );
+    let report = install::install(request, &log, &mut |event| println!("truthdb-installer: {event}")).map_err(|e| {
+        log.line(&format!("INSTALL FAILED: {e}"));
+        println!("truthdb-installer: the install log is {}", log_path.display());
+        e
+    })?;
+    println!("truthdb-installer: copy verified: {}", report.copied);
+    if let Some(entry) = &report.boot_entry {
+        println!("truthdb-installer: UEFI boot entry: {entry}");
+    }
+    println!(
+        "TRUTHDB-INSTALL-DONE disk={} kernel={} version={}",
+        request.disk.path, report.kernel_release, request.spec.version
+    );
+    Ok(())
+}
+
+/// The live system's unattended path. Refusals are printed on the console (the service's
+/// output goes there) and leave the disks untouched.
+fn auto() -> AnyResult<()> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let result = (|| -> AnyResult<Option<PowerAction>> {
+        let Some(config_path) = medium::unattended_config(&cmdline, Path::new(MEDIUM_MOUNT))? else {
+            println!(
+                "truthdb-installer: no unattended install config ({} on the boot medium, or {}=<path>)",
+                medium::CONFIG_ON_MEDIUM,
+                medium::KERNEL_PARAMETER
+            );
+            return Ok(None);
+        };
+        println!("truthdb-installer: unattended install with {}", config_path.display());
+        // Let udev finish naming disks (/dev/disk/by-id) before selecting one.
+        let _ = std::process::Command::new("udevadm").args(["settle", "--timeout=30"]).status();
+        let config = load_config(&config_path)?;
+        let power = config.power;
+        let spec = load_spec(None)?;
+        let disk = resolve_disk(&config, None, &spec)?;
+        let request = InstallRequest {
+            config,
+            disk,
+            source: Path::new(MEDIUM_MOUNT).join(SQUASHFS_ON_MEDIUM),
+            spec,
+            work_dir: PathBuf::from("/run/truthdb-installer"),
+            efi_boot_entry: true,
+            boot_medium: live_medium_device(),
+        };
+        install_and_report(&request, Path::new("/var/log/truthdb-installer.log"))?;
+        Ok(Some(power))
+    })();
+    match result {
+        Ok(None) => Ok(()),
+        Ok(Some(power)) => {
+            let verb = match power {
+                PowerAction::Poweroff => "poweroff",
+                PowerAction::Reboot => "reboot",
+            };
+            println!("truthdb-installer: install complete; {verb}");
+            std::process::Command::new("systemctl").arg(verb).status()?;
+            Ok(())
+        }
+        Err(e) => {
+            // Config and disk-selection errors come before anything is written.
+            let refused = matches!(
+                e.downcast_ref::<truthdb_installer::Error>(),
+                Some(
+                    truthdb_installer::Error::Config { .. }
+                        | truthdb_installer::Error::NoDisk { .. }
+                        | truthdb_installer::Error::AmbiguousDisk { .. }
+                        | truthdb_installer::Error::Refused { .. }
+                )
+            );
+            if refused {
+                println!("TRUTHDB-INSTALL-REFUSED: {e}");
+                println!("truthdb-installer: nothing was written to any disk");
+            } else {
+                println!("TRUTHDB-INSTALL-FAILED: {e}");
+            }
+            Err(e)
+        }
+    }
 }

@@ -70,6 +70,15 @@ pub fn partition_device(disk: &str, n: usize) -> String {
     if disk.ends_with(|c: char| c.is_ascii_digit()) { format!("{disk}p{n}") } else { format!("{disk}{n}") }
 }
 
+/// The GPT partition type of a role.
+pub fn type_guid(role: &Role) -> &'static str {
+    match role {
+        Role::Esp => ESP_TYPE,
+        Role::Root => ROOT_X86_64_TYPE,
+        Role::Data => LINUX_DATA_TYPE,
+    }
+}
+
 impl Plan {
     pub fn new(disk: &Disk, layout: &Layout) -> Plan {
         let mut partitions = vec![PlannedPartition {
@@ -102,11 +111,7 @@ impl Plan {
     pub fn sfdisk_script(&self) -> String {
         let mut script = String::from("label: gpt\n");
         for p in &self.partitions {
-            let kind = match p.role {
-                Role::Esp => ESP_TYPE,
-                Role::Root => ROOT_X86_64_TYPE,
-                Role::Data => LINUX_DATA_TYPE,
-            };
+            let kind = type_guid(&p.role);
             match p.size_bytes {
                 Some(bytes) => {
                     script.push_str(&format!("size={}KiB, type={kind}, name=\"{}\"\n", bytes / 1024, p.label))

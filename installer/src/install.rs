@@ -1,0 +1,420 @@
+//! The install itself: partition, format, copy the image's root file system, make it the
+//! appliance (identity, admin, payload), make it bootable (UKI on the ESP), verify.
+//!
+//! Everything is done by the real tools, each logged (see [`crate::tool`]); every mount is
+//! undone when [`install`] returns, whatever happened (see [`crate::mounts`]). The same code
+//! installs from the live system to a real disk and builds disk images on a loop device.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::InstallConfig;
+use crate::disks::{Disk, unsuitable};
+use crate::error::{Error, Result};
+use crate::mounts::Mounts;
+use crate::plan::{Layout, Plan, Role};
+use crate::progress::{Event, Phase};
+use crate::spec::ImageSpec;
+use crate::tool::{Log, Tool, io_error};
+use crate::verify;
+
+/// Where the UKI goes: the removable-media fallback path every UEFI firmware boots without
+/// an NVRAM entry.
+pub const UKI_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
+/// The install log, in the live system and (copied at the end) on the installed system.
+pub const LOG_PATH: &str = "var/log/truthdb-installer.log";
+
+pub struct InstallRequest {
+    pub config: InstallConfig,
+    pub disk: Disk,
+    /// The image's root file system (the live medium's `live/filesystem.squashfs`).
+    pub source: PathBuf,
+    pub spec: ImageSpec,
+    /// Scratch directory for mount points (e.g. `/run/truthdb-installer`).
+    pub work_dir: PathBuf,
+    /// Add a UEFI boot entry with efibootmgr when the firmware's variables are writable.
+    /// Off for disk images: the build host's firmware is not the image's.
+    pub efi_boot_entry: bool,
+    /// The device the live system booted from, never written.
+    pub boot_medium: Option<String>,
+}
+
+/// What was installed, for the front end's final screen.
+#[derive(Debug)]
+pub struct InstallReport {
+    pub disk: String,
+    pub partitions: Vec<(Role, String, String)>,
+    pub copied: verify::TreeSummary,
+    pub kernel_release: String,
+    pub boot_entry: Option<String>,
+}
+
+/// The layout an image spec asks for.
+pub fn layout_for(spec: &ImageSpec) -> Layout {
+    Layout { data_partition: spec.payload.data_mount.is_some(), ..Layout::default() }
+}
+
+/// Installs to `request.disk`, erasing it. Refuses (without writing) a disk that is the boot
+/// medium, too small, read-only or has mounted partitions.
+pub fn install(request: &InstallRequest, log: &Log, on_event: &mut dyn FnMut(Event)) -> Result<InstallReport> {
+    let layout = layout_for(&request.spec);
+    let disk = &request.disk;
+    if let Some(reason) = unsuitable(disk, request.boot_medium.as_deref(), layout.min_disk_bytes()) {
+        return Err(Error::Refused { disk: disk.describe(), reason });
+    }
+    refuse_mounted(disk)?;
+    if !request.source.is_file() {
+        return Err(Error::Config {
+            source: request.source.display().to_string(),
+            message: "the image's root file system (squashfs) is not there".into(),
+        });
+    }
+    let plan = Plan::new(disk, &layout);
+    log.line(&format!("truthdb-installer {}: installing to {}", crate::VERSION, disk.describe()));
+    log.line(&plan.to_string());
+    let mut emit = |event: Event| {
+        log.line(&event.to_string());
+        on_event(event);
+    };
+
+    // Partition.
+    emit(Event::new(Phase::Partition, 0.0, format!("writing a GPT to {}", disk.path)));
+    Tool::new("sfdisk")
+        .args(["--quiet", "--wipe", "always", "--wipe-partitions", "always", &disk.path])
+        .stdin(plan.sfdisk_script())
+        .run(log)?;
+    wait_for_partitions(&plan, log)?;
+
+    // Format, with UUIDs chosen here so fstab and the UKI can name them.
+    let mut partitions = Vec::new();
+    for (i, part) in plan.partitions.iter().enumerate() {
+        emit(Event::new(
+            Phase::Format,
+            i as f64 / plan.partitions.len() as f64,
+            format!("{} {}", part.filesystem, part.device),
+        ));
+        let uuid = match part.role {
+            Role::Esp => {
+                let id = random_hex(8)?.to_uppercase();
+                Tool::new("mkfs.vfat").args(["-F", "32", "-n", part.label, "-i", &id, &part.device]).run(log)?;
+                format!("{}-{}", &id[..4], &id[4..])
+            }
+            Role::Root | Role::Data => {
+                let uuid = random_uuid()?;
+                Tool::new("mkfs.ext4").args(["-F", "-q", "-L", part.label, "-U", &uuid, &part.device]).run(log)?;
+                uuid
+            }
+        };
+        partitions.push((part.role.clone(), part.device.clone(), uuid));
+    }
+    let uuid_of = |role: Role| partitions.iter().find(|p| p.0 == role).map(|p| p.2.clone());
+    let device_of = |role: Role| partitions.iter().find(|p| p.0 == role).map(|p| p.1.clone());
+
+    // Mount source and target.
+    let mut mounts = Mounts::new(log);
+    let source = request.work_dir.join("source");
+    let target = request.work_dir.join("target");
+    mounts.mount(&request.source.to_string_lossy(), &source, &["-t", "squashfs", "-o", "loop,ro"])?;
+    mounts.mount(&device_of(Role::Root).expect("root"), &target, &[])?;
+    mounts.mount(&device_of(Role::Esp).expect("esp"), &target.join("boot/efi"), &["-o", "umask=0077"])?;
+    let data_mount = request.spec.payload.data_mount.as_deref();
+    if let (Some(mount), Some(device)) = (data_mount, device_of(Role::Data)) {
+        mounts.mount(&device, &target.join(mount.trim_start_matches('/')), &[])?;
+    }
+
+    // Copy.
+    emit(Event::new(Phase::Copy, 0.0, "measuring the image"));
+    let expected = verify::summarize(&source)?;
+    copy_tree(&request.source, &target, &expected, log, &mut emit)?;
+    emit(Event::new(Phase::Copy, 1.0, "checking the copy"));
+    let copied = verify::compare_trees(&source, &target, &expected)?;
+    log.line(&format!("copy verified: {copied}"));
+    mounts.unmount(&source)?;
+
+    // Configure.
+    emit(Event::new(Phase::Configure, 0.0, "identity and mounts"));
+    mounts.chroot_api(&target)?;
+    write_identity(&target, &request.config, &partitions, data_mount)?;
+    emit(Event::new(Phase::Configure, 0.2, "removing the live system's packages"));
+    remove_live_packages(&target, log)?;
+    emit(Event::new(Phase::Configure, 0.7, "admin account and SSH host keys"));
+    regenerate_host_keys(&target, log)?;
+    create_admin(&target, &request.config, log)?;
+
+    // Payload.
+    emit(Event::new(Phase::Payload, 0.0, "enabling the database service"));
+    let payload = &request.spec.payload;
+    if !payload.services.is_empty() {
+        Tool::new("systemctl").arg("enable").args(&payload.services).in_root(&target).run(log)?;
+    }
+    if let Some(configure) = &payload.configure {
+        emit(Event::new(Phase::Payload, 0.2, format!("setting the database up ({configure})")));
+        let verifier = postgres_protocol::password::scram_sha_256(request.config.database.admin_password.as_bytes());
+        Tool::new(configure)
+            .env("TRUTHDB_ADMIN_USER", &request.config.admin.user)
+            .env("TRUTHDB_DB_PASSWORD_SCRAM", verifier)
+            .env("TRUTHDB_DATA_DIR", data_mount.unwrap_or(""))
+            .in_root(&target)
+            .run(log)?;
+    }
+
+    // Boot.
+    emit(Event::new(Phase::Boot, 0.0, "building the unified kernel image"));
+    let kernel_release = kernel_release(&target)?;
+    let root_uuid = uuid_of(Role::Root).expect("root");
+    let mut cmdline = vec![format!("root=UUID={root_uuid}"), "ro".into(), "rootfstype=ext4".into()];
+    cmdline.extend(request.spec.kernel_cmdline.iter().cloned());
+    Tool::new("ukify")
+        .args([
+            "build",
+            &format!("--linux=/boot/vmlinuz-{kernel_release}"),
+            &format!("--initrd=/boot/initrd.img-{kernel_release}"),
+            &format!("--cmdline={}", cmdline.join(" ")),
+            "--os-release=@/etc/os-release",
+            &format!("--uname={kernel_release}"),
+            &format!("--output=/boot/efi/{UKI_PATH}"),
+        ])
+        .in_root(&target)
+        .run(log)?;
+    let boot_entry = if request.efi_boot_entry { add_boot_entry(disk, log) } else { None };
+
+    // Verify, then hand the log over to the installed system.
+    emit(Event::new(Phase::Verify, 0.0, "boot files"));
+    verify::check_uki(&target.join("boot/efi").join(UKI_PATH), &target.join(format!("boot/vmlinuz-{kernel_release}")))?;
+    emit(Event::new(Phase::Verify, 0.3, "file systems"));
+    log.line("the installed system's log ends here; the installer's own log goes on");
+    copy_log(log, &target)?;
+    Tool::new("sync").run(log)?;
+    mounts.unmount_all()?;
+    verify::check_partition_table(&plan, log)?;
+    for (role, device, _) in &partitions {
+        match role {
+            Role::Esp => Tool::new("fsck.vfat").args(["-n", device]).run(log)?,
+            Role::Root | Role::Data => Tool::new("e2fsck").args(["-f", "-n", device]).run(log)?,
+        };
+    }
+    emit(Event::new(Phase::Done, 0.0, format!("installed TruthDB OS {} to {}", request.spec.version, disk.path)));
+    Ok(InstallReport { disk: disk.describe(), partitions, copied, kernel_release, boot_entry })
+}
+
+/// A disk with a mounted partition is in use (perhaps by the very system running us).
+fn refuse_mounted(disk: &Disk) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mounted: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|source| *source == disk.path || disk.children.iter().any(|c| source.trim_start_matches("/dev/") == c))
+        .collect();
+    if mounted.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Refused { disk: disk.describe(), reason: format!("it is in use: {} mounted", mounted.join(", ")) })
+    }
+}
+
+/// The kernel may not re-read the new table by itself (a loop device, or a kernel without
+/// GPT parsing): `partx --update` tells it, then the partition nodes must appear.
+fn wait_for_partitions(plan: &Plan, log: &Log) -> Result<()> {
+    Tool::new("partx").args(["--update", &plan.disk.path]).run(log)?;
+    let _ = Tool::new("udevadm").args(["settle", "--timeout=10"]).run(log);
+    for _ in 0..100 {
+        if plan.partitions.iter().all(|p| Path::new(&p.device).exists()) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let missing: Vec<&str> =
+        plan.partitions.iter().filter(|p| !Path::new(&p.device).exists()).map(|p| p.device.as_str()).collect();
+    Err(Error::Tool {
+        command: format!("partx --update {}", plan.disk.path),
+        message: format!("{} did not appear", missing.join(", ")),
+    })
+}
+
+fn random_hex(chars: usize) -> Result<String> {
+    let mut hex = String::new();
+    while hex.len() < chars {
+        hex.push_str(&random_uuid()?.replace('-', ""));
+    }
+    hex.truncate(chars);
+    Ok(hex)
+}
+
+/// A random UUID from the kernel.
+fn random_uuid() -> Result<String> {
+    let path = Path::new("/proc/sys/kernel/random/uuid");
+    std::fs::read_to_string(path).map(|u| u.trim().to_owned()).map_err(|e| io_error(path, e))
+}
+
+/// `unsquashfs` keeps owners, modes, xattrs and hard links; progress is read from the target
+/// file systems' growth while it runs.
+fn copy_tree(
+    squashfs: &Path,
+    target: &Path,
+    expected: &verify::TreeSummary,
+    log: &Log,
+    emit: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let baseline = verify::used_bytes_below(target);
+    std::thread::scope(|scope| {
+        let copier = scope.spawn(|| {
+            Tool::new("unsquashfs")
+                .args(["-f", "-no-progress", "-d"])
+                .arg(target.to_string_lossy())
+                .arg(squashfs.to_string_lossy())
+                .run(log)
+        });
+        let mut last_shown = 0;
+        while !copier.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let written = verify::used_bytes_below(target).saturating_sub(baseline);
+            let fraction = written as f64 / expected.bytes.max(1) as f64;
+            let shown = (fraction * 20.0) as u64;
+            if shown > last_shown {
+                last_shown = shown;
+                emit(Event::new(
+                    Phase::Copy,
+                    fraction.min(0.99),
+                    format!("{} MiB of {} MiB", written >> 20, expected.bytes >> 20),
+                ));
+            }
+        }
+        copier.join().expect("the copy thread does not panic")
+    })?;
+    Ok(())
+}
+
+/// fstab by UUID, host name, a machine-id of its own.
+fn write_identity(
+    target: &Path,
+    config: &InstallConfig,
+    partitions: &[(Role, String, String)],
+    data_mount: Option<&str>,
+) -> Result<()> {
+    let write = |relative: &str, text: &str| {
+        let path = target.join(relative);
+        std::fs::write(&path, text).map_err(|e| io_error(&path, e))
+    };
+    let mut fstab =
+        String::from("# Written by truthdb-installer. <file system> <mount point> <type> <options> <dump> <pass>\n");
+    for (role, _, uuid) in partitions {
+        let line = match role {
+            Role::Root => format!("UUID={uuid} / ext4 errors=remount-ro 0 1\n"),
+            Role::Esp => format!("UUID={uuid} /boot/efi vfat umask=0077 0 2\n"),
+            Role::Data => format!("UUID={uuid} {} ext4 defaults 0 2\n", data_mount.unwrap_or("/srv")),
+        };
+        fstab.push_str(&line);
+    }
+    write("etc/fstab", &fstab)?;
+    write("etc/hostname", &format!("{}\n", config.hostname))?;
+    let short = config.hostname.split('.').next().unwrap_or(&config.hostname);
+    write(
+        "etc/hosts",
+        &format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{} {short}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+            config.hostname
+        ),
+    )?;
+    write("etc/machine-id", &format!("{}\n", random_hex(32)?))?;
+    Ok(())
+}
+
+/// live-boot and live-config belong to the live medium only; purging live-boot's initramfs
+/// scripts makes dpkg's trigger rebuild the initrd without them.
+fn remove_live_packages(target: &Path, log: &Log) -> Result<()> {
+    let installed = Tool::new("dpkg-query").args(["--show", "--showformat=${Package}\\n"]).in_root(target).run(log)?;
+    let live: Vec<&str> = installed.lines().filter(|p| p.starts_with("live-")).collect();
+    if !live.is_empty() {
+        Tool::new("dpkg").arg("--purge").args(&live).in_root(target).run(log)?;
+    }
+    Tool::new("update-initramfs").args(["-u", "-k", "all"]).in_root(target).run(log)?;
+    Ok(())
+}
+
+/// Host keys made while the image was built would be shared by every appliance.
+fn regenerate_host_keys(target: &Path, log: &Log) -> Result<()> {
+    let ssh = target.join("etc/ssh");
+    if !ssh.is_dir() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(&ssh).map_err(|e| io_error(&ssh, e))?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("ssh_host_") {
+            std::fs::remove_file(entry.path()).map_err(|e| io_error(&entry.path(), e))?;
+        }
+    }
+    Tool::new("ssh-keygen").arg("-A").in_root(target).run(log)?;
+    Ok(())
+}
+
+fn create_admin(target: &Path, config: &InstallConfig, log: &Log) -> Result<()> {
+    let admin = &config.admin;
+    let user = admin.user.as_str();
+    Tool::new("useradd")
+        .args(["--create-home", "--shell", "/bin/bash", "--user-group", "--groups", "sudo", user])
+        .in_root(target)
+        .run(log)?;
+    match &admin.password_hash {
+        Some(hash) => {
+            Tool::new("usermod").args(["--password", hash.as_str(), user]).in_root(target).run(log)?;
+        }
+        None => {
+            // Key-only admins have no password to give sudo.
+            let path = target.join("etc/sudoers.d/truthdb-admin");
+            std::fs::write(&path, format!("{user} ALL=(ALL) NOPASSWD:ALL\n")).map_err(|e| io_error(&path, e))?;
+            Tool::new("chmod").args(["0440", "/etc/sudoers.d/truthdb-admin"]).in_root(target).run(log)?;
+        }
+    }
+    if !admin.ssh_authorized_keys.is_empty() {
+        let home = format!("/home/{user}/.ssh");
+        Tool::new("install").args(["-d", "-m", "0700", "-o", user, "-g", user, &home]).in_root(target).run(log)?;
+        let keys = target.join(format!("home/{user}/.ssh/authorized_keys"));
+        std::fs::write(&keys, admin.ssh_authorized_keys.join("\n") + "\n").map_err(|e| io_error(&keys, e))?;
+        let keys_in_root = format!("{home}/authorized_keys");
+        Tool::new("chown").args([&format!("{user}:{user}"), &keys_in_root]).in_root(target).run(log)?;
+        Tool::new("chmod").args(["0600", &keys_in_root]).in_root(target).run(log)?;
+    }
+    Ok(())
+}
+
+/// The one kernel the image carries.
+fn kernel_release(target: &Path) -> Result<String> {
+    let boot = target.join("boot");
+    let mut releases: Vec<String> = std::fs::read_dir(&boot)
+        .map_err(|e| io_error(&boot, e))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("vmlinuz-").map(str::to_owned))
+        .collect();
+    releases.sort();
+    match releases.as_slice() {
+        [one] => Ok(one.clone()),
+        other => Err(Error::Tool {
+            command: format!("ls {}", boot.display()),
+            message: format!("expected exactly one kernel, found {other:?}"),
+        }),
+    }
+}
+
+/// A named boot entry is a convenience: the fallback path boots without one, so a firmware
+/// that refuses the entry is logged, not fatal.
+fn add_boot_entry(disk: &Disk, log: &Log) -> Option<String> {
+    if !Path::new("/sys/firmware/efi/efivars").is_dir() {
+        log.line("no EFI variables (not booted by UEFI): no boot entry added; the fallback path boots");
+        return None;
+    }
+    let loader = format!("\\{}", UKI_PATH.replace('/', "\\"));
+    match Tool::new("efibootmgr")
+        .args(["--create", "--disk", &disk.path, "--part", "1", "--label", "TruthDB OS", "--loader", &loader])
+        .run(log)
+    {
+        Ok(_) => Some(format!("TruthDB OS ({loader})")),
+        Err(e) => {
+            log.line(&format!("warning: no boot entry added: {e}"));
+            None
+        }
+    }
+}
+
+fn copy_log(log: &Log, target: &Path) -> Result<()> {
+    let dest = target.join(LOG_PATH);
+    std::fs::copy(log.path(), &dest).map_err(|e| io_error(&dest, e))?;
+    Ok(())
+}
