@@ -1,6 +1,7 @@
 //! `cargo xtask iso` (and `cargo xtask kernel`): the pipeline, as a list of named stages.
 //!
-//! manifest -> render -> build root -> package check -> kernel -> lb build -> publish
+//! manifest -> render -> build root -> package check -> kernel -> installer build -> payload debs
+//! -> lb build -> publish
 //!
 //! Each stage is a function of a small typed input, timed and shown by [`progress::stage`].
 //! Before building, the digest of every input is compared with the published build's: when
@@ -13,8 +14,10 @@ use anyhow::{Context, Result};
 use crate::build_root::{self, BuildRoot, BuildRootSpec};
 use crate::digest::Hasher;
 use crate::doctor::{self, Purpose};
+use crate::installer_build::{self, InstallerBuildInputs};
 use crate::kernel::{self, KernelInputs, KernelPackage};
 use crate::lb_build::{self, LbBuildInputs};
+use crate::payload_debs;
 use crate::progress::{self, stage};
 use crate::project::{self, Project};
 use crate::publish::{self, Artifacts, BuildInfo};
@@ -32,15 +35,30 @@ pub struct IsoArgs {
 }
 
 /// Everything the image depends on, in one digest: what live-build is given, the build root
-/// it runs in, the kernel, the timestamp it is built with, and the version it is named after.
-pub fn inputs_digest(config: &RenderedConfig, root: &BuildRoot, kernel_key: &str, epoch: u64, version: &str) -> String {
-    Hasher::new()
-        .field("config", &config.digest)
-        .field("build-root", &root.key)
-        .field("kernel", kernel_key)
-        .field("source-date-epoch", epoch.to_string())
-        .field("version", version)
-        .hex()
+/// it runs in, the kernel, the installer's sources, the payload's own .debs, the timestamp it
+/// is built with, and the version it is named after.
+pub struct ImageInputs<'a> {
+    pub config: &'a RenderedConfig,
+    pub root: &'a BuildRoot,
+    pub kernel_key: &'a str,
+    pub installer_digest: &'a str,
+    pub payload_debs_digest: &'a str,
+    pub epoch: u64,
+    pub version: &'a str,
+}
+
+impl ImageInputs<'_> {
+    pub fn digest(&self) -> String {
+        Hasher::new()
+            .field("config", &self.config.digest)
+            .field("build-root", &self.root.key)
+            .field("kernel", self.kernel_key)
+            .field("installer", self.installer_digest)
+            .field("payload-debs", self.payload_debs_digest)
+            .field("source-date-epoch", self.epoch.to_string())
+            .field("version", self.version)
+            .hex()
+    }
 }
 
 /// The machine-wide paths and logs a run uses.
@@ -150,7 +168,18 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let key_source = KeySource::from_env()?;
     let planned_root = build_root::planned(&cx.root_spec(), &cx.cache);
     let kernel_key = cx.kernel_inputs(&planned_root, PathBuf::new())?.key()?;
-    let digest = inputs_digest(&config, &planned_root, &kernel_key, epoch, &project.version);
+    let installer_digest = installer_build::source_digest(&project.root)?;
+    let payload_debs_digest = payload_debs::inputs_digest(&project.root, &manifest.payload.debs)?;
+    let digest = ImageInputs {
+        config: &config,
+        root: &planned_root,
+        kernel_key: &kernel_key,
+        installer_digest: &installer_digest,
+        payload_debs_digest: &payload_debs_digest,
+        epoch,
+        version: &project.version,
+    }
+    .digest();
     if !args.force && is_published(&dist, &stem, &digest, &key_source)? {
         println!(
             "up to date: {} was built from these exact inputs (digest {}); use --force to rebuild",
@@ -163,6 +192,26 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let root = cx.build_root()?;
     stage("package check", |_| build_root::check_packages_exist(&root, &config.packages, &manifest.suite))?;
     let kernel = cx.kernel(&root)?;
+    let installer = stage("installer build", |s| {
+        let log = cx.fresh_log("installer-build.log");
+        s.set(&format!("cargo build --release -p truthdb-installer (log: {})", log.display()));
+        installer_build::build(&InstallerBuildInputs {
+            workspace: project.root.clone(),
+            version: project.version.clone(),
+            log,
+        })
+    })?;
+    let payload_debs = stage("payload debs", |s| {
+        s.set(&format!("{} package(s) from payload.debs", manifest.payload.debs.len()));
+        payload_debs::resolve(
+            &project.root,
+            &project.lb_config_dir().join("appliance.toml"),
+            &manifest.payload.debs,
+            &manifest.architecture,
+            &cx.cache,
+            &cx.fresh_log("payload-debs.log"),
+        )
+    })?;
 
     let lb_log = cx.fresh_log("lb-build.log");
     let built = stage("lb build", |s| {
@@ -177,6 +226,9 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
             log: lb_log.clone(),
             kernel_deb: kernel.deb.clone(),
             kernel_release: kernel.release.clone(),
+            payload_debs: payload_debs.clone(),
+            installer: installer.path.clone(),
+            version: project.version.clone(),
         };
         lb_build::build(&inputs, &mut |lb_stage, helper| {
             let at = progress::format_duration(phase_start.elapsed());

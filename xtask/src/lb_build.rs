@@ -28,6 +28,12 @@ pub struct LbBuildInputs<'a> {
     pub kernel_deb: PathBuf,
     /// Its release: the image's `/live/vmlinuz` and initrd must be this kernel's.
     pub kernel_release: String,
+    /// The payload's own .deb files, installed like the kernel.
+    pub payload_debs: Vec<PathBuf>,
+    /// The installer binary, installed as `/usr/bin/truthdb-installer`.
+    pub installer: PathBuf,
+    /// The version the installer must report when run inside the image.
+    pub version: String,
 }
 
 /// What live-build produced.
@@ -60,9 +66,16 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
     // the image package goes there (no headers, -dbg or libc-dev).
     let local_debs = inputs.build_dir.join("config/packages.chroot");
     fs::create_dir_all(&local_debs)?;
-    let deb_name = inputs.kernel_deb.file_name().context("kernel package has no file name")?;
-    fs::copy(&inputs.kernel_deb, local_debs.join(deb_name))
-        .with_context(|| format!("copying {} into config/packages.chroot", inputs.kernel_deb.display()))?;
+    for deb in std::iter::once(&inputs.kernel_deb).chain(&inputs.payload_debs) {
+        let deb_name = deb.file_name().context("package has no file name")?;
+        fs::copy(deb, local_debs.join(deb_name))
+            .with_context(|| format!("copying {} into config/packages.chroot", deb.display()))?;
+    }
+    let bin = inputs.build_dir.join("config/includes.chroot/usr/bin");
+    fs::create_dir_all(&bin)?;
+    fs::copy(&inputs.installer, bin.join("truthdb-installer"))
+        .with_context(|| format!("copying {} into config/includes.chroot", inputs.installer.display()))?;
+    fs::set_permissions(bin.join("truthdb-installer"), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let epoch = inputs.source_date_epoch.to_string();
     let lb = |argv: &[&str]| {
         RootCommand::new(&inputs.root.path, argv)
@@ -93,6 +106,13 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
         }
     }
     check_boot_files(&inputs.build_dir.join("binary/live"), &inputs.kernel_release)?;
+    // The installer was built on the host: prove it runs on the image's own libraries.
+    let said = lb(&["chroot", "/build/chroot", "/usr/bin/truthdb-installer", "--version"])?
+        .read()
+        .context("truthdb-installer does not run inside the image (built against a newer glibc?)")?;
+    if said.trim() != format!("truthdb-installer {}", inputs.version) {
+        bail!("truthdb-installer in the image reports {:?}, expected version {}", said.trim(), inputs.version);
+    }
     Ok(BuiltImage { iso, package_manifest })
 }
 

@@ -31,6 +31,59 @@ pub struct Manifest {
     #[serde(default)]
     pub boot: Boot,
     pub iso: IsoFields,
+    /// The database service the appliance runs (none: a bare appliance).
+    #[serde(default)]
+    pub payload: Payload,
+}
+
+/// What the appliance runs: packages, services, a health check, where its data lives.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    /// Debian packages of the service, installed into the image beside `packages.list`'s.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// .deb files not in Debian (a TruthDB server release, say), installed the same way.
+    #[serde(default)]
+    pub debs: Vec<DebSource>,
+    /// systemd units enabled on the installed system.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Shell command that succeeds once the service is healthy; the installed system's boot
+    /// marker runs it and reports `health=ok` or `health=failed`.
+    #[serde(default = "default_health_check")]
+    pub health_check: String,
+    /// Mount point of the data partition the installer makes (none: no data partition).
+    pub data_mount: Option<String>,
+    /// Program in the image run at install time inside the installed system to set the
+    /// service up (see overlay/usr/lib/truthdb/payload/configure).
+    pub configure: Option<String>,
+}
+
+/// A .deb by path (relative to the project) or by URL with its SHA-256.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DebSource {
+    pub path: Option<String>,
+    pub url: Option<String>,
+    pub sha256: Option<String>,
+}
+
+fn default_health_check() -> String {
+    "true".into()
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Payload {
+            packages: Vec::new(),
+            debs: Vec::new(),
+            services: Vec::new(),
+            health_check: default_health_check(),
+            data_mount: None,
+            configure: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -173,6 +226,7 @@ impl Manifest {
         if self.boot.menu_timeout_seconds == 0 {
             bail!("field `boot.menu_timeout_seconds` is 0: the menu would wait forever for a key");
         }
+        self.payload.validate()?;
         let volume = self.volume_id(version);
         if volume.len() > MAX_VOLUME_ID || !volume.is_ascii() {
             bail!("field `iso.volume`: {volume:?} (with the version) is longer than {MAX_VOLUME_ID} ASCII characters");
@@ -183,6 +237,15 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The installed system's kernel parameters: the live ones without live-boot's, then the
+    /// serial console (the installer adds the root file system).
+    pub fn installed_kernel_parameters(&self) -> Vec<String> {
+        let live_only = |p: &str| p.starts_with("boot=") || p == "components" || p.starts_with("live-");
+        let mut params: Vec<String> = self.boot.append.iter().filter(|p| !live_only(p)).cloned().collect();
+        params.push(format!("console={}", self.boot.serial_console));
+        params
     }
 
     /// The ISO volume id: the manifest's volume with the version appended.
@@ -205,6 +268,53 @@ impl Manifest {
     /// The published ISO's file name.
     pub fn iso_file_name(&self, version: &str) -> String {
         format!("{}-{}.hybrid.iso", self.image_name(version), self.architecture)
+    }
+}
+
+impl Payload {
+    fn validate(&self) -> Result<()> {
+        for name in &self.packages {
+            if !is_debian_name(name) {
+                bail!("field `payload.packages`: {name:?} is not a valid Debian package name");
+            }
+        }
+        for (i, deb) in self.debs.iter().enumerate() {
+            let field = format!("payload.debs[{i}]");
+            match (&deb.path, &deb.url, &deb.sha256) {
+                (Some(path), None, _) => {
+                    if !path.ends_with(".deb") {
+                        bail!("field `{field}.path`: {path:?} is not a .deb file");
+                    }
+                }
+                (None, Some(url), Some(sha256)) => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        bail!("field `{field}.url`: {url:?} is not an http:// or https:// URL");
+                    }
+                    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                        bail!("field `{field}.sha256`: not 64 hex digits");
+                    }
+                }
+                (None, Some(_), None) => bail!("field `{field}`: a `url` needs its `sha256`"),
+                _ => bail!("field `{field}`: give either `path` or `url` + `sha256`"),
+            }
+        }
+        for unit in &self.services {
+            let kinds = [".service", ".socket", ".timer", ".target", ".path"];
+            if !kinds.iter().any(|k| unit.ends_with(k)) || unit.contains(char::is_whitespace) {
+                bail!("field `payload.services`: {unit:?} is not a systemd unit name");
+            }
+        }
+        if self.health_check.trim().is_empty() {
+            bail!("field `payload.health_check` is empty (use \"true\" for none)");
+        }
+        for (field, value) in [("payload.data_mount", &self.data_mount), ("payload.configure", &self.configure)] {
+            if let Some(path) = value
+                && (!path.starts_with('/') || path == "/" || path.contains(char::is_whitespace))
+            {
+                bail!("field `{field}`: {path:?} is not an absolute path");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -298,6 +408,11 @@ application = "TruthDB OS appliance"
                 "iso.volume",
             ),
             (MINIMAL.replace("pretty_name", "architecture = \"arm64\"\npretty_name"), "field `architecture`"),
+            (format!("{MINIMAL}\n[payload]\npackages = [\"Postgres\"]\n"), "field `payload.packages`"),
+            (format!("{MINIMAL}\n[payload]\ndebs = [{{ url = \"https://x/a.deb\" }}]\n"), "needs its `sha256`"),
+            (format!("{MINIMAL}\n[payload]\ndebs = [{{ path = \"a.tar\" }}]\n"), "payload.debs[0].path"),
+            (format!("{MINIMAL}\n[payload]\nservices = [\"postgresql\"]\n"), "field `payload.services`"),
+            (format!("{MINIMAL}\n[payload]\ndata_mount = \"var/lib\"\n"), "field `payload.data_mount`"),
         ];
         for (text, expected) in cases {
             let msg = err(&text);

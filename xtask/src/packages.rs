@@ -20,23 +20,48 @@ pub struct PackageEntry {
 pub struct PackageList {
     pub path: PathBuf,
     pub entries: Vec<PackageEntry>,
+    /// The payload's packages, named in the manifest (`payload.packages`).
+    pub payload: Vec<String>,
+    /// Where the payload's packages were named, for error messages.
+    pub payload_source: String,
 }
 
 impl PackageList {
     pub fn load(path: &Path) -> Result<PackageList> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading package list {}", path.display()))?;
         let entries = parse(&text).with_context(|| format!("in package list {}", path.display()))?;
-        Ok(PackageList { path: path.to_owned(), entries })
+        Ok(PackageList { path: path.to_owned(), entries, payload: Vec::new(), payload_source: String::new() })
     }
 
+    /// Adds the payload's packages (`payload.packages` of the manifest at `source`).
+    pub fn with_payload(mut self, names: &[String], source: &Path) -> Result<PackageList> {
+        for name in names {
+            if let Some(entry) = self.entries.iter().find(|e| &e.name == name) {
+                bail!(
+                    "{}: field `payload.packages`: {name:?} is also listed in {}:{}; list it once",
+                    source.display(),
+                    self.path.display(),
+                    entry.line
+                );
+            }
+        }
+        self.payload = names.to_vec();
+        self.payload_source = source.display().to_string();
+        Ok(self)
+    }
+
+    /// Every package: packages.list's, then the payload's.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|e| e.name.as_str())
+        self.entries.iter().map(|e| e.name.as_str()).chain(self.payload.iter().map(String::as_str))
     }
 
-    /// Where `name` was listed, as `file:line`.
+    /// Where `name` was listed: `file:line`, or the manifest's field.
     pub fn location(&self, name: &str) -> String {
         match self.entries.iter().find(|e| e.name == name) {
             Some(e) => format!("{}:{}", self.path.display(), e.line),
+            None if self.payload.iter().any(|p| p == name) => {
+                format!("{} field `payload.packages`", self.payload_source)
+            }
             None => self.path.display().to_string(),
         }
     }

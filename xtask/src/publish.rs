@@ -32,7 +32,7 @@ pub struct BuildInfo {
     pub suite: String,
     pub architecture: String,
     pub source_date_epoch: u64,
-    /// Digest over everything the image is built from (see `iso::inputs_digest`).
+    /// Digest over everything the image is built from (see `iso::ImageInputs`).
     pub inputs_digest: String,
     pub config_digest: String,
     pub build_root_key: String,

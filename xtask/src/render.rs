@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use truthdb_installer::spec::{IMAGE_SPEC_PATH, ImageSpec, PayloadSpec};
+
 use crate::kernel::LiveBuildKernel;
 use crate::manifest::Manifest;
 use crate::packages::PackageList;
@@ -104,7 +106,9 @@ pub fn render(inputs: &RenderInputs, out: &Path) -> Result<RenderedConfig> {
             bail!("the {what} directory {} is missing", dir.display());
         }
     }
-    let packages = PackageList::load(&inputs.packages_list)?;
+    let manifest_path = inputs.lb_config_dir.join(MANIFEST_FILE);
+    let packages =
+        PackageList::load(&inputs.packages_list)?.with_payload(&inputs.manifest.payload.packages, &manifest_path)?;
 
     let parent = out.parent().context("render output has no parent directory")?;
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -119,6 +123,7 @@ pub fn render(inputs: &RenderInputs, out: &Path) -> Result<RenderedConfig> {
         copy_hooks(&inputs.hooks_dir, &staging.join("config/hooks/normal"))?;
         fsx::copy_tree(&inputs.overlay_dir, &staging.join("config/includes.chroot"), &["README.md"])
             .context("copying overlay/ into config/includes.chroot")?;
+        write_image_spec(inputs, &staging.join("config/includes.chroot"))?;
         Ok::<_, anyhow::Error>(())
     })();
     if let Err(e) = result {
@@ -129,6 +134,36 @@ pub fn render(inputs: &RenderInputs, out: &Path) -> Result<RenderedConfig> {
     fs::rename(&staging, out).with_context(|| format!("moving rendered config into {}", out.display()))?;
     let digest = digest::tree_digest(out)?;
     Ok(RenderedConfig { dir: out.to_owned(), digest, packages })
+}
+
+/// What the image tells its installer (`/usr/lib/truthdb/image.toml`) and the installed
+/// system's health check (`/usr/lib/truthdb/health-check`, run by the boot marker).
+fn write_image_spec(inputs: &RenderInputs, includes: &Path) -> Result<()> {
+    let m = &inputs.manifest;
+    let spec = ImageSpec {
+        version: inputs.version.clone(),
+        kernel_cmdline: m.installed_kernel_parameters(),
+        payload: PayloadSpec {
+            services: m.payload.services.clone(),
+            health_check: m.payload.health_check.clone(),
+            data_mount: m.payload.data_mount.clone(),
+            configure: m.payload.configure.clone(),
+        },
+    };
+    let spec_path = includes.join(IMAGE_SPEC_PATH);
+    let dir = spec_path.parent().context("image spec path has a parent")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let header = "# Rendered by `cargo xtask config` from lb-config/appliance.toml: read by truthdb-installer.\n";
+    fs::write(&spec_path, format!("{header}{}", spec.to_toml()))
+        .with_context(|| format!("writing {}", spec_path.display()))?;
+    let check = dir.join("health-check");
+    let script = format!(
+        "#!/bin/sh\n# Rendered from `payload.health_check` in lb-config/appliance.toml.\n{}\n",
+        m.payload.health_check
+    );
+    fs::write(&check, script).with_context(|| format!("writing {}", check.display()))?;
+    fs::set_permissions(&check, fs::Permissions::from_mode(0o755))?;
+    Ok(())
 }
 
 fn template_context<'a>(inputs: &'a RenderInputs, packages: &'a PackageList) -> TemplateContext<'a> {

@@ -70,8 +70,8 @@ fn empty_package_list_is_refused() {
 #[test]
 fn invalid_package_name_names_file_and_line() {
     let p = ProjectCopy::new();
-    p.append("packages.list", "PostgreSQL\n");
-    assert_config_fails(&p, &["packages.list", "line 6", "PostgreSQL"]);
+    let line = p.append_line("packages.list", "PostgreSQL");
+    assert_config_fails(&p, &["packages.list", &format!("line {line}"), "PostgreSQL"]);
 }
 
 #[test]

@@ -169,7 +169,7 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
 #[ignore = "needs root and the Debian mirror; run by `cargo xtask test`"]
 fn unknown_package_is_named_and_dist_is_left_alone() {
     let project = ProjectCopy::new();
-    project.append("packages.list", "truthdb-no-such-package\n");
+    let line = project.append_line("packages.list", "truthdb-no-such-package");
     let dist = project.path("dist");
     fs::create_dir_all(&dist).unwrap();
     fs::write(dist.join("SHA256SUMS"), "previous release\n").unwrap();
@@ -180,7 +180,7 @@ fn unknown_package_is_named_and_dist_is_left_alone() {
     eprintln!("{err}");
     assert!(!out.status.success(), "an unknown package did not fail the build");
     assert!(err.contains("unknown package \"truthdb-no-such-package\""), "{err}");
-    assert!(err.contains("packages.list:6"), "the error does not say where: {err}");
+    assert!(err.contains(&format!("packages.list:{line}")), "the error does not say where: {err}");
     assert_eq!(snapshot(&dist), before, "dist/ changed after a failed build");
 }
 

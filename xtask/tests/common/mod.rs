@@ -22,7 +22,8 @@ impl ProjectCopy {
         let root = repo_root();
         fs::copy(root.join("Cargo.toml"), dir.path().join("Cargo.toml")).unwrap();
         fs::copy(root.join("packages.list"), dir.path().join("packages.list")).unwrap();
-        for sub in ["lb-config", "hooks", "overlay", "kernel"] {
+        fs::copy(root.join("Cargo.lock"), dir.path().join("Cargo.lock")).unwrap();
+        for sub in ["lb-config", "hooks", "overlay", "kernel", "installer"] {
             copy_dir(&root.join(sub), &dir.path().join(sub));
         }
         ProjectCopy { dir }
@@ -34,6 +35,13 @@ impl ProjectCopy {
 
     pub fn write(&self, rel: &str, text: &str) {
         fs::write(self.path(rel), text).unwrap();
+    }
+
+    /// Appends one line; returns its line number.
+    pub fn append_line(&self, rel: &str, line: &str) -> usize {
+        let old = fs::read_to_string(self.path(rel)).unwrap();
+        self.write(rel, &format!("{old}{line}\n"));
+        old.lines().count() + 1
     }
 
     pub fn append(&self, rel: &str, text: &str) {
