@@ -9,7 +9,9 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct InstallConfig {
-    pub disk: DiskSelector,
+    /// Which disk to erase. Required to install from the live system; a disk image (or a
+    /// device named with `--disk`) needs none.
+    pub disk: Option<DiskSelector>,
     /// Consent to erase the selected disk. Must be `true`; there is no default.
     pub wipe: Option<bool>,
     pub hostname: String,
@@ -72,11 +74,19 @@ impl InstallConfig {
         Ok(config)
     }
 
+    /// The disk selector, which an install that picks its own disk needs.
+    pub fn disk_selector(&self, source: &str) -> Result<&DiskSelector> {
+        self.disk.as_ref().ok_or_else(|| Error::Config {
+            source: source.to_owned(),
+            message: "no `[disk]` selector (by-id, serial, path or largest): which disk should be erased?".into(),
+        })
+    }
+
     fn validate(&self) -> std::result::Result<(), String> {
         if self.wipe != Some(true) {
             return Err("`wipe = true` is required: the selected disk is erased".into());
         }
-        if let DiskSelector::Largest(false) = self.disk {
+        if let Some(DiskSelector::Largest(false)) = self.disk {
             return Err("field `disk.largest` must be true when given".into());
         }
         let host = &self.hostname;
@@ -144,8 +154,14 @@ admin_password = "correct horse battery"
     #[test]
     fn a_complete_config_parses() {
         let c = InstallConfig::parse(GOOD, "install.toml").unwrap();
-        assert_eq!(c.disk, DiskSelector::Serial("QM00001".into()));
+        assert_eq!(c.disk, Some(DiskSelector::Serial("QM00001".into())));
         assert_eq!(c.power, PowerAction::Reboot);
+    }
+
+    #[test]
+    fn a_config_without_selector_parses_but_cannot_pick_a_disk() {
+        let c = InstallConfig::parse(&GOOD.replace("[disk]\nserial = \"QM00001\"\n", ""), "install.toml").unwrap();
+        assert!(c.disk_selector("install.toml").unwrap_err().to_string().contains("no `[disk]` selector"));
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct InstallReport {
     pub copied: verify::TreeSummary,
     pub kernel_release: String,
     pub boot_entry: Option<String>,
+    /// Bytes in use on the installed file systems (root, ESP, data) when done.
+    pub footprint_bytes: u64,
 }
 
 /// The layout an image spec asks for.
@@ -184,6 +186,8 @@ pub fn install(request: &InstallRequest, log: &Log, on_event: &mut dyn FnMut(Eve
     log.line("the installed system's log ends here; the installer's own log goes on");
     copy_log(log, &target)?;
     Tool::new("sync").run(log)?;
+    mounts.unmount(&target.join("run"))?;
+    let footprint_bytes = verify::used_bytes_below(&target);
     mounts.unmount_all()?;
     verify::check_partition_table(&plan, log)?;
     for (role, device, _) in &partitions {
@@ -193,7 +197,7 @@ pub fn install(request: &InstallRequest, log: &Log, on_event: &mut dyn FnMut(Eve
         };
     }
     emit(Event::new(Phase::Done, 0.0, format!("installed TruthDB OS {} to {}", request.spec.version, disk.path)));
-    Ok(InstallReport { disk: disk.describe(), partitions, copied, kernel_release, boot_entry })
+    Ok(InstallReport { disk: disk.describe(), partitions, copied, kernel_release, boot_entry, footprint_bytes })
 }
 
 /// A disk with a mounted partition is in use (perhaps by the very system running us).

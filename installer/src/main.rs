@@ -87,13 +87,19 @@ fn load_spec(path: Option<&Path>) -> AnyResult<ImageSpec> {
 }
 
 /// The disk to install to: the one named on the command line, else the config's selection.
-fn resolve_disk(config: &InstallConfig, override_path: Option<&str>, spec: &ImageSpec) -> AnyResult<disks::Disk> {
+fn resolve_disk(
+    config: &InstallConfig,
+    config_path: &Path,
+    override_path: Option<&str>,
+    spec: &ImageSpec,
+) -> AnyResult<disks::Disk> {
     let layout = install::layout_for(spec);
     match override_path {
         Some(path) => Ok(describe_device(path)?),
         None => {
+            let selector = config.disk_selector(&config_path.display().to_string())?;
             let medium = live_medium_device();
-            Ok(disks::select(&config.disk, &list_disks()?, medium.as_deref(), layout.min_disk_bytes())?)
+            Ok(disks::select(selector, &list_disks()?, medium.as_deref(), layout.min_disk_bytes())?)
         }
     }
 }
@@ -115,14 +121,14 @@ fn run(cli: Cli) -> AnyResult<()> {
         Command::Plan(target) => {
             let config = load_config(&target.config)?;
             let spec = load_spec(target.spec.as_deref())?;
-            let disk = resolve_disk(&config, target.disk.as_deref(), &spec)?;
+            let disk = resolve_disk(&config, &target.config, target.disk.as_deref(), &spec)?;
             print!("{}", Plan::new(&disk, &install::layout_for(&spec)));
             println!("(dry run: nothing was written)");
         }
         Command::Install { target, source, no_boot_entry, work_dir, log } => {
             let config = load_config(&target.config)?;
             let spec = load_spec(target.spec.as_deref())?;
-            let disk = resolve_disk(&config, target.disk.as_deref(), &spec)?;
+            let disk = resolve_disk(&config, &target.config, target.disk.as_deref(), &spec)?;
             let source = source.unwrap_or_else(|| Path::new(MEDIUM_MOUNT).join(SQUASHFS_ON_MEDIUM));
             let request = InstallRequest {
                 config,
@@ -153,6 +159,7 @@ fn install_and_report(request: &InstallRequest, log_path: &Path) -> AnyResult<()
         e
     })?;
     println!("truthdb-installer: copy verified: {}", report.copied);
+    println!("truthdb-installer: installed footprint: {} MiB in use", report.footprint_bytes >> 20);
     if let Some(entry) = &report.boot_entry {
         println!("truthdb-installer: UEFI boot entry: {entry}");
     }
@@ -182,7 +189,7 @@ fn auto() -> AnyResult<()> {
         let config = load_config(&config_path)?;
         let power = config.power;
         let spec = load_spec(None)?;
-        let disk = resolve_disk(&config, None, &spec)?;
+        let disk = resolve_disk(&config, &config_path, None, &spec)?;
         let request = InstallRequest {
             config,
             disk,

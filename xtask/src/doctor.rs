@@ -14,6 +14,11 @@ pub enum Purpose {
     Build,
     /// `boot-test`: QEMU with SeaBIOS and OVMF.
     BootTest,
+    /// `disk`: the installer engine on a loop device, then qemu-img.
+    Disk,
+    /// `install-test`: remaster the ISO with an install config, then reach the installed
+    /// appliance's database and SSH from the host.
+    InstallTest,
 }
 
 struct HostTool {
@@ -41,14 +46,22 @@ const HOST_TOOLS: &[HostTool] = &[
     HostTool { probe: "patch", package: "patch", purpose: Purpose::Build },
     HostTool { probe: "xz", package: "xz-utils", purpose: Purpose::Build },
     HostTool { probe: "dpkg-deb", package: "dpkg", purpose: Purpose::Build },
-    // The installer's tests write partition tables into image files with the real sfdisk...
+    // The installer engine's tools, for `disk` (and the installer's tests, which write
+    // partition tables into image files with the real sfdisk).
     HostTool { probe: "sfdisk", package: "fdisk", purpose: Purpose::Build },
-    // ...and make file systems in them at an offset, and read them back.
-    HostTool { probe: "mkfs.fat", package: "dosfstools", purpose: Purpose::Build },
-    HostTool { probe: "mcopy", package: "mtools", purpose: Purpose::Build },
-    HostTool { probe: "mke2fs", package: "e2fsprogs", purpose: Purpose::Build },
+    HostTool { probe: "sfdisk", package: "fdisk", purpose: Purpose::Disk },
+    HostTool { probe: "partx", package: "util-linux", purpose: Purpose::Disk },
+    HostTool { probe: "losetup", package: "mount", purpose: Purpose::Disk },
+    HostTool { probe: "mkfs.vfat", package: "dosfstools", purpose: Purpose::Disk },
+    HostTool { probe: "mkfs.ext4", package: "e2fsprogs", purpose: Purpose::Disk },
+    HostTool { probe: "unsquashfs", package: "squashfs-tools", purpose: Purpose::Disk },
+    HostTool { probe: "qemu-img", package: "qemu-utils", purpose: Purpose::Disk },
     HostTool { probe: "qemu-system-x86_64", package: "qemu-system-x86", purpose: Purpose::BootTest },
     HostTool { probe: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", purpose: Purpose::BootTest },
+    HostTool { probe: "xorriso", package: "xorriso", purpose: Purpose::InstallTest },
+    HostTool { probe: "psql", package: "postgresql-client", purpose: Purpose::InstallTest },
+    HostTool { probe: "ssh", package: "openssh-client", purpose: Purpose::InstallTest },
+    HostTool { probe: "ssh-keygen", package: "openssh-client", purpose: Purpose::InstallTest },
 ];
 
 fn present(tool: &HostTool) -> bool {
@@ -59,6 +72,7 @@ fn present(tool: &HostTool) -> bool {
 pub fn missing_packages(purposes: &[Purpose]) -> Vec<&'static str> {
     let mut packages: Vec<&'static str> =
         HOST_TOOLS.iter().filter(|t| purposes.contains(&t.purpose) && !present(t)).map(|t| t.package).collect();
+    packages.sort();
     packages.dedup();
     packages
 }
@@ -90,7 +104,7 @@ pub fn ensure(purposes: &[Purpose]) -> Result<()> {
 
 /// `cargo xtask doctor`.
 pub fn run(install: bool) -> Result<()> {
-    let all = [Purpose::Build, Purpose::BootTest];
+    let all = [Purpose::Build, Purpose::BootTest, Purpose::Disk, Purpose::InstallTest];
     for tool in HOST_TOOLS {
         let mark = if present(tool) { "ok     " } else { "MISSING" };
         println!("{mark} {:<48} (package {}, for {:?})", tool.probe, tool.package, tool.purpose);

@@ -5,9 +5,11 @@ mod boot_test;
 mod build_root;
 mod checksums;
 mod digest;
+mod disk;
 mod doctor;
 mod fetch;
 mod fsx;
+mod install_test;
 mod installer_build;
 mod iso;
 mod kernel;
@@ -18,6 +20,7 @@ mod payload_debs;
 mod progress;
 mod project;
 mod publish;
+mod qemu;
 mod release;
 mod render;
 mod run;
@@ -88,6 +91,29 @@ enum Command {
         #[arg(long, default_value_t = 2048)]
         memory: u32,
     },
+    /// Install the ISO unattended onto a blank disk in QEMU (UEFI), boot the disk and reach
+    /// its database (psql) and SSH from the host; check refusals leave a disk untouched; boot
+    /// a `disk` image the same way. Needs root (loop devices for the disk image).
+    InstallTest {
+        /// ISO to install from (default: the one `iso` publishes into dist/).
+        #[arg(long)]
+        iso: Option<PathBuf>,
+        /// Seconds to wait for each boot or install.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+        /// Skip the refusal checks (config without wipe, config naming the boot medium).
+        #[arg(long)]
+        no_refusals: bool,
+        /// Skip building and booting a `disk` image.
+        #[arg(long)]
+        no_disk_image: bool,
+    },
+    /// Build a ready-to-boot appliance disk image (raw or qcow2) by running the installer
+    /// engine on a loop device (needs root).
+    Disk(disk::DiskArgs),
     /// Check a release tag against the workspace version and put the release's files (ISO,
     /// sums, signatures, package manifest, build info, key fingerprint) into a directory.
     Release(release::ReleaseArgs),
@@ -151,6 +177,38 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 log_dir: project.work_dir().join("boot-test"),
             };
             boot_test::run(&config)?;
+        }
+        Command::InstallTest { iso, timeout, memory, no_refusals, no_disk_image } => {
+            let project = project()?;
+            reexec_as_root_if_needed()?;
+            doctor::ensure(&[doctor::Purpose::BootTest, doctor::Purpose::Disk, doctor::Purpose::InstallTest])?;
+            let installer = if no_disk_image {
+                None
+            } else {
+                Some(
+                    installer_build::build(&installer_build::InstallerBuildInputs {
+                        workspace: project.root.clone(),
+                        version: project.version.clone(),
+                        log: project.logs_dir().join("installer-build.log"),
+                    })?
+                    .path,
+                )
+            };
+            let config = install_test::InstallTestConfig {
+                iso: iso.unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
+                work_dir: project.work_dir().join("install-test"),
+                timeout: Duration::from_secs(timeout),
+                memory_mib: memory,
+                expected_version: project.version.clone(),
+                disk_image_installer: installer,
+                negative: !no_refusals,
+            };
+            install_test::run(&config)?;
+        }
+        Command::Disk(args) => {
+            let project = project()?;
+            reexec_as_root_if_needed()?;
+            disk::run(&project, &args)?;
         }
         Command::Doctor { install } => doctor::run(install)?,
         Command::Release(args) => release::run(&project()?, &args)?,

@@ -21,7 +21,7 @@ pub fn run(project: &Project, fast: bool) -> Result<ExitCode> {
     if fast {
         doctor::ensure(&[Purpose::Build])?;
     } else {
-        doctor::ensure(&[Purpose::Build, Purpose::BootTest])?;
+        doctor::ensure(&[Purpose::Build, Purpose::BootTest, Purpose::Disk, Purpose::InstallTest])?;
     }
     let actionlint = ensure_actionlint(project)?;
     let cargo = || {

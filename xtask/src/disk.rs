@@ -1,0 +1,217 @@
+//! `cargo xtask disk`: a ready-to-boot appliance disk image (raw or qcow2), for VMs.
+//!
+//! The image is made by the same installer engine the ISO runs, pointed at a loop device
+//! attached to a sparse file: `truthdb-installer install --disk /dev/loopN`, with the ISO's
+//! root file system as the source. It runs in a private mount namespace (`unshare --mount`),
+//! so no mount outlives it, and the loop device is detached whatever happens. The image is
+//! written as `<output>.partial` and renamed into place only when complete.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::progress::{format_duration, stage};
+use crate::run::Cmd;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    fn extension(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiskArgs {
+    /// Install config (TOML): host name, admin account, database password and `wipe = true`.
+    /// A `[disk]` selector is not needed (the image is the disk).
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long, value_enum, default_value = "raw")]
+    pub format: DiskFormat,
+    /// Disk size in GiB (a sparse file: only what is written takes space).
+    #[arg(long, default_value_t = 12)]
+    pub size_gib: u64,
+    /// Where to write the image (default: target/truthdb-os/disk-images/<name>-<version>-<arch>.<format>).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// ISO to take the system from (default: build or reuse the one in dist/).
+    #[arg(long)]
+    pub iso: Option<PathBuf>,
+}
+
+/// What [`build`] needs: all paths explicit.
+pub struct DiskImageInputs<'a> {
+    pub iso: &'a Path,
+    pub config: &'a Path,
+    pub installer: &'a Path,
+    pub format: DiskFormat,
+    pub size_gib: u64,
+    pub output: &'a Path,
+    pub log: &'a Path,
+}
+
+/// A loop device, detached when dropped.
+struct LoopDevice(String);
+
+impl LoopDevice {
+    fn attach(file: &Path) -> Result<LoopDevice> {
+        let device = Cmd::new("losetup").args(["--find", "--show"]).arg(file).read()?;
+        Ok(LoopDevice(device.trim().to_owned()))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Cmd::new("losetup").args(["--detach", &self.0]).run();
+    }
+}
+
+/// The engine, inside a private mount namespace: the ISO and its root file system are
+/// mounted there (the image spec is read from the latter), then the installer runs.
+const IN_NAMESPACE: &str = r#"
+set -eu
+iso=$1 work=$2 config=$3 disk=$4 installer=$5 log=$6
+mkdir -p "$work/iso" "$work/root"
+mount -o loop,ro "$iso" "$work/iso"
+mount -t squashfs -o loop,ro "$work/iso/live/filesystem.squashfs" "$work/root"
+exec "$installer" install --config "$config" --disk "$disk" \
+    --source "$work/iso/live/filesystem.squashfs" --spec "$work/root/usr/lib/truthdb/image.toml" \
+    --no-boot-entry --work-dir "$work/engine" --log "$log.engine"
+"#;
+
+/// Builds the image; `on_line` gets the engine's progress lines.
+pub fn build(inputs: &DiskImageInputs, on_line: &mut dyn FnMut(&str)) -> Result<()> {
+    if let Some(dir) = inputs.output.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let beside = |suffix: &str| {
+        let mut name = inputs.output.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let partial = beside(".partial");
+    let raw = if inputs.format == DiskFormat::Raw { partial.clone() } else { beside(".raw.partial") };
+    let result = (|| {
+        let file = std::fs::File::create(&raw).with_context(|| format!("creating {}", raw.display()))?;
+        file.set_len(inputs.size_gib << 30).with_context(|| format!("sizing {}", raw.display()))?;
+        drop(file);
+        let work = tempfile::Builder::new().prefix("truthdb-disk-").tempdir()?;
+        {
+            let device = LoopDevice::attach(&raw)?;
+            Cmd::new("unshare")
+                .args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--fork",
+                    "--pid",
+                    "--kill-child",
+                    "sh",
+                    "-c",
+                    IN_NAMESPACE,
+                    "sh",
+                ])
+                .arg(inputs.iso)
+                .arg(work.path())
+                .arg(inputs.config)
+                .arg(&device.0)
+                .arg(inputs.installer)
+                .arg(inputs.log)
+                .run_logged(inputs.log, |line| on_line(line))
+                .with_context(|| format!("the installer failed on {} (log: {})", device.0, inputs.log.display()))?;
+        }
+        if inputs.format == DiskFormat::Qcow2 {
+            Cmd::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&raw).arg(&partial).run()?;
+            std::fs::remove_file(&raw)?;
+        }
+        std::fs::rename(&partial, inputs.output)
+            .with_context(|| format!("moving the image into place at {}", inputs.output.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&raw);
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+/// `cargo xtask disk`.
+pub fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
+    let started = Instant::now();
+    crate::doctor::ensure(&[crate::doctor::Purpose::Disk])?;
+    // Refuse a bad config before building anything.
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading install config {}", args.config.display()))?;
+    truthdb_installer::config::InstallConfig::parse(&text, &args.config.display().to_string())?;
+    if args.size_gib < 11 {
+        bail!("--size-gib {}: the appliance needs at least 11 GiB (ESP, root and data partitions)", args.size_gib);
+    }
+    let config = std::fs::canonicalize(&args.config)?;
+
+    let iso = match &args.iso {
+        Some(iso) => iso.clone(),
+        None => {
+            crate::iso::run(project, &crate::iso::IsoArgs { force: false, dist: None })?;
+            project.default_dist_dir().join(project.iso_file_name())
+        }
+    };
+    if !iso.is_file() {
+        bail!("no ISO at {}", iso.display());
+    }
+    let logs = project.logs_dir();
+    std::fs::create_dir_all(&logs)?;
+    let installer = stage("installer build", |_| {
+        crate::installer_build::build(&crate::installer_build::InstallerBuildInputs {
+            workspace: project.root.clone(),
+            version: project.version.clone(),
+            log: logs.join("installer-build.log"),
+        })
+    })?;
+    let output = args.output.clone().unwrap_or_else(|| {
+        project.work_dir().join("disk-images").join(format!("{}.{}", project.image_stem(), args.format.extension()))
+    });
+    let log = logs.join("disk.log");
+    let _ = std::fs::remove_file(&log);
+    stage("disk image", |s| {
+        s.set(&format!("installing into a {} GiB {:?} image (log: {})", args.size_gib, args.format, log.display()));
+        let inputs = DiskImageInputs {
+            iso: &iso,
+            config: &config,
+            installer: &installer.path,
+            format: args.format,
+            size_gib: args.size_gib,
+            output: &output,
+            log: &log,
+        };
+        build(&inputs, &mut |line| {
+            if let Some(progress) = line.strip_prefix("truthdb-installer: ") {
+                s.set(progress);
+            }
+        })
+    })?;
+    let on_disk = Cmd::new("du").args(["--block-size=1M", "-s"]).arg(&output).read().unwrap_or_default();
+    println!(
+        "wrote {} ({} GiB disk, {} MiB on the host) in {}",
+        output.display(),
+        args.size_gib,
+        on_disk.split_whitespace().next().unwrap_or("?"),
+        format_duration(started.elapsed())
+    );
+    println!(
+        "boot it with UEFI firmware, e.g. qemu-system-x86_64 -machine q35 -m 2048 \\\n  \
+         -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \\\n  \
+         -drive if=pflash,format=raw,file=<a copy of OVMF_VARS_4M.fd> \\\n  \
+         -drive if=virtio,format={},file={}",
+        args.format.extension(),
+        output.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! `cargo xtask install-test`: proves the ISO installs a working appliance, end to end, in
+//! QEMU (TCG, OVMF):
+//!
+//! 1. the ISO, with an unattended install config put on it (`xorriso` remaster:
+//!    `/truthdb/install.toml`), boots as a CD beside a blank virtio disk, installs, powers off;
+//! 2. that disk boots alone; from the host, through ports forwarded on 127.0.0.1, the real
+//!    `psql` logs in with the configured password and runs a query, and `ssh` logs in with
+//!    the configured key (and not with a password);
+//! 3. configs that lack `wipe = true` or name the boot medium are refused, and the blank disk
+//!    is byte-for-byte unchanged (SHA-256 before and after);
+//! 4. (with `--disk-image`) the raw image `cargo xtask disk` makes boots the same way.
+//!
+//! Serial logs of every boot stay in the work directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::progress::{format_duration, stage};
+use crate::qemu::{Vm, VmSpec, cdrom, free_port, usb_stick, virtio_disk};
+use crate::run::Cmd;
+
+const TARGET_SERIAL: &str = "truthdb-target";
+const ADMIN: &str = "dba";
+const HOSTNAME: &str = "truthdb-e2e";
+const DISK_GIB: u64 = 12;
+
+pub struct InstallTestConfig {
+    pub iso: PathBuf,
+    pub work_dir: PathBuf,
+    pub timeout: Duration,
+    pub memory_mib: u32,
+    pub expected_version: String,
+    /// The host-built installer, for the disk image check; none: skip it.
+    pub disk_image_installer: Option<PathBuf>,
+    /// Also run the refusal checks.
+    pub negative: bool,
+}
+
+/// The credentials the test installs with and logs in with.
+struct Credentials {
+    key: PathBuf,
+    public_key: String,
+    password: String,
+}
+
+impl Credentials {
+    fn new(dir: &Path) -> Result<Credentials> {
+        let key = dir.join("id_ed25519");
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(dir.join("id_ed25519.pub"));
+        Cmd::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "install-test", "-f"]).arg(&key).run()?;
+        let public_key = std::fs::read_to_string(dir.join("id_ed25519.pub"))?.trim().to_owned();
+        let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?;
+        Ok(Credentials { key, public_key, password: format!("tdb-{}", uuid.trim().replace('-', "")) })
+    }
+
+    /// An install config; `disk` is the `[disk]` table's body, `wipe` whether to consent.
+    fn config(&self, disk: &str, wipe: bool) -> String {
+        format!(
+            "{wipe}hostname = \"{HOSTNAME}\"\npower = \"poweroff\"\n\n[disk]\n{disk}\n\n[admin]\nuser = \"{ADMIN}\"\n\
+             ssh_authorized_keys = [\"{}\"]\n\n[database]\nadmin_password = \"{}\"\n",
+            self.public_key,
+            self.password,
+            wipe = if wipe { "wipe = true\n" } else { "" },
+        )
+    }
+}
+
+/// A copy of `iso` with `config` at `/truthdb/install.toml`, boot records replayed.
+fn remaster(iso: &Path, config: &str, dir: &Path, name: &str) -> Result<PathBuf> {
+    let config_file = dir.join(format!("{name}.install.toml"));
+    std::fs::write(&config_file, config)?;
+    let out = dir.join(format!("{name}.iso"));
+    let _ = std::fs::remove_file(&out);
+    Cmd::new("xorriso")
+        .arg("-indev")
+        .arg(iso)
+        .arg("-outdev")
+        .arg(&out)
+        .arg("-map")
+        .arg(&config_file)
+        .args(["/truthdb/install.toml", "-boot_image", "any", "replay"])
+        .run_logged(&dir.join(format!("{name}.xorriso.log")), |_| {})
+        .context("remastering the ISO with an install config")?;
+    Ok(out)
+}
+
+fn blank_disk(path: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(DISK_GIB << 30)?;
+    Ok(())
+}
+
+fn sha256_of(path: &Path) -> Result<String> {
+    let out = Cmd::new("sha256sum").arg(path).read()?;
+    Ok(out.split_whitespace().next().unwrap_or_default().to_owned())
+}
+
+pub fn run(config: &InstallTestConfig) -> Result<()> {
+    if !config.iso.is_file() {
+        bail!("no ISO at {} (run `cargo xtask iso` first)", config.iso.display());
+    }
+    let dir = &config.work_dir;
+    std::fs::create_dir_all(dir)?;
+    let credentials = Credentials::new(dir)?;
+    let good = credentials.config(&format!("serial = \"{TARGET_SERIAL}\""), true);
+
+    // 1. Unattended install from the ISO.
+    let target = dir.join("installed.raw");
+    let install_time = stage("install test", |s| {
+        s.set("remastering the ISO with an unattended install config");
+        let iso = remaster(&config.iso, &good, dir, "unattended")?;
+        blank_disk(&target)?;
+        s.set("installing (UEFI, CD + blank virtio disk)");
+        let mut storage = cdrom(&iso);
+        storage.extend(virtio_disk(&target, "raw", TARGET_SERIAL));
+        let vm = Vm::start(&VmSpec {
+            name: "install".into(),
+            memory_mib: config.memory_mib,
+            storage,
+            forwards: vec![],
+            log_dir: dir.clone(),
+        })?;
+        let mut last = String::new();
+        vm.wait_for("the unattended install to finish and power off", config.timeout, |serial, exited| {
+            if let Some(progress) = serial.lines().rev().find_map(|l| l.split("truthdb-installer: [").nth(1))
+                && progress != last
+            {
+                last = progress.to_owned();
+                s.set(&format!("[{}", progress.trim()));
+            }
+            if let Some(line) =
+                serial.lines().find(|l| l.contains("TRUTHDB-INSTALL-FAILED") || l.contains("TRUTHDB-INSTALL-REFUSED"))
+            {
+                return Some(Err(anyhow::anyhow!("the installer failed: {}", line.trim())));
+            }
+            let done = serial.lines().find(|l| l.contains("TRUTHDB-INSTALL-DONE"));
+            match (done, exited) {
+                (Some(line), true) => Some(Ok(line.trim().to_owned())),
+                _ => None,
+            }
+        })?;
+        let elapsed = vm.elapsed();
+        let serial = vm.serial();
+        for line in serial
+            .lines()
+            .filter(|l| l.contains("copy verified") || l.contains("footprint") || l.contains("TRUTHDB-INSTALL-DONE"))
+        {
+            println!("  {}", line.trim());
+        }
+        Ok(elapsed)
+    })?;
+    println!("PASS unattended install from the ISO in {} (TCG)", format_duration(install_time));
+
+    // 2. The installed disk boots alone and serves.
+    stage("install test", |s| {
+        s.set("booting the installed disk alone");
+        check_appliance("installed", &target, "raw", config, &credentials)
+    })?;
+
+    // 3. Refusals leave the disk untouched.
+    if config.negative {
+        stage("install test", |s| {
+            s.set("a config without wipe = true");
+            let no_wipe = credentials.config(&format!("serial = \"{TARGET_SERIAL}\""), false);
+            check_refusal("no-wipe", &config.iso, &no_wipe, false, "`wipe = true` is required", config)
+        })?;
+        stage("install test", |s| {
+            s.set("a config naming the boot medium (USB stick /dev/sda)");
+            let medium = credentials.config("path = \"/dev/sda\"", true);
+            check_refusal("boot-medium", &config.iso, &medium, true, "booted from", config)
+        })?;
+    }
+
+    // 4. The disk image made by `cargo xtask disk` boots the same way.
+    if let Some(installer) = &config.disk_image_installer {
+        let image = dir.join("disk-image.raw");
+        let config_file = dir.join("disk-image.install.toml");
+        std::fs::write(&config_file, credentials.config("", true).replace("\n[disk]\n\n", "\n"))?;
+        let started = Instant::now();
+        stage("install test", |s| {
+            s.set("cargo xtask disk --format raw (the engine on a loop device)");
+            let log = dir.join("disk-image.log");
+            crate::disk::build(
+                &crate::disk::DiskImageInputs {
+                    iso: &config.iso,
+                    config: &config_file,
+                    installer,
+                    format: crate::disk::DiskFormat::Raw,
+                    size_gib: DISK_GIB,
+                    output: &image,
+                    log: &log,
+                },
+                &mut |line| {
+                    if let Some(progress) = line.strip_prefix("truthdb-installer: ") {
+                        s.set(progress);
+                    }
+                },
+            )
+        })?;
+        println!("PASS disk image built in {}", format_duration(started.elapsed()));
+        stage("install test", |s| {
+            s.set("booting the disk image");
+            check_appliance("disk-image", &image, "raw", config, &credentials)
+        })?;
+    }
+    Ok(())
+}
+
+/// Boots `disk` alone under OVMF and checks the appliance: marker with a healthy payload,
+/// psql with the password, ssh with the key and not with a password.
+fn check_appliance(
+    name: &str,
+    disk: &Path,
+    format: &str,
+    config: &InstallTestConfig,
+    credentials: &Credentials,
+) -> Result<()> {
+    let (pg_port, ssh_port) = (free_port()?, free_port()?);
+    let vm = Vm::start(&VmSpec {
+        name: format!("{name}-boot"),
+        memory_mib: config.memory_mib,
+        storage: virtio_disk(disk, format, TARGET_SERIAL),
+        forwards: vec![(pg_port, 5432), (ssh_port, 22)],
+        log_dir: config.work_dir.clone(),
+    })?;
+    let marker = vm.wait_for("the installed system's boot marker", config.timeout, |serial, _| {
+        let line = serial.lines().find_map(|l| l.find(crate::boot_test::MARKER).map(|at| l[at..].trim().to_owned()))?;
+        Some(Ok(line))
+    })?;
+    let booted_in = vm.elapsed();
+    crate::boot_test::check_marker(&marker, &config.expected_version)?;
+    if !marker.contains("system=installed") || !marker.contains("health=ok") {
+        bail!("{name}: the installed system is not healthy: {marker}");
+    }
+    println!("PASS {name} boots alone (UEFI, {}): {marker}", format_duration(booted_in));
+
+    let psql = |password: &str, sql: &str| {
+        Cmd::new("psql")
+            .args([
+                "-X",
+                "-t",
+                "-A",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg_port.to_string(),
+                "-U",
+                ADMIN,
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output_unchecked()
+    };
+    let query = "select current_user || ' ' || current_setting('server_version_num') || ' ' || \
+                 (select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = current_user)";
+    let answer = retry(Duration::from_secs(60), || {
+        let out = psql(&credentials.password, query)?;
+        if !out.status.success() {
+            bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    })?;
+    let fields: Vec<&str> = answer.split(' ').collect();
+    if fields.len() != 3 || fields[0] != ADMIN || !fields[1].starts_with("17") || fields[2] != "t" {
+        bail!("{name}: unexpected answer from PostgreSQL: {answer:?} (want role {ADMIN}, version 17, a SCRAM secret)");
+    }
+    let wrong = psql("not-the-password", "select 1")?;
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    if wrong.status.success() || !said.contains("password authentication failed") {
+        bail!("{name}: a wrong database password was not refused: {said}");
+    }
+    println!("PASS {name}: psql over 127.0.0.1:{pg_port} as {ADMIN} (password, scram-sha-256): {answer}");
+
+    let ssh = |extra: &[&str], command: &str| {
+        Cmd::new("ssh")
+            .args(["-p", &ssh_port.to_string(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"])
+            .args(extra)
+            .arg(format!("{ADMIN}@127.0.0.1"))
+            .arg(command)
+            .output_unchecked()
+    };
+    let key = credentials.key.to_string_lossy().into_owned();
+    let remote = retry(Duration::from_secs(60), || {
+        let out = ssh(
+            &["-i", &key, "-o", "IdentitiesOnly=yes"],
+            "hostname; findmnt -n -o TARGET,FSTYPE /var/lib/postgresql; sudo -n true && echo sudo-ok",
+        )?;
+        if !out.status.success() {
+            bail!("ssh failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    })?;
+    let lines: Vec<&str> = remote.lines().map(str::trim).collect();
+    if lines != [HOSTNAME, "/var/lib/postgresql ext4", "sudo-ok"] {
+        bail!("{name}: unexpected answer over ssh: {lines:?}");
+    }
+    let password_login = ssh(
+        &["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive"],
+        "true",
+    )?;
+    let said = String::from_utf8_lossy(&password_login.stderr);
+    if password_login.status.success() || !said.contains("Permission denied (publickey)") {
+        bail!("{name}: ssh offered more than key login: {said}");
+    }
+    println!("PASS {name}: ssh over 127.0.0.1:{ssh_port} with the key ({}), password login refused", lines.join(", "));
+    Ok(())
+}
+
+/// Boots the ISO with `config` on it and a blank disk; the installer must refuse with
+/// `expected` in its message and the disk must be unchanged.
+fn check_refusal(
+    name: &str,
+    iso: &Path,
+    install_config: &str,
+    as_usb: bool,
+    expected: &str,
+    config: &InstallTestConfig,
+) -> Result<()> {
+    let dir = &config.work_dir;
+    let iso = remaster(iso, install_config, dir, name)?;
+    let disk = dir.join(format!("{name}.raw"));
+    blank_disk(&disk)?;
+    let before = sha256_of(&disk)?;
+    let mut storage = if as_usb { usb_stick(&iso) } else { cdrom(&iso) };
+    storage.extend(virtio_disk(&disk, "raw", TARGET_SERIAL));
+    let vm = Vm::start(&VmSpec {
+        name: name.into(),
+        memory_mib: config.memory_mib,
+        storage,
+        forwards: vec![],
+        log_dir: dir.clone(),
+    })?;
+    let refusal = vm.wait_for("the installer's refusal", config.timeout, |serial, _| {
+        if serial.contains("TRUTHDB-INSTALL-DONE") {
+            return Some(Err(anyhow::anyhow!("the installer installed instead of refusing")));
+        }
+        let line = serial.lines().find(|l| l.contains("TRUTHDB-INSTALL-REFUSED"))?;
+        Some(Ok(line.trim().to_owned()))
+    })?;
+    vm.kill();
+    drop(vm);
+    if !refusal.contains(expected) {
+        bail!("{name}: the refusal does not say {expected:?}: {refusal}");
+    }
+    let after = sha256_of(&disk)?;
+    if before != after {
+        bail!("{name}: the installer refused, but the disk changed (sha256 {before} -> {after})");
+    }
+    let _ = std::fs::remove_file(&disk);
+    println!("PASS {name}: refused ({refusal}); disk unchanged (sha256 {})", &after[..16]);
+    Ok(())
+}
+
+/// Runs `attempt` until it succeeds or `patience` runs out (services may still be starting
+/// right after the marker); the last error is returned.
+fn retry<T>(patience: Duration, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(e) if start.elapsed() > patience => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_secs(3)),
+        }
+    }
+}
