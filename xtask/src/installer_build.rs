@@ -41,6 +41,9 @@ pub fn source_digest(workspace: &Path) -> Result<String> {
 }
 
 pub fn build(inputs: &InstallerBuildInputs) -> Result<InstallerBinary> {
+    if let Some(dir) = inputs.log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let target_dir =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| inputs.workspace.join("target"));
     Cmd::new("cargo")
