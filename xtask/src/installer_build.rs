@@ -46,7 +46,14 @@ pub fn build(inputs: &InstallerBuildInputs) -> Result<InstallerBinary> {
     }
     let target_dir =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| inputs.workspace.join("target"));
-    Cmd::new("cargo")
+    // The cargo that runs xtask, with its toolchain (sudo may have kept these for us).
+    let mut cargo = Cmd::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for key in ["CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
+        if let Some(value) = std::env::var_os(key) {
+            cargo = cargo.env(key, value);
+        }
+    }
+    cargo
         .args(["build", "--release", "--locked", "--package", "truthdb-installer", "--target-dir"])
         .arg(&target_dir)
         .dir(&inputs.workspace)
