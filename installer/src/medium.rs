@@ -18,7 +18,7 @@ pub const KERNEL_PARAMETER: &str = "truthdb.install";
 /// unattended install off. A file the parameter names must exist.
 pub fn unattended_config(cmdline: &str, medium: &Path) -> Result<Option<PathBuf>> {
     let prefix = format!("{KERNEL_PARAMETER}=");
-    let named = cmdline.split_whitespace().filter_map(|w| w.strip_prefix(&prefix)).last();
+    let named = cmdline.split_whitespace().filter_map(|w| w.strip_prefix(&prefix)).next_back();
     match named {
         Some("none") => Ok(None),
         Some(value) => {
