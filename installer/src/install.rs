@@ -20,6 +20,9 @@ use crate::verify;
 /// Where the UKI goes: the removable-media fallback path every UEFI firmware boots without
 /// an NVRAM entry.
 pub const UKI_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
+/// Where ukify writes the UKI inside the installed system's `/run` (a tmpfs) before it is
+/// copied onto the ESP.
+const UKI_STAGED: &str = "truthdb-BOOTX64.EFI";
 /// The install log, in the live system and (copied at the end) on the installed system.
 pub const LOG_PATH: &str = "var/log/truthdb-installer.log";
 
@@ -117,11 +120,14 @@ pub fn install(request: &InstallRequest, log: &Log, on_event: &mut dyn FnMut(Eve
     let target = request.work_dir.join("target");
     mounts.mount(&request.source.to_string_lossy(), &source, &["-t", "squashfs", "-o", "loop,ro"])?;
     mounts.mount(&device_of(Role::Root).expect("root"), &target, &[])?;
-    mounts.mount(&device_of(Role::Esp).expect("esp"), &target.join("boot/efi"), &["-o", "umask=0077"])?;
     let data_mount = request.spec.payload.data_mount.as_deref();
     if let (Some(mount), Some(device)) = (data_mount, device_of(Role::Data)) {
         mounts.mount(&device, &target.join(mount.trim_start_matches('/')), &[])?;
     }
+
+    // The ESP is never mounted: its one file is written with mtools (see `write_uki`), so an
+    // install needs no vfat driver in the kernel it runs on (a disk image built on a host
+    // whose kernel lacks it).
 
     // Copy.
     emit(Event::new(Phase::Copy, 0.0, "measuring the image"));
@@ -173,15 +179,23 @@ pub fn install(request: &InstallRequest, log: &Log, on_event: &mut dyn FnMut(Eve
             &format!("--cmdline={}", cmdline.join(" ")),
             "--os-release=@/etc/os-release",
             &format!("--uname={kernel_release}"),
-            &format!("--output=/boot/efi/{UKI_PATH}"),
+            &format!("--output=/run/{UKI_STAGED}"),
         ])
         .in_root(&target)
         .run(log)?;
+    let staged = target.join("run").join(UKI_STAGED);
+    verify::check_uki(&staged, &target.join(format!("boot/vmlinuz-{kernel_release}")))?;
+    write_uki(&device_of(Role::Esp).expect("esp"), &staged, log)?;
     let boot_entry = if request.efi_boot_entry { add_boot_entry(disk, log) } else { None };
 
     // Verify, then hand the log over to the installed system.
     emit(Event::new(Phase::Verify, 0.0, "boot files"));
-    verify::check_uki(&target.join("boot/efi").join(UKI_PATH), &target.join(format!("boot/vmlinuz-{kernel_release}")))?;
+    let read_back = target.join("run/readback.efi");
+    Tool::new("mcopy")
+        .args(["-n", "-i", &device_of(Role::Esp).expect("esp"), &format!("::/{UKI_PATH}")])
+        .arg(read_back.to_string_lossy())
+        .run(log)?;
+    verify::same_contents(&staged, &read_back)?;
     emit(Event::new(Phase::Verify, 0.3, "file systems"));
     log.line("the installed system's log ends here; the installer's own log goes on");
     copy_log(log, &target)?;
@@ -309,6 +323,8 @@ fn write_identity(
         fstab.push_str(&line);
     }
     write("etc/fstab", &fstab)?;
+    let esp_mount = target.join("boot/efi");
+    std::fs::create_dir_all(&esp_mount).map_err(|e| io_error(&esp_mount, e))?;
     write("etc/hostname", &format!("{}\n", config.hostname))?;
     let short = config.hostname.split('.').next().unwrap_or(&config.hostname);
     write(
@@ -395,6 +411,13 @@ fn kernel_release(target: &Path) -> Result<String> {
             message: format!("expected exactly one kernel, found {other:?}"),
         }),
     }
+}
+
+/// Puts the UKI at the fallback path of the (unmounted) ESP with mtools.
+fn write_uki(esp: &str, uki: &Path, log: &Log) -> Result<()> {
+    Tool::new("mmd").args(["-i", esp, "::/EFI", "::/EFI/BOOT"]).run(log)?;
+    Tool::new("mcopy").args(["-i", esp]).arg(uki.to_string_lossy()).arg(format!("::/{UKI_PATH}")).run(log)?;
+    Ok(())
 }
 
 /// A named boot entry is a convenience: the fallback path boots without one, so a firmware

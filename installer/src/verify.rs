@@ -146,6 +146,17 @@ fn used_bytes(path: &Path) -> Option<u64> {
     Some((stat.f_blocks - stat.f_bfree) as u64 * stat.f_frsize as u64)
 }
 
+/// Two files hold the same bytes (a file and what was read back after writing it).
+pub fn same_contents(written: &Path, read_back: &Path) -> Result<()> {
+    if sha256_of(written)? != sha256_of(read_back)? {
+        return Err(Error::Tool {
+            command: format!("compare {} with {}", written.display(), read_back.display()),
+            message: "what was read back differs from what was written".into(),
+        });
+    }
+    Ok(())
+}
+
 /// A UKI is a PE file (`MZ`) holding the kernel, so larger than it, with a `.linux` section.
 pub fn check_uki(uki: &Path, kernel: &Path) -> Result<()> {
     let bytes = std::fs::read(uki).map_err(|e| io_error(uki, e))?;

@@ -75,16 +75,17 @@ impl Drop for LoopDevice {
     }
 }
 
-/// The engine, inside a private mount namespace: the ISO and its root file system are
-/// mounted there (the image spec is read from the latter), then the installer runs.
+/// The engine, inside a private mount namespace: the image's root file system (extracted from
+/// the ISO with xorriso, since a host kernel may lack iso9660) is mounted there to read the
+/// image spec, then the installer runs.
 const IN_NAMESPACE: &str = r#"
 set -eu
 iso=$1 work=$2 config=$3 disk=$4 installer=$5 log=$6
-mkdir -p "$work/iso" "$work/root"
-mount -o loop,ro "$iso" "$work/iso"
-mount -t squashfs -o loop,ro "$work/iso/live/filesystem.squashfs" "$work/root"
+mkdir -p "$work/root"
+xorriso -osirrox on -indev "$iso" -extract /live/filesystem.squashfs "$work/filesystem.squashfs" 2>>"$log.xorriso"
+mount -t squashfs -o loop,ro "$work/filesystem.squashfs" "$work/root"
 exec "$installer" install --config "$config" --disk "$disk" \
-    --source "$work/iso/live/filesystem.squashfs" --spec "$work/root/usr/lib/truthdb/image.toml" \
+    --source "$work/filesystem.squashfs" --spec "$work/root/usr/lib/truthdb/image.toml" \
     --no-boot-entry --work-dir "$work/engine" --log "$log.engine"
 "#;
 

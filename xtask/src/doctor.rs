@@ -53,6 +53,10 @@ const HOST_TOOLS: &[HostTool] = &[
     HostTool { probe: "partx", package: "util-linux", purpose: Purpose::Disk },
     HostTool { probe: "losetup", package: "mount", purpose: Purpose::Disk },
     HostTool { probe: "mkfs.vfat", package: "dosfstools", purpose: Purpose::Disk },
+    HostTool { probe: "mcopy", package: "mtools", purpose: Purpose::Disk },
+    // The ISO's root file system is extracted rather than mounted (a host kernel may lack
+    // iso9660).
+    HostTool { probe: "xorriso", package: "xorriso", purpose: Purpose::Disk },
     HostTool { probe: "mkfs.ext4", package: "e2fsprogs", purpose: Purpose::Disk },
     HostTool { probe: "unsquashfs", package: "squashfs-tools", purpose: Purpose::Disk },
     HostTool { probe: "qemu-img", package: "qemu-utils", purpose: Purpose::Disk },
