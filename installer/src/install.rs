@@ -338,15 +338,25 @@ fn write_identity(
     Ok(())
 }
 
-/// live-boot and live-config belong to the live medium only; purging live-boot's initramfs
-/// scripts makes dpkg's trigger rebuild the initrd without them.
+/// live-boot and live-config belong to the live medium only. Purging them leaves
+/// initramfs-tools' trigger pending (`--no-triggers`), and processing the pending triggers
+/// rebuilds the initrd once, without live-boot's scripts (letting each purge fire it would
+/// rebuild it once per package: minutes under emulation).
 fn remove_live_packages(target: &Path, log: &Log) -> Result<()> {
     let installed = Tool::new("dpkg-query").args(["--show", "--showformat=${Package}\\n"]).in_root(target).run(log)?;
     let live: Vec<&str> = installed.lines().filter(|p| p.starts_with("live-")).collect();
     if !live.is_empty() {
-        Tool::new("dpkg").arg("--purge").args(&live).in_root(target).run(log)?;
+        Tool::new("dpkg").args(["--purge", "--no-triggers"]).args(&live).in_root(target).run(log)?;
+        Tool::new("dpkg").args(["--triggers-only", "--pending"]).in_root(target).run(log)?;
     }
-    Tool::new("update-initramfs").args(["-u", "-k", "all"]).in_root(target).run(log)?;
+    let leftover =
+        Tool::new("dpkg-query").args(["--show", "--showformat=${Package} ${Status}\\n"]).in_root(target).run(log)?;
+    if let Some(pending) = leftover.lines().find(|l| l.contains("triggers-")) {
+        return Err(Error::Tool {
+            command: "dpkg --triggers-only --pending".into(),
+            message: format!("a trigger is still pending: {pending}"),
+        });
+    }
     Ok(())
 }
 

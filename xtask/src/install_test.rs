@@ -269,7 +269,7 @@ fn check_appliance(
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     })?;
     let fields: Vec<&str> = answer.split(' ').collect();
-    if fields.len() != 3 || fields[0] != ADMIN || !fields[1].starts_with("17") || fields[2] != "t" {
+    if fields.len() != 3 || fields[0] != ADMIN || !fields[1].starts_with("17") || fields[2] != "true" {
         bail!("{name}: unexpected answer from PostgreSQL: {answer:?} (want role {ADMIN}, version 17, a SCRAM secret)");
     }
     let wrong = psql("not-the-password", "select 1")?;
