@@ -114,8 +114,10 @@ impl Vm {
         format!("waiting for {what}; serial console ({}), last lines:\n{}", self.serial_log.display(), tail(serial, 25))
     }
 
+    /// Stops the machine and reaps QEMU.
     pub fn kill(&self) {
         let _ = self.handle.kill();
+        let _ = self.handle.wait();
     }
 }
 
