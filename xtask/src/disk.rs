@@ -144,17 +144,22 @@ pub fn build(inputs: &DiskImageInputs, on_line: &mut dyn FnMut(&str)) -> Result<
     result
 }
 
-/// `cargo xtask disk`.
-pub fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
-    let started = Instant::now();
-    crate::doctor::ensure(&[crate::doctor::Purpose::Disk])?;
-    // Refuse a bad config before building anything.
+/// Refuses a bad config or size before anything is installed, built or asked of sudo.
+pub fn check_args(args: &DiskArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading install config {}", args.config.display()))?;
     truthdb_installer::config::InstallConfig::parse(&text, &args.config.display().to_string())?;
     if args.size_gib < 11 {
         bail!("--size-gib {}: the appliance needs at least 11 GiB (ESP, root and data partitions)", args.size_gib);
     }
+    Ok(())
+}
+
+/// `cargo xtask disk`.
+pub fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
+    let started = Instant::now();
+    check_args(args)?;
+    crate::doctor::ensure(&[crate::doctor::Purpose::Disk])?;
     let config = std::fs::canonicalize(&args.config)?;
 
     let iso = match &args.iso {

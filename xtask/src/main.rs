@@ -207,6 +207,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Disk(args) => {
             let project = project()?;
+            disk::check_args(&args)?;
             reexec_as_root_if_needed()?;
             disk::run(&project, &args)?;
         }

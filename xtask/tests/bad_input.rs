@@ -116,3 +116,21 @@ fn bad_kernel_pin_names_file_and_field() {
     p.write("kernel/kernel.toml", &text.replace("local_version = \"-truthdb\"", "local_version = \"truthdb\""));
     assert_config_fails(&p, &["kernel/kernel.toml", "build.local_version"]);
 }
+
+#[test]
+fn disk_image_config_without_wipe_is_refused_before_anything_is_built() {
+    let p = ProjectCopy::new();
+    p.write(
+        "install.toml",
+        "hostname = \"db1\"\n[admin]\nuser = \"dba\"\nssh_authorized_keys = [\"ssh-ed25519 AAAA x\"]\n\
+         [database]\nadmin_password = \"a long enough password\"\n",
+    );
+    let output = p.path("disk.raw");
+    let out =
+        p.xtask(&["disk", "--config", p.path("install.toml").to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "a config without wipe = true was accepted:\n{err}");
+    assert!(err.contains("install.toml") && err.contains("`wipe = true` is required"), "{err}");
+    assert!(!output.exists() && !p.path("disk.raw.partial").exists(), "an image was written");
+    assert!(!p.path("dist").exists(), "an ISO build was started");
+}
