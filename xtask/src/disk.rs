@@ -175,11 +175,7 @@ pub fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
     let logs = project.logs_dir();
     std::fs::create_dir_all(&logs)?;
     let installer = stage("installer build", |_| {
-        crate::installer_build::build(&crate::installer_build::InstallerBuildInputs {
-            workspace: project.root.clone(),
-            version: project.version.clone(),
-            log: logs.join("installer-build.log"),
-        })
+        crate::installer_build::build(&crate::installer_build::InstallerBuildInputs::of(project))
     })?;
     let output = args.output.clone().unwrap_or_else(|| {
         project.work_dir().join("disk-images").join(format!("{}.{}", project.image_stem(), args.format.extension()))

@@ -20,6 +20,17 @@ pub struct InstallerBuildInputs {
     pub log: PathBuf,
 }
 
+impl InstallerBuildInputs {
+    /// The project's installer, built as the project's version, logged with the other logs.
+    pub fn of(project: &crate::project::Project) -> InstallerBuildInputs {
+        InstallerBuildInputs {
+            workspace: project.root.clone(),
+            version: project.version.clone(),
+            log: project.logs_dir().join("installer-build.log"),
+        }
+    }
+}
+
 pub struct InstallerBinary {
     pub path: PathBuf,
 }

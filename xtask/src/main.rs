@@ -185,14 +185,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let installer = if no_disk_image {
                 None
             } else {
-                Some(
-                    installer_build::build(&installer_build::InstallerBuildInputs {
-                        workspace: project.root.clone(),
-                        version: project.version.clone(),
-                        log: project.logs_dir().join("installer-build.log"),
-                    })?
-                    .path,
-                )
+                Some(installer_build::build(&installer_build::InstallerBuildInputs::of(&project))?.path)
             };
             let config = install_test::InstallTestConfig {
                 iso: iso.unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
