@@ -82,7 +82,8 @@ impl InstallConfig {
         })
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    /// The checks `parse` runs, for configs built in code (the graphical installer's).
+    pub fn validate(&self) -> std::result::Result<(), String> {
         if self.wipe != Some(true) {
             return Err("`wipe = true` is required: the selected disk is erased".into());
         }

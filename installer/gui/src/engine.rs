@@ -1,0 +1,71 @@
+//! Runs the installer engine on a thread while the UI keeps drawing. Its progress events go
+//! to the UI loop as messages, and every event is also printed on the console (serial), as
+//! the unattended install prints them, with the same final `TRUTHDB-INSTALL-*` line.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+
+use truthdb_installer::config::InstallConfig;
+use truthdb_installer::disks::Disk;
+use truthdb_installer::install::{self, InstallRequest};
+use truthdb_installer::medium::{MEDIUM_MOUNT, SQUASHFS_ON_MEDIUM};
+use truthdb_installer::spec::ImageSpec;
+use truthdb_installer::tool::Log;
+
+use crate::app::{LOG_PATH, Msg};
+
+/// Sends messages to the UI loop and wakes it (it polls the other end of the socket).
+#[derive(Clone)]
+pub struct Mailbox {
+    pub sender: Sender<Msg>,
+    pub wake: std::sync::Arc<UnixStream>,
+}
+
+impl Mailbox {
+    pub fn send(&self, msg: Msg) {
+        if self.sender.send(msg).is_ok() {
+            let _ = (&*self.wake).write(&[1]);
+        }
+    }
+}
+
+pub fn start(disk: Disk, config: InstallConfig, spec: ImageSpec, mailbox: Mailbox) {
+    std::thread::spawn(move || {
+        let result = run(disk, config, spec, &mailbox);
+        mailbox.send(Msg::Finished(result));
+    });
+}
+
+fn run(disk: Disk, config: InstallConfig, spec: ImageSpec, mailbox: &Mailbox) -> Result<String, String> {
+    let log = Log::create(Path::new(LOG_PATH)).map_err(|e| e.to_string())?;
+    let request = InstallRequest {
+        config,
+        disk,
+        source: Path::new(MEDIUM_MOUNT).join(SQUASHFS_ON_MEDIUM),
+        spec,
+        work_dir: PathBuf::from("/run/truthdb-installer"),
+        efi_boot_entry: true,
+        boot_medium: truthdb_installer::live_medium_device(),
+    };
+    println!("truthdb-installer-gui: installing to {}", request.disk.describe());
+    let result = install::install(&request, &log, &mut |event| {
+        println!("truthdb-installer: {event}");
+        mailbox.send(Msg::Progress(event));
+    });
+    match result {
+        Ok(report) => {
+            println!(
+                "TRUTHDB-INSTALL-DONE disk={} kernel={} version={}",
+                request.disk.path, report.kernel_release, request.spec.version
+            );
+            Ok(report.kernel_release)
+        }
+        Err(e) => {
+            log.line(&format!("INSTALL FAILED: {e}"));
+            println!("TRUTHDB-INSTALL-FAILED: {e}");
+            Err(e.to_string())
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Drives the iced program without winit: events in, messages out, frames rendered by
+//! tiny-skia into a shadow buffer of XRGB8888 pixels with the damaged rectangles.
+//!
+//! The shadow buffer exists because tiny-skia knows no row stride and because scan-out
+//! memory (a dumb buffer, /dev/fb0) is often write-combined and slow to read: we render here
+//! and only copy the damaged rows out (`display::present`).
+
+use std::time::{Duration, Instant};
+
+use iced_core::widget::operation::{Operation, Outcome, focusable};
+use iced_core::{
+    Event, Font, Pixels, Point, Rectangle, Size, Theme, clipboard, event, keyboard, mouse, renderer, window,
+};
+use iced_graphics::{Viewport, damage};
+use iced_runtime::user_interface::{self, State, UserInterface};
+use iced_tiny_skia::Layer;
+
+use crate::app::{App, Msg, Renderer};
+
+/// The UI font: Fira Sans, embedded by iced_renderer (no font files needed in the image).
+pub const FONT: Font = Font::with_name("Fira Sans");
+
+/// A rectangle of pixels (physical, already clamped to the screen).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PixelRect {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+pub struct Shell {
+    renderer: Renderer,
+    cache: user_interface::Cache,
+    theme: Theme,
+    width: u32,
+    height: u32,
+    scale: f32,
+    pixels: Vec<u32>,
+    mask: tiny_skia::Mask,
+    /// The layers of the last frame drawn, to diff against; `None` redraws everything.
+    previous: Option<Vec<Layer>>,
+    cursor: mouse::Cursor,
+    events: Vec<Event>,
+    next_redraw: Option<Instant>,
+}
+
+impl Shell {
+    pub fn new(width: u32, height: u32) -> Shell {
+        Shell {
+            renderer: Renderer::new(FONT, Pixels(16.0)),
+            cache: user_interface::Cache::default(),
+            theme: crate::app::theme(),
+            width,
+            height,
+            scale: scale_for(width, height),
+            pixels: vec![0; (width * height) as usize],
+            mask: tiny_skia::Mask::new(width.max(1), height.max(1)).expect("non-empty screen"),
+            previous: None,
+            cursor: mouse::Cursor::Unavailable,
+            events: Vec::new(),
+            next_redraw: Some(Instant::now()),
+        }
+    }
+
+    /// A new screen size (another display, another mode): everything is laid out and drawn again.
+    pub fn resize(&mut self, width: u32, height: u32) {
+        let cursor = self.cursor;
+        *self = Shell { cursor, ..Shell::new(width, height) };
+    }
+
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// The UI's size in logical units (pixels divided by the scale).
+    pub fn logical_size(&self) -> Size {
+        Size::new(self.width as f32 / self.scale, self.height as f32 / self.scale)
+    }
+
+    pub fn pixels(&self) -> &[u32] {
+        &self.pixels
+    }
+
+    /// Where the pointer is, in physical pixels (for the software cursor).
+    pub fn cursor_pixel(&self) -> Option<(u32, u32)> {
+        self.cursor.position().map(|p| ((p.x * self.scale) as u32, (p.y * self.scale) as u32))
+    }
+
+    /// Moves the pointer to a physical position (clamped to the screen).
+    pub fn move_cursor_to(&mut self, x: f32, y: f32) {
+        let size = self.logical_size();
+        let p =
+            Point::new((x / self.scale).clamp(0.0, size.width - 1.0), (y / self.scale).clamp(0.0, size.height - 1.0));
+        self.cursor = mouse::Cursor::Available(p);
+        self.events.push(Event::Mouse(mouse::Event::CursorMoved { position: p }));
+    }
+
+    /// Moves the pointer by a relative motion in physical pixels.
+    pub fn move_cursor_by(&mut self, dx: f64, dy: f64) {
+        let (x, y) = match self.cursor.position() {
+            Some(p) => (p.x * self.scale, p.y * self.scale),
+            None => (self.width as f32 / 2.0, self.height as f32 / 2.0),
+        };
+        self.move_cursor_to(x + dx as f32, y + dy as f32);
+    }
+
+    pub fn push(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    /// When the UI wants to be drawn again on its own (a blinking text cursor).
+    pub fn next_redraw(&self) -> Option<Instant> {
+        self.next_redraw
+    }
+
+    /// Forgets the last frame: the next [`Shell::draw`] repaints the whole screen.
+    pub fn invalidate(&mut self) {
+        self.previous = None;
+        self.next_redraw = Some(Instant::now());
+    }
+
+    /// Runs the queued input through the UI and returns the messages it produced: widgets'
+    /// own, then the screen's shortcuts for keys no widget took. Tab moves the focus.
+    pub fn update(&mut self, app: &App) -> Vec<Msg> {
+        let now = Instant::now();
+        if self.next_redraw.is_some_and(|t| t <= now) {
+            self.events.push(Event::Window(window::Event::RedrawRequested(now)));
+        }
+        let events = std::mem::take(&mut self.events);
+        let mut messages = Vec::new();
+        let cache = std::mem::take(&mut self.cache);
+        let mut ui = UserInterface::build(app.view(), self.logical_size(), cache, &mut self.renderer);
+        let (state, statuses) =
+            ui.update(&events, self.cursor, &mut self.renderer, &mut clipboard::Null, &mut messages);
+        for (event, status) in events.iter().zip(&statuses) {
+            let Event::Keyboard(keyboard::Event::KeyPressed { key, modifiers, .. }) = event else { continue };
+            if *status == event::Status::Captured && !matches!(key, keyboard::Key::Named(keyboard::key::Named::Tab)) {
+                continue;
+            }
+            match key {
+                keyboard::Key::Named(keyboard::key::Named::Tab) => {
+                    if modifiers.shift() {
+                        run_operation(&mut ui, &self.renderer, Box::new(focusable::focus_previous::<()>()));
+                    } else {
+                        run_operation(&mut ui, &self.renderer, Box::new(focusable::focus_next::<()>()));
+                    }
+                }
+                other => messages.extend(app.shortcut(other)),
+            }
+        }
+        self.next_redraw = match state {
+            State::Updated { redraw_request: window::RedrawRequest::At(t), .. } => Some(t),
+            State::Updated { redraw_request: window::RedrawRequest::NextFrame, .. } => {
+                Some(now + Duration::from_millis(16))
+            }
+            _ => None,
+        };
+        self.cache = ui.into_cache();
+        messages
+    }
+
+    /// Puts the keyboard focus on the widget with this id (the first field of a form).
+    pub fn focus(&mut self, app: &App, id: &'static str) {
+        let cache = std::mem::take(&mut self.cache);
+        let mut ui = UserInterface::build(app.view(), self.logical_size(), cache, &mut self.renderer);
+        run_operation(&mut ui, &self.renderer, Box::new(focusable::focus::<()>(iced_core::widget::Id::new(id))));
+        self.cache = ui.into_cache();
+        self.next_redraw = Some(Instant::now());
+    }
+
+    /// Lays out and renders the app; returns the rectangles of pixels that changed (none
+    /// when the frame is identical to the last one).
+    pub fn draw(&mut self, app: &App) -> Vec<PixelRect> {
+        let logical = self.logical_size();
+        let cache = std::mem::take(&mut self.cache);
+        let mut ui = UserInterface::build(app.view(), logical, cache, &mut self.renderer);
+        let style = renderer::Style { text_color: self.theme.palette().text };
+        ui.draw(&mut self.renderer, &self.theme, &style, self.cursor);
+        self.cache = ui.into_cache();
+
+        let screen = Rectangle::with_size(logical);
+        let damage = match &self.previous {
+            Some(previous) => damage::diff(previous, self.renderer.layers(), |l| vec![l.bounds], Layer::damage),
+            None => vec![screen],
+        };
+        if damage.is_empty() {
+            return Vec::new();
+        }
+        let damage = damage::group(damage, screen);
+        let viewport = Viewport::with_physical_size(Size::new(self.width, self.height), self.scale);
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.pixels);
+        let mut pixmap =
+            tiny_skia::PixmapMut::from_bytes(bytes, self.width, self.height).expect("buffer fits the screen");
+        let background = self.theme.palette().background;
+        self.renderer.draw(&mut pixmap, &mut self.mask, &viewport, &damage, background);
+        self.previous = Some(self.renderer.layers().to_vec());
+        damage.iter().filter_map(|r| self.to_pixels(*r)).collect()
+    }
+
+    fn to_pixels(&self, r: Rectangle) -> Option<PixelRect> {
+        let x0 = ((r.x * self.scale).floor().max(0.0) as u32).min(self.width);
+        let y0 = ((r.y * self.scale).floor().max(0.0) as u32).min(self.height);
+        let x1 = (((r.x + r.width) * self.scale).ceil().max(0.0) as u32).min(self.width);
+        let y1 = (((r.y + r.height) * self.scale).ceil().max(0.0) as u32).min(self.height);
+        (x1 > x0 && y1 > y0).then_some(PixelRect { x: x0, y: y0, width: x1 - x0, height: y1 - y0 })
+    }
+}
+
+/// HiDPI: screens of 2560 pixels and wider get everything twice as large.
+fn scale_for(width: u32, _height: u32) -> f32 {
+    if width >= 2560 { 2.0 } else { 1.0 }
+}
+
+/// Runs a widget operation to the end: focus_next answers with a chained second operation,
+/// and a single `operate` call alone would do nothing.
+fn run_operation(ui: &mut UserInterface<'_, Msg, Theme, Renderer>, renderer: &Renderer, mut op: Box<dyn Operation>) {
+    loop {
+        ui.operate(renderer, op.as_mut());
+        match op.finish() {
+            Outcome::Chain(next) => op = next,
+            _ => break,
+        }
+    }
+}
