@@ -18,11 +18,12 @@ use crate::run::Cmd;
 use crate::sandbox::RootCommand;
 
 /// Bump when the way a root is made changes (not its inputs): old roots are then not reused.
-const RECIPE_VERSION: &str = "1";
+const RECIPE_VERSION: &str = "2";
 
 /// Packages the root needs beyond debootstrap's minbase: live-build (boot loaders, xorriso
 /// and squashfs-tools it installs itself, into the image chroot, as `--build-with-chroot
-/// true` does) and what `make bindeb-pkg` needs to build the kernel.
+/// true` does), what `make bindeb-pkg` needs to build the kernel, and the C libraries the
+/// installer links (it is compiled here, against the image's release).
 const BUILD_ROOT_PACKAGES: &[&str] = &[
     "live-build",
     "ca-certificates",
@@ -41,6 +42,11 @@ const BUILD_ROOT_PACKAGES: &[&str] = &[
     "debhelper",
     "xz-utils",
     "python3",
+    // the graphical installer links libinput, libudev and libxkbcommon of the image's release
+    "pkg-config",
+    "libinput-dev",
+    "libudev-dev",
+    "libxkbcommon-dev",
 ];
 
 /// What a build root is made of.
@@ -168,7 +174,6 @@ fn make_root(spec: &BuildRootSpec, target: &Path, log: &Path, on_line: &mut dyn 
         .arg("--variant=minbase")
         .arg(format!("--arch={}", spec.architecture))
         .arg(format!("--components={}", spec.archive_areas.join(",")))
-        .arg(format!("--include={}", spec.packages.join(",")))
         .arg(&spec.suite)
         .arg(target)
         .arg(&spec.mirror);
@@ -181,6 +186,14 @@ fn make_root(spec: &BuildRootSpec, target: &Path, log: &Path, on_line: &mut dyn 
     RootCommand::new(target, &["apt-get", "update"]).to_cmd()?.run_logged(log, &mut *on_line).with_context(|| {
         format!("apt-get update in the build root (are {} and {} reachable?)", spec.mirror, spec.security_mirror)
     })?;
+    // apt, not debootstrap's --include, installs the packages: debootstrap's own resolver
+    // fails on deep -dev dependency chains (libinput-dev -> libgudev -> glib).
+    let mut install = vec!["apt-get", "install", "--yes", "--no-install-recommends", "--"];
+    install.extend(spec.packages.iter().map(String::as_str));
+    RootCommand::new(target, &install)
+        .to_cmd()?
+        .run_logged(log, &mut *on_line)
+        .context("installing the build root's packages with apt-get")?;
     RootCommand::new(target, &["apt-get", "clean"]).to_cmd()?.run_logged(log, &mut *on_line)?;
 
     let description = format!(

@@ -1,16 +1,22 @@
-//! Stage "installer build": compiles `truthdb-installer` (release) for the image.
+//! Stage "installer build": compiles the installer, `truthdb-installer` (the engine's CLI) and
+//! `truthdb-installer-gui` (the graphical front end), release builds.
 //!
-//! The binary is built on the host with the workspace's toolchain and links the host's glibc.
-//! That is safe because a Debian/Ubuntu host the pipeline supports has a glibc no newer than
-//! the image's (bookworm 2.36, trixie 2.41); the lb build stage proves it by running the
-//! binary inside the finished image's root (`truthdb-installer --version`).
-
+//! For the image ([`build_for_image`]) both are compiled inside the build root, so they link
+//! the glibc, libinput, libudev and libxkbcommon of the image's own Debian release whatever the
+//! host runs. The compiler is the host's rustup toolchain, bind-mounted (Debian's rustc is
+//! older than iced needs; rustup's binaries run on any glibc), and the crates are the host's
+//! cargo registry, fetched beforehand, so the root needs no network for it. The lb build stage
+//! then runs both binaries inside the finished image.
+//!
+//! [`build`] compiles the engine alone for the host: `cargo xtask disk` runs it there.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::build_root::BuildRoot;
 use crate::digest::Hasher;
 use crate::run::Cmd;
+use crate::sandbox::RootCommand;
 
 pub struct InstallerBuildInputs {
     /// The workspace holding `installer/` and `Cargo.lock`.
@@ -43,7 +49,8 @@ pub fn source_digest(workspace: &Path) -> Result<String> {
     }
     let mut hasher = Hasher::new();
     hasher.tree("installer", &installer.join("src"))?;
-    for file in ["installer/Cargo.toml", "Cargo.lock", "Cargo.toml"] {
+    hasher.tree("installer-gui", &installer.join("gui/src"))?;
+    for file in ["installer/Cargo.toml", "installer/gui/Cargo.toml", "Cargo.lock", "Cargo.toml"] {
         let path = workspace.join(file);
         let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         hasher.field(file, text);
@@ -57,14 +64,7 @@ pub fn build(inputs: &InstallerBuildInputs) -> Result<InstallerBinary> {
     }
     let target_dir =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| inputs.workspace.join("target"));
-    // The cargo that runs xtask, with its toolchain (sudo may have kept these for us).
-    let mut cargo = Cmd::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    for key in ["CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
-        if let Some(value) = std::env::var_os(key) {
-            cargo = cargo.env(key, value);
-        }
-    }
-    cargo
+    host_cargo()
         .args(["build", "--release", "--locked", "--package", "truthdb-installer", "--target-dir"])
         .arg(&target_dir)
         .dir(&inputs.workspace)
@@ -76,4 +76,96 @@ pub fn build(inputs: &InstallerBuildInputs) -> Result<InstallerBinary> {
         bail!("cargo built no {}", path.display());
     }
     Ok(InstallerBinary { path })
+}
+
+/// The installer binaries for the image.
+pub struct ImageInstaller {
+    pub engine: PathBuf,
+    pub gui: PathBuf,
+}
+
+/// The cargo that runs xtask (`cargo run` names it in $CARGO), with its toolchain's settings
+/// (sudo may have kept these for us).
+fn host_cargo() -> Cmd {
+    toolchain_command(std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into()))
+}
+
+/// The rustc next to that cargo.
+fn host_rustc() -> Cmd {
+    let next_to_cargo = std::env::var_os("CARGO").map(|c| PathBuf::from(c).with_file_name("rustc"));
+    toolchain_command(next_to_cargo.filter(|p| p.is_file()).unwrap_or_else(|| "rustc".into()))
+}
+
+fn toolchain_command(program: PathBuf) -> Cmd {
+    let mut cmd = Cmd::new(program);
+    for key in ["CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
+        if let Some(value) = std::env::var_os(key) {
+            cmd = cmd.env(key, value);
+        }
+    }
+    cmd
+}
+
+/// Builds both installer binaries inside `root` (see the module comment). Cargo's target
+/// directory is kept in `cache_dir`, per build root, so unchanged sources compile nothing.
+pub fn build_for_image(inputs: &InstallerBuildInputs, root: &BuildRoot, cache_dir: &Path) -> Result<ImageInstaller> {
+    if let Some(dir) = inputs.log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let sysroot = host_rustc()
+        .args(["--print", "sysroot"])
+        .dir(&inputs.workspace)
+        .read()
+        .context("asking rustc for its toolchain (is rustup's Rust installed?)")?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set: where is cargo's registry?")?;
+    // Network only here, on the host: the build in the root is --offline.
+    host_cargo()
+        .args(["fetch", "--locked"])
+        .dir(&inputs.workspace)
+        .env("CARGO_HOME", &cargo_home)
+        .run_logged(&inputs.log, |_| {})
+        .with_context(|| format!("cargo fetch (log: {})", inputs.log.display()))?;
+    let target = cache_dir.join("installer-target").join(&root.key);
+    std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+    RootCommand::new(
+        &root.path,
+        &[
+            "/opt/rust/bin/cargo",
+            "build",
+            "--release",
+            "--locked",
+            "--offline",
+            "--package",
+            "truthdb-installer",
+            "--package",
+            "truthdb-installer-gui",
+            "--target-dir",
+            "/target",
+        ],
+    )
+    .bind(&sysroot, "/opt/rust")
+    .bind(&cargo_home, "/opt/cargo-home")
+    .bind(&inputs.workspace, "/src")
+    .bind(&target, "/target")
+    .workdir("/src")
+    .env("CARGO_HOME", "/opt/cargo-home")
+    .env("RUSTC", "/opt/rust/bin/rustc")
+    .env("TRUTHDB_VERSION", inputs.version.clone())
+    .to_cmd()?
+    .run_logged(&inputs.log, |_| {})
+    .with_context(|| format!("building the installer in the build root (log: {})", inputs.log.display()))?;
+    let binaries = ImageInstaller {
+        engine: target.join("release/truthdb-installer"),
+        gui: target.join("release/truthdb-installer-gui"),
+    };
+    for path in [&binaries.engine, &binaries.gui] {
+        if !path.is_file() {
+            bail!("cargo built no {}", path.display());
+        }
+    }
+    Ok(binaries)
 }

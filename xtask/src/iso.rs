@@ -194,12 +194,9 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let kernel = cx.kernel(&root)?;
     let installer = stage("installer build", |s| {
         let log = cx.fresh_log("installer-build.log");
-        s.set(&format!("cargo build --release -p truthdb-installer (log: {})", log.display()));
-        installer_build::build(&InstallerBuildInputs {
-            workspace: project.root.clone(),
-            version: project.version.clone(),
-            log,
-        })
+        s.set(&format!("cargo build --release in the build root (log: {})", log.display()));
+        let inputs = InstallerBuildInputs { workspace: project.root.clone(), version: project.version.clone(), log };
+        installer_build::build_for_image(&inputs, &root, &cx.cache)
     })?;
     let payload_debs = stage("payload debs", |s| {
         s.set(&format!("{} package(s) from payload.debs", manifest.payload.debs.len()));
@@ -227,7 +224,8 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
             kernel_deb: kernel.deb.clone(),
             kernel_release: kernel.release.clone(),
             payload_debs: payload_debs.clone(),
-            installer: installer.path.clone(),
+            installer: installer.engine.clone(),
+            installer_gui: installer.gui.clone(),
             version: project.version.clone(),
         };
         lb_build::build(&inputs, &mut |lb_stage, helper| {

@@ -30,8 +30,10 @@ pub struct LbBuildInputs<'a> {
     pub kernel_release: String,
     /// The payload's own .deb files, installed like the kernel.
     pub payload_debs: Vec<PathBuf>,
-    /// The installer binary, installed as `/usr/bin/truthdb-installer`.
+    /// The installer binaries, installed as `/usr/bin/truthdb-installer` and
+    /// `/usr/bin/truthdb-installer-gui`.
     pub installer: PathBuf,
+    pub installer_gui: PathBuf,
     /// The version the installer must report when run inside the image.
     pub version: String,
 }
@@ -73,9 +75,11 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
     }
     let bin = inputs.build_dir.join("config/includes.chroot/usr/bin");
     fs::create_dir_all(&bin)?;
-    fs::copy(&inputs.installer, bin.join("truthdb-installer"))
-        .with_context(|| format!("copying {} into config/includes.chroot", inputs.installer.display()))?;
-    fs::set_permissions(bin.join("truthdb-installer"), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    for (binary, name) in [(&inputs.installer, "truthdb-installer"), (&inputs.installer_gui, "truthdb-installer-gui")] {
+        fs::copy(binary, bin.join(name))
+            .with_context(|| format!("copying {} into config/includes.chroot", binary.display()))?;
+        fs::set_permissions(bin.join(name), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
     let epoch = inputs.source_date_epoch.to_string();
     let lb = |argv: &[&str]| {
         RootCommand::new(&inputs.root.path, argv)
@@ -106,12 +110,15 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
         }
     }
     check_boot_files(&inputs.build_dir.join("binary/live"), &inputs.kernel_release)?;
-    // The installer was built on the host: prove it runs on the image's own libraries.
-    let said = lb(&["chroot", "/build/chroot", "/usr/bin/truthdb-installer", "--version"])?
-        .read()
-        .context("truthdb-installer does not run inside the image (built against a newer glibc?)")?;
-    if said.trim() != format!("truthdb-installer {}", inputs.version) {
-        bail!("truthdb-installer in the image reports {:?}, expected version {}", said.trim(), inputs.version);
+    // Prove the installer runs on the image's own libraries (and that the image has them all:
+    // libinput, libudev, libxkbcommon for the GUI).
+    for name in ["truthdb-installer", "truthdb-installer-gui"] {
+        let said = lb(&["chroot", "/build/chroot", &format!("/usr/bin/{name}"), "--version"])?
+            .read()
+            .with_context(|| format!("{name} does not run inside the image (a library missing from packages.list?)"))?;
+        if said.trim() != format!("{name} {}", inputs.version) {
+            bail!("{name} in the image reports {:?}, expected version {}", said.trim(), inputs.version);
+        }
     }
     Ok(BuiltImage { iso, package_manifest })
 }
