@@ -19,6 +19,9 @@ pub enum Purpose {
     /// `install-test`: remaster the ISO with an install config, then reach the installed
     /// appliance's database and SSH from the host.
     InstallTest,
+    /// `cargo test --workspace` compiles the graphical installer on the host (its C
+    /// libraries' headers) and its keyboard tests compile real xkb layouts.
+    WorkspaceTests,
 }
 
 struct HostTool {
@@ -66,6 +69,16 @@ const HOST_TOOLS: &[HostTool] = &[
     HostTool { probe: "psql", package: "postgresql-client", purpose: Purpose::InstallTest },
     HostTool { probe: "ssh", package: "openssh-client", purpose: Purpose::InstallTest },
     HostTool { probe: "ssh-keygen", package: "openssh-client", purpose: Purpose::InstallTest },
+    HostTool { probe: "cc", package: "gcc", purpose: Purpose::WorkspaceTests },
+    HostTool { probe: "pkg-config", package: "pkg-config", purpose: Purpose::WorkspaceTests },
+    HostTool { probe: "/usr/include/libinput.h", package: "libinput-dev", purpose: Purpose::WorkspaceTests },
+    HostTool { probe: "/usr/include/libudev.h", package: "libudev-dev", purpose: Purpose::WorkspaceTests },
+    HostTool {
+        probe: "/usr/include/xkbcommon/xkbcommon.h",
+        package: "libxkbcommon-dev",
+        purpose: Purpose::WorkspaceTests,
+    },
+    HostTool { probe: "/usr/share/X11/xkb/symbols/de", package: "xkb-data", purpose: Purpose::WorkspaceTests },
 ];
 
 fn present(tool: &HostTool) -> bool {
@@ -108,7 +121,7 @@ pub fn ensure(purposes: &[Purpose]) -> Result<()> {
 
 /// `cargo xtask doctor`.
 pub fn run(install: bool) -> Result<()> {
-    let all = [Purpose::Build, Purpose::BootTest, Purpose::Disk, Purpose::InstallTest];
+    let all = [Purpose::Build, Purpose::WorkspaceTests, Purpose::BootTest, Purpose::Disk, Purpose::InstallTest];
     for tool in HOST_TOOLS {
         let mark = if present(tool) { "ok     " } else { "MISSING" };
         println!("{mark} {:<48} (package {}, for {:?})", tool.probe, tool.package, tool.purpose);

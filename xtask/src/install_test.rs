@@ -21,10 +21,10 @@ use crate::progress::{format_duration, stage};
 use crate::qemu::{Vm, VmSpec, cdrom, free_port, usb_stick, virtio_disk};
 use crate::run::Cmd;
 
-const TARGET_SERIAL: &str = "truthdb-target";
-const ADMIN: &str = "dba";
-const HOSTNAME: &str = "truthdb-e2e";
-const DISK_GIB: u64 = 12;
+pub const TARGET_SERIAL: &str = "truthdb-target";
+pub const ADMIN: &str = "dba";
+pub const HOSTNAME: &str = "truthdb-e2e";
+pub const DISK_GIB: u64 = 12;
 const REFUSAL_DISK_GIB: u64 = 1;
 
 pub struct InstallTestConfig {
@@ -40,14 +40,14 @@ pub struct InstallTestConfig {
 }
 
 /// The credentials the test installs with and logs in with.
-struct Credentials {
-    key: PathBuf,
-    public_key: String,
-    password: String,
+pub struct Credentials {
+    pub key: PathBuf,
+    pub public_key: String,
+    pub password: String,
 }
 
 impl Credentials {
-    fn new(dir: &Path) -> Result<Credentials> {
+    pub fn new(dir: &Path) -> Result<Credentials> {
         let key = dir.join("id_ed25519");
         let _ = std::fs::remove_file(&key);
         let _ = std::fs::remove_file(dir.join("id_ed25519.pub"));
@@ -88,7 +88,7 @@ fn remaster(iso: &Path, config: &str, dir: &Path, name: &str) -> Result<PathBuf>
     Ok(out)
 }
 
-fn blank_disk(path: &Path, gib: u64) -> Result<()> {
+pub fn blank_disk(path: &Path, gib: u64) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.set_len(gib << 30)?;
@@ -124,6 +124,7 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
             storage,
             forwards: vec![],
             log_dir: dir.clone(),
+            qmp_socket: None,
         })?;
         let mut last = String::new();
         vm.wait_for("the unattended install to finish and power off", config.timeout, |serial, exited| {
@@ -213,7 +214,7 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
 
 /// Boots `disk` alone under OVMF and checks the appliance: marker with a healthy payload,
 /// psql with the password, ssh with the key and not with a password.
-fn check_appliance(
+pub fn check_appliance(
     name: &str,
     disk: &Path,
     format: &str,
@@ -227,6 +228,7 @@ fn check_appliance(
         storage: virtio_disk(disk, format, TARGET_SERIAL),
         forwards: vec![(pg_port, 5432), (ssh_port, 22)],
         log_dir: config.work_dir.clone(),
+        qmp_socket: None,
     })?;
     let marker = vm.wait_for("the installed system's boot marker", config.timeout, |serial, _| {
         let line = serial.lines().find_map(|l| l.find(crate::boot_test::MARKER).map(|at| l[at..].trim().to_owned()))?;
@@ -340,6 +342,7 @@ fn check_refusal(
         storage,
         forwards: vec![],
         log_dir: dir.clone(),
+        qmp_socket: None,
     })?;
     let refusal = vm.wait_for("the installer's refusal", config.timeout, |serial, _| {
         if serial.contains("TRUTHDB-INSTALL-DONE") {

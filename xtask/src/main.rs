@@ -9,6 +9,7 @@ mod disk;
 mod doctor;
 mod fetch;
 mod fsx;
+mod gui_test;
 mod install_test;
 mod installer_build;
 mod iso;
@@ -21,6 +22,7 @@ mod progress;
 mod project;
 mod publish;
 mod qemu;
+mod qmp;
 mod release;
 mod render;
 mod run;
@@ -111,6 +113,21 @@ enum Command {
         #[arg(long)]
         no_disk_image: bool,
     },
+    /// Install the ISO through the graphical installer in QEMU (UEFI, -vga std): check each
+    /// screen's screendump is the installer's picture, drive it with key presses to a finished
+    /// install, boot the disk and reach its database and SSH. Screendumps are kept in
+    /// target/truthdb-os/gui-test/screens/.
+    GuiTest {
+        /// ISO to install from (default: the one `iso` publishes into dist/).
+        #[arg(long)]
+        iso: Option<PathBuf>,
+        /// Seconds to wait for each boot, screen or install.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+    },
     /// Build a ready-to-boot appliance disk image (raw or qcow2) by running the installer
     /// engine on a loop device (needs root).
     Disk(disk::DiskArgs),
@@ -197,6 +214,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 negative: !no_refusals,
             };
             install_test::run(&config)?;
+        }
+        Command::GuiTest { iso, timeout, memory } => {
+            let project = project()?;
+            doctor::ensure(&[doctor::Purpose::BootTest, doctor::Purpose::InstallTest])?;
+            let config = gui_test::GuiTestConfig {
+                iso: iso.unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
+                work_dir: project.work_dir().join("gui-test"),
+                timeout: Duration::from_secs(timeout),
+                memory_mib: memory,
+                expected_version: project.version.clone(),
+            };
+            gui_test::run(&config)?;
         }
         Command::Disk(args) => {
             let project = project()?;

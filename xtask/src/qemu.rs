@@ -19,6 +19,8 @@ pub struct VmSpec {
     /// (host port on 127.0.0.1, guest port) pairs; none: no network card.
     pub forwards: Vec<(u16, u16)>,
     pub log_dir: PathBuf,
+    /// A QMP control socket (screendump, key presses), for the graphical installer's test.
+    pub qmp_socket: Option<PathBuf>,
 }
 
 pub struct Vm {
@@ -57,6 +59,10 @@ impl Vm {
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
             .args(&spec.storage);
+        if let Some(socket) = &spec.qmp_socket {
+            let _ = std::fs::remove_file(socket);
+            cmd = cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", socket.display()));
+        }
         if spec.forwards.is_empty() {
             cmd = cmd.args(["-net", "none"]);
         } else {

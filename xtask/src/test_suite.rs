@@ -19,9 +19,15 @@ pub fn run(project: &Project, fast: bool) -> Result<ExitCode> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // The fast tests run the real gpg, sfdisk, patch and curl too; only QEMU is left out.
     if fast {
-        doctor::ensure(&[Purpose::Build])?;
+        doctor::ensure(&[Purpose::Build, Purpose::WorkspaceTests])?;
     } else {
-        doctor::ensure(&[Purpose::Build, Purpose::BootTest, Purpose::Disk, Purpose::InstallTest])?;
+        doctor::ensure(&[
+            Purpose::Build,
+            Purpose::WorkspaceTests,
+            Purpose::BootTest,
+            Purpose::Disk,
+            Purpose::InstallTest,
+        ])?;
     }
     let actionlint = ensure_actionlint(project)?;
     let cargo = || {
@@ -39,7 +45,7 @@ pub fn run(project: &Project, fast: bool) -> Result<ExitCode> {
     if fast {
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("==> end-to-end tests (ISO build, verify, four-way boot, bad input)");
+    eprintln!("==> end-to-end tests (ISO build, verify, four-way boot, unattended and graphical install, bad input)");
     cargo()
         .args([
             "test",

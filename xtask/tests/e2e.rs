@@ -188,6 +188,23 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
     no_mounts_below(Path::new("/tmp/truthdb-disk-"));
     let loops = run(Command::new("losetup").arg("--list"));
     assert!(!stdout(&loops).contains("install-test"), "a loop device was left attached:\n{}", stdout(&loops));
+
+    // Install it as a person would: the graphical installer on -vga std, driven by key presses
+    // over QMP, each screen captured and checked to be the installer's picture.
+    let gui = xtask(&["gui-test", "--iso", iso_path.to_str().unwrap()]);
+    assert!(gui.status.success(), "gui test failed");
+    let report = stdout(&gui);
+    for pass in [
+        "PASS graphical installer up",
+        "PASS welcome screen captured",
+        "PASS installed through the graphical installer",
+        "PASS gui-installed boots alone",
+        "PASS gui-installed: psql over 127.0.0.1",
+        "PASS gui-installed: ssh over 127.0.0.1",
+    ] {
+        assert!(report.contains(pass), "missing {pass:?} in the gui test's report:\n{report}");
+    }
+    assert!(report.contains("output=\"kms "), "the installer did not draw on DRM/KMS:\n{report}");
 }
 
 #[test]
