@@ -90,45 +90,72 @@ impl InstallConfig {
         if let Some(DiskSelector::Largest(false)) = self.disk {
             return Err("field `disk.largest` must be true when given".into());
         }
-        let host = &self.hostname;
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        };
-        if host.len() > 253 || !host.split('.').all(label_ok) {
-            return Err(format!("field `hostname`: {host:?} is not a valid host name"));
-        }
-        let user = &self.admin.user;
-        if user.is_empty()
-            || user == "root"
-            || !user.starts_with(|c: char| c.is_ascii_lowercase())
-            || !user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        {
-            return Err(format!("field `admin.user`: {user:?} is not a usable login name"));
-        }
+        check_hostname(&self.hostname).map_err(|why| format!("field `hostname`: {:?}: {why}", self.hostname))?;
+        check_login_name(&self.admin.user)
+            .map_err(|why| format!("field `admin.user`: {:?}: {why}", self.admin.user))?;
         if self.admin.ssh_authorized_keys.is_empty() && self.admin.password_hash.is_none() {
             return Err("the admin needs `ssh_authorized_keys` or `password_hash` to log in".into());
         }
         for key in &self.admin.ssh_authorized_keys {
-            let kind = key.split_whitespace().next().unwrap_or("");
-            if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-")) {
-                return Err(format!("field `admin.ssh_authorized_keys`: {kind:?} is not an OpenSSH public key"));
-            }
+            check_ssh_public_key(key).map_err(|why| format!("field `admin.ssh_authorized_keys`: {why}"))?;
         }
         if let Some(hash) = &self.admin.password_hash
             && !hash.starts_with('$')
         {
             return Err("field `admin.password_hash` must be a crypt(3) hash ($y$..., $6$...), not a password".into());
         }
-        let password = &self.database.admin_password;
-        if password.len() < 12 || WEAK_PASSWORDS.contains(&password.to_ascii_lowercase().as_str()) {
-            return Err("field `database.admin_password`: at least 12 characters and not a default".into());
-        }
+        check_database_password(&self.database.admin_password)
+            .map_err(|why| format!("field `database.admin_password`: {why}"))?;
         Ok(())
     }
+}
+
+// One check per setting, shared by the config file's validation and the graphical installer
+// (which shows the reason under the field as it is typed).
+
+/// A host name: dot-separated labels of letters, digits and inner hyphens.
+pub fn check_hostname(host: &str) -> std::result::Result<(), String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err("not a valid host name (letters, digits and '-' in dot-separated parts)".into());
+    }
+    Ok(())
+}
+
+/// A login name for the admin account (not root).
+pub fn check_login_name(user: &str) -> std::result::Result<(), String> {
+    if user.is_empty()
+        || user == "root"
+        || !user.starts_with(|c: char| c.is_ascii_lowercase())
+        || !user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err("not a usable login name (lower-case letters, digits, '-' and '_'; not root)".into());
+    }
+    Ok(())
+}
+
+/// One OpenSSH public key line: its type and its key data.
+pub fn check_ssh_public_key(key: &str) -> std::result::Result<(), String> {
+    let mut words = key.split_whitespace();
+    let kind = words.next().unwrap_or("");
+    if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-")) || words.next().is_none() {
+        return Err(format!("{kind:?} is not an OpenSSH public key (ssh-ed25519 AAAA...)"));
+    }
+    Ok(())
+}
+
+/// The database admin's password: long enough and not a well-known default.
+pub fn check_database_password(password: &str) -> std::result::Result<(), String> {
+    if password.chars().count() < 12 || WEAK_PASSWORDS.contains(&password.to_ascii_lowercase().as_str()) {
+        return Err("at least 12 characters and not a default".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -41,6 +41,22 @@ pub struct InstallRequest {
     pub boot_medium: Option<String>,
 }
 
+impl InstallRequest {
+    /// An install in the live system: the image from its boot medium onto `disk`, mount points
+    /// under /run, a UEFI boot entry when the firmware allows one.
+    pub fn from_live_medium(config: InstallConfig, disk: Disk, spec: ImageSpec) -> InstallRequest {
+        InstallRequest {
+            config,
+            disk,
+            source: Path::new(crate::medium::MEDIUM_MOUNT).join(crate::medium::SQUASHFS_ON_MEDIUM),
+            spec,
+            work_dir: PathBuf::from("/run/truthdb-installer"),
+            efi_boot_entry: true,
+            boot_medium: crate::live_medium_device(),
+        }
+    }
+}
+
 /// What was installed, for the front end's final screen.
 #[derive(Debug)]
 pub struct InstallReport {

@@ -190,15 +190,7 @@ fn auto() -> AnyResult<()> {
         let power = config.power;
         let spec = load_spec(None)?;
         let disk = resolve_disk(&config, &config_path, None, &spec)?;
-        let request = InstallRequest {
-            config,
-            disk,
-            source: Path::new(MEDIUM_MOUNT).join(SQUASHFS_ON_MEDIUM),
-            spec,
-            work_dir: PathBuf::from("/run/truthdb-installer"),
-            efi_boot_entry: true,
-            boot_medium: live_medium_device(),
-        };
+        let request = InstallRequest::from_live_medium(config, disk, spec);
         install_and_report(&request, Path::new("/var/log/truthdb-installer.log"))?;
         Ok(Some(power))
     })();

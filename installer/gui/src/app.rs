@@ -8,7 +8,7 @@
 use iced_core::keyboard::{self, key::Named};
 use iced_core::{Alignment, Color, Element, Length, Theme, theme::Palette};
 use iced_widget::{button, column, container, progress_bar, row, space, text, text_input};
-use truthdb_installer::config::{Admin, Database, InstallConfig, PowerAction};
+use truthdb_installer::config::{self, Admin, Database, InstallConfig, PowerAction};
 use truthdb_installer::disks::{Disk, human_size};
 use truthdb_installer::progress::Event as ProgressEvent;
 
@@ -286,47 +286,23 @@ impl App {
     pub fn settings_errors(&self) -> Vec<(Field, String)> {
         let s = &self.settings;
         let mut errors = Vec::new();
-        let host = s.hostname.trim();
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        };
-        if host.is_empty() {
-            errors.push((Field::Hostname, "required".into()));
-        } else if host.len() > 253 || !host.split('.').all(label_ok) {
-            errors.push((Field::Hostname, "letters, digits and '-' in dot-separated parts".into()));
-        }
-        let user = s.admin_user.trim();
-        if user.is_empty()
-            || user == "root"
-            || !user.starts_with(|c: char| c.is_ascii_lowercase())
-            || !user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        {
-            errors.push((Field::AdminUser, "lower-case letters, digits, '-' and '_', not root".into()));
-        }
-        if s.admin_password.is_empty() && s.ssh_key.trim().is_empty() {
-            errors.push((Field::AdminPassword, "a password or an SSH key (or both)".into()));
-        } else if !s.admin_password.is_empty() && s.admin_password.chars().count() < 8 {
-            errors.push((Field::AdminPassword, "at least 8 characters".into()));
-        }
-        let key = s.ssh_key.trim();
-        if !key.is_empty() {
-            let kind = key.split_whitespace().next().unwrap_or("");
-            let has_blob = key.split_whitespace().nth(1).is_some();
-            if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-")) || !has_blob {
-                errors.push((Field::SshKey, "an OpenSSH public key: ssh-ed25519 AAAA...".into()));
+        let mut check = |field: Field, result: Result<(), String>| {
+            if let Err(why) = result {
+                errors.push((field, why));
             }
+        };
+        // The engine's own checks: what passes here passes the install config's validation.
+        check(Field::Hostname, config::check_hostname(s.hostname.trim()));
+        check(Field::AdminUser, config::check_login_name(s.admin_user.trim()));
+        if s.admin_password.is_empty() && s.ssh_key.trim().is_empty() {
+            check(Field::AdminPassword, Err("a password or an SSH key (or both)".into()));
+        } else if !s.admin_password.is_empty() && s.admin_password.chars().count() < 8 {
+            check(Field::AdminPassword, Err("at least 8 characters".into()));
         }
-        if s.database_password.chars().count() < 12 {
-            errors.push((Field::DatabasePassword, "at least 12 characters".into()));
-        } else if ["postgres", "password", "admin", "truthdb", "changeme"]
-            .contains(&s.database_password.to_ascii_lowercase().as_str())
-        {
-            errors.push((Field::DatabasePassword, "not a default password".into()));
+        if !s.ssh_key.trim().is_empty() {
+            check(Field::SshKey, config::check_ssh_public_key(s.ssh_key.trim()));
         }
+        check(Field::DatabasePassword, config::check_database_password(&s.database_password));
         errors
     }
 

@@ -4,13 +4,12 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::Sender;
 
 use truthdb_installer::config::InstallConfig;
 use truthdb_installer::disks::Disk;
 use truthdb_installer::install::{self, InstallRequest};
-use truthdb_installer::medium::{MEDIUM_MOUNT, SQUASHFS_ON_MEDIUM};
 use truthdb_installer::spec::ImageSpec;
 use truthdb_installer::tool::Log;
 
@@ -40,15 +39,7 @@ pub fn start(disk: Disk, config: InstallConfig, spec: ImageSpec, mailbox: Mailbo
 
 fn run(disk: Disk, config: InstallConfig, spec: ImageSpec, mailbox: &Mailbox) -> Result<String, String> {
     let log = Log::create(Path::new(LOG_PATH)).map_err(|e| e.to_string())?;
-    let request = InstallRequest {
-        config,
-        disk,
-        source: Path::new(MEDIUM_MOUNT).join(SQUASHFS_ON_MEDIUM),
-        spec,
-        work_dir: PathBuf::from("/run/truthdb-installer"),
-        efi_boot_entry: true,
-        boot_medium: truthdb_installer::live_medium_device(),
-    };
+    let request = InstallRequest::from_live_medium(config, disk, spec);
     println!("truthdb-installer-gui: installing to {}", request.disk.describe());
     let result = install::install(&request, &log, &mut |event| {
         println!("truthdb-installer: {event}");
