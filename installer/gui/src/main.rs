@@ -68,6 +68,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A crash is said on the console (and so in the journal and on the serial port) before the
+    // unwinding puts the VT back in text mode; systemd then starts the installer again.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        println!("truthdb-installer-gui: CRASHED: {info}");
+        default_hook(info);
+    }));
     match cli.command {
         Some(Command::ShouldRun) => return should_run(),
         Some(Command::BenchRender { frames }) => {
