@@ -23,6 +23,8 @@ use crate::qmp::Qmp;
 
 /// What the serial console says when a screen comes up.
 const SCREEN_MARKER: &str = "TRUTHDB-GUI-SCREEN";
+/// How long one key press may take to change the screen (TCG is slow, but not this slow).
+const STEP: Duration = Duration::from_secs(120);
 /// The installer's background colour (installer/gui/src/app.rs `theme()`).
 const BACKGROUND: [u8; 3] = [0x16, 0x1b, 0x22];
 
@@ -76,12 +78,12 @@ pub fn run(config: &GuiTestConfig) -> Result<()> {
 
         s.set("welcome -> disk choice (Enter)");
         qmp.press(&["ret"])?;
-        wait_screen(&vm, "disk", config.timeout)?;
+        wait_screen(&vm, "disk", STEP)?;
         shot(&mut qmp, "disk")?;
 
         s.set("disk -> settings (Enter), typing the settings");
         qmp.press(&["ret"])?;
-        wait_screen(&vm, "settings", config.timeout)?;
+        wait_screen(&vm, "settings", STEP)?;
         qmp.type_text(HOSTNAME)?;
         qmp.press(&["tab"])?;
         for _ in 0.."admin".len() {
@@ -97,14 +99,14 @@ pub fn run(config: &GuiTestConfig) -> Result<()> {
         std::thread::sleep(Duration::from_secs(2));
         shot(&mut qmp, "settings")?;
         qmp.press(&["ret"])?;
-        wait_screen(&vm, "confirm", Duration::from_secs(60).max(config.timeout))
+        wait_screen(&vm, "confirm", STEP)
             .context("the settings typed over QMP were not accepted (see the settings screendump)")?;
         shot(&mut qmp, "confirm")?;
 
         s.set("confirming with the disk's name (vda)");
         qmp.type_text("vda")?;
         qmp.press(&["ret"])?;
-        wait_screen(&vm, "installing", config.timeout)?;
+        wait_screen(&vm, "installing", STEP)?;
         std::thread::sleep(Duration::from_secs(20));
         shot(&mut qmp, "installing")?;
 
