@@ -154,6 +154,8 @@ pub fn build_for_image(inputs: &InstallerBuildInputs, root: &BuildRoot, cache_di
     .workdir("/src")
     .env("CARGO_HOME", "/opt/cargo-home")
     .env("RUSTC", "/opt/rust/bin/rustc")
+    // Build scripts run `rustc` by name (libudev-sys probes a function with it).
+    .env("PATH", format!("/opt/rust/bin:{}", crate::sandbox::ROOT_PATH))
     .env("TRUTHDB_VERSION", inputs.version.clone())
     .to_cmd()?
     .run_logged(&inputs.log, |_| {})

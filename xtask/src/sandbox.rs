@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use crate::run::{Cmd, describe_status};
 
 /// The PATH inside a Debian build root.
-const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A command to run inside a build root.
 #[derive(Clone, Debug)]
