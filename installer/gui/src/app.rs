@@ -571,7 +571,7 @@ pub fn theme() -> Theme {
         Palette {
             background: Color::from_rgb8(0x16, 0x1b, 0x22),
             text: Color::from_rgb8(0xe6, 0xea, 0xef),
-            primary: Color::from_rgb8(0x2f, 0x81, 0xf7),
+            primary: Color::from_rgb8(0x1a, 0x5f, 0xb4),
             success: Color::from_rgb8(0x3f, 0xb9, 0x50),
             warning: Color::from_rgb8(0xd2, 0x99, 0x22),
             danger: Color::from_rgb8(0xf8, 0x51, 0x49),
