@@ -217,7 +217,7 @@ pub fn check_graphical(png: &Path) -> Result<String> {
     if p.width < 800 || p.height < 600 {
         bail!("the screen is {}x{}: a text mode, not the installer ({summary})", p.width, p.height);
     }
-    if p.background < 0.5 || p.light < 0.002 {
+    if p.background < 0.5 || p.light < 0.0005 {
         bail!("the screen does not look like the installer ({summary})");
     }
     Ok(summary)

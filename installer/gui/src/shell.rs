@@ -123,16 +123,11 @@ impl Shell {
     /// Runs the queued input through the UI and returns the messages it produced: widgets'
     /// own, then the screen's shortcuts for keys no widget took. Tab moves the focus.
     pub fn update(&mut self, app: &App) -> Vec<Msg> {
-        let now = Instant::now();
-        if self.next_redraw.is_some_and(|t| t <= now) {
-            self.events.push(Event::Window(window::Event::RedrawRequested(now)));
-        }
         let events = std::mem::take(&mut self.events);
         let mut messages = Vec::new();
         let cache = std::mem::take(&mut self.cache);
         let mut ui = UserInterface::build(app.view(), self.logical_size(), cache, &mut self.renderer);
-        let (state, statuses) =
-            ui.update(&events, self.cursor, &mut self.renderer, &mut clipboard::Null, &mut messages);
+        let (_, statuses) = ui.update(&events, self.cursor, &mut self.renderer, &mut clipboard::Null, &mut messages);
         for (event, status) in events.iter().zip(&statuses) {
             let Event::Keyboard(keyboard::Event::KeyPressed { key, modifiers, .. }) = event else { continue };
             if *status == event::Status::Captured && !matches!(key, keyboard::Key::Named(keyboard::key::Named::Tab)) {
@@ -149,13 +144,6 @@ impl Shell {
                 other => messages.extend(app.shortcut(other)),
             }
         }
-        self.next_redraw = match state {
-            State::Updated { redraw_request: window::RedrawRequest::At(t), .. } => Some(t),
-            State::Updated { redraw_request: window::RedrawRequest::NextFrame, .. } => {
-                Some(now + Duration::from_millis(16))
-            }
-            _ => None,
-        };
         self.cache = ui.into_cache();
         messages
     }
@@ -175,6 +163,21 @@ impl Shell {
         let logical = self.logical_size();
         let cache = std::mem::take(&mut self.cache);
         let mut ui = UserInterface::build(app.view(), logical, cache, &mut self.renderer);
+        // iced 0.14 widgets settle their look (hovered, focused, disabled) and schedule their
+        // next frame (a blinking text cursor) when told a redraw is happening; a widget that
+        // has not been told draws as disabled. The view is rebuilt for every frame, so every
+        // frame starts with this event.
+        let now = Instant::now();
+        let redraw = [Event::Window(window::Event::RedrawRequested(now))];
+        let mut ignored = Vec::new();
+        let (state, _) = ui.update(&redraw, self.cursor, &mut self.renderer, &mut clipboard::Null, &mut ignored);
+        self.next_redraw = match state {
+            State::Updated { redraw_request: window::RedrawRequest::At(t), .. } => Some(t),
+            State::Updated { redraw_request: window::RedrawRequest::NextFrame, .. } => {
+                Some(now + Duration::from_millis(16))
+            }
+            _ => None,
+        };
         let style = renderer::Style { text_color: self.theme.palette().text };
         ui.draw(&mut self.renderer, &self.theme, &style, self.cursor);
         self.cache = ui.into_cache();
