@@ -150,7 +150,7 @@ pub fn run(config: &GuiTestConfig) -> Result<()> {
             disk_image_installer: None,
             negative: false,
         };
-        install_test::check_appliance("gui-installed", &target, "raw", &check, &credentials)
+        install_test::check_appliance("gui-installed", &target, "raw", &check, &credentials, Some(&admin_password))
     })?;
     let _ = std::fs::remove_file(&target);
     Ok(())

@@ -160,7 +160,7 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
     // 2. The installed disk boots alone and serves.
     stage("install test", |s| {
         s.set("booting the installed disk alone");
-        check_appliance("installed", &target, "raw", config, &credentials)
+        check_appliance("installed", &target, "raw", config, &credentials, None)
     })?;
 
     // 3. Refusals leave the disk untouched.
@@ -206,20 +206,22 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
         println!("PASS disk image built in {}", format_duration(started.elapsed()));
         stage("install test", |s| {
             s.set("booting the disk image");
-            check_appliance("disk-image", &image, "raw", config, &credentials)
+            check_appliance("disk-image", &image, "raw", config, &credentials, None)
         })?;
     }
     Ok(())
 }
 
 /// Boots `disk` alone under OVMF and checks the appliance: marker with a healthy payload,
-/// psql with the password, ssh with the key and not with a password.
+/// psql with the password, ssh with the key and not with a password, and sudo: without a
+/// password for a key-only admin, else with `admin_password`.
 pub fn check_appliance(
     name: &str,
     disk: &Path,
     format: &str,
     config: &InstallTestConfig,
     credentials: &Credentials,
+    admin_password: Option<&str>,
 ) -> Result<()> {
     let (pg_port, ssh_port) = (free_port()?, free_port()?);
     let vm = Vm::start(&VmSpec {
@@ -292,10 +294,15 @@ pub fn check_appliance(
             .output_unchecked()
     };
     let key = credentials.key.to_string_lossy().into_owned();
+    let sudo = match admin_password {
+        // The test's passwords are letters, digits and '-': safe inside single quotes.
+        Some(password) => format!("echo '{password}' | sudo -S -p '' true"),
+        None => "sudo -n true".to_owned(),
+    };
     let remote = retry(Duration::from_secs(60), || {
         let out = ssh(
             &["-i", &key, "-o", "IdentitiesOnly=yes"],
-            "hostname; findmnt -n -o TARGET,FSTYPE /var/lib/postgresql; sudo -n true && echo sudo-ok",
+            &format!("hostname; findmnt -n -o TARGET,FSTYPE /var/lib/postgresql; {sudo} && echo sudo-ok"),
         )?;
         if !out.status.success() {
             bail!("ssh failed: {}", String::from_utf8_lossy(&out.stderr).trim());
