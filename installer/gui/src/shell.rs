@@ -190,7 +190,10 @@ impl Shell {
         if damage.is_empty() {
             return Vec::new();
         }
-        let damage = damage::group(damage, screen);
+        // Text damage is its layout bounds, but anti-aliased glyph edges can reach a pixel or
+        // two past them (seen as stale dots after a screen change): grow each rectangle.
+        let damage: Vec<Rectangle> =
+            damage::group(damage, screen).into_iter().filter_map(|r| r.expand(2.0).intersection(&screen)).collect();
         let viewport = Viewport::with_physical_size(Size::new(self.width, self.height), self.scale);
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.pixels);
         let mut pixmap =
