@@ -97,15 +97,8 @@ enum Command {
     /// its database (psql) and SSH from the host; check refusals leave a disk untouched; boot
     /// a `disk` image the same way. Needs root (loop devices for the disk image).
     InstallTest {
-        /// ISO to install from (default: the one `iso` publishes into dist/).
-        #[arg(long)]
-        iso: Option<PathBuf>,
-        /// Seconds to wait for each boot or install.
-        #[arg(long, default_value_t = 1800)]
-        timeout: u64,
-        /// Guest memory in MiB.
-        #[arg(long, default_value_t = 2048)]
-        memory: u32,
+        #[command(flatten)]
+        vm: InstallVmArgs,
         /// Skip the refusal checks (config without wipe, config naming the boot medium).
         #[arg(long)]
         no_refusals: bool,
@@ -118,15 +111,8 @@ enum Command {
     /// install, boot the disk and reach its database and SSH. Screendumps are kept in
     /// target/truthdb-os/gui-test/screens/.
     GuiTest {
-        /// ISO to install from (default: the one `iso` publishes into dist/).
-        #[arg(long)]
-        iso: Option<PathBuf>,
-        /// Seconds to wait for each boot, screen or install.
-        #[arg(long, default_value_t = 1800)]
-        timeout: u64,
-        /// Guest memory in MiB.
-        #[arg(long, default_value_t = 2048)]
-        memory: u32,
+        #[command(flatten)]
+        vm: InstallVmArgs,
     },
     /// Build a ready-to-boot appliance disk image (raw or qcow2) by running the installer
     /// engine on a loop device (needs root).
@@ -166,6 +152,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// What the install and GUI tests boot, and for how long.
+#[derive(clap::Args)]
+struct InstallVmArgs {
+    /// ISO to install from (default: the one `iso` publishes into dist/).
+    #[arg(long)]
+    iso: Option<PathBuf>,
+    /// Seconds to wait for each boot, screen or install.
+    #[arg(long, default_value_t = 1800)]
+    timeout: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048)]
+    memory: u32,
+}
+
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     let project = || Project::load(cli.project.as_deref(), cli.version_suffix.as_deref());
     match cli.command {
@@ -195,7 +195,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             boot_test::run(&config)?;
         }
-        Command::InstallTest { iso, timeout, memory, no_refusals, no_disk_image } => {
+        Command::InstallTest { vm, no_refusals, no_disk_image } => {
             let project = project()?;
             reexec_as_root_if_needed()?;
             doctor::ensure(&[doctor::Purpose::BootTest, doctor::Purpose::Disk, doctor::Purpose::InstallTest])?;
@@ -205,24 +205,24 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Some(installer_build::build(&installer_build::InstallerBuildInputs::of(&project))?.path)
             };
             let config = install_test::InstallTestConfig {
-                iso: iso.unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
+                iso: vm.iso.unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
                 work_dir: project.work_dir().join("install-test"),
-                timeout: Duration::from_secs(timeout),
-                memory_mib: memory,
+                timeout: Duration::from_secs(vm.timeout),
+                memory_mib: vm.memory,
                 expected_version: project.version.clone(),
                 disk_image_installer: installer,
                 negative: !no_refusals,
             };
             install_test::run(&config)?;
         }
-        Command::GuiTest { iso, timeout, memory } => {
+        Command::GuiTest { vm } => {
             let project = project()?;
             doctor::ensure(&[doctor::Purpose::BootTest, doctor::Purpose::InstallTest])?;
             let config = gui_test::GuiTestConfig {
-                iso: iso.unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
+                iso: vm.iso.unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
                 work_dir: project.work_dir().join("gui-test"),
-                timeout: Duration::from_secs(timeout),
-                memory_mib: memory,
+                timeout: Duration::from_secs(vm.timeout),
+                memory_mib: vm.memory,
                 expected_version: project.version.clone(),
             };
             gui_test::run(&config)?;
