@@ -127,10 +127,6 @@ impl Kms {
             dirty_supported: true,
         })
     }
-
-    pub fn driver(&self) -> &str {
-        &self.driver
-    }
 }
 
 impl Output for Kms {
