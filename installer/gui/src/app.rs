@@ -147,6 +147,15 @@ impl App {
         self.screen
     }
 
+    /// The id of the field that takes the keyboard when the screen comes up.
+    pub fn first_field(&self) -> Option<&'static str> {
+        match self.screen {
+            Screen::Settings => Some("hostname"),
+            Screen::Confirm => Some("confirm"),
+            _ => None,
+        }
+    }
+
     pub fn layout(&self) -> &'static str {
         LAYOUTS[self.layout].0
     }

@@ -14,10 +14,10 @@ use crate::shell::Shell;
 pub fn run(sizes: &[(u32, u32)], frames: u32) -> Vec<String> {
     let mut lines = Vec::new();
     for &(width, height) in sizes {
-        for (name, app) in screens() {
+        for (name, mut app) in screens() {
             let mut shell = Shell::new(width, height);
             let started = Instant::now();
-            shell.update(&app);
+            shell.feed(&mut app);
             shell.draw(&app);
             let first = started.elapsed();
             let mut total = Duration::ZERO;
@@ -25,7 +25,7 @@ pub fn run(sizes: &[(u32, u32)], frames: u32) -> Vec<String> {
             for _ in 0..frames {
                 shell.invalidate();
                 let t = Instant::now();
-                shell.update(&app);
+                shell.feed(&mut app);
                 shell.draw(&app);
                 let took = t.elapsed();
                 total += took;

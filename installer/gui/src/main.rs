@@ -248,43 +248,28 @@ fn run(cli: &Cli) -> Result<()> {
             output_lost = false;
         }
 
-        let mut pending: Vec<_> = shell.update(&app);
-        pending.extend(messages.try_iter());
-        for msg in pending {
-            match app.update(msg) {
-                None => {}
-                Some(Request::SetKeyboardLayout(layout)) => {
-                    if let Err(e) = input.set_layout(&layout) {
-                        println!("truthdb-installer-gui: {e:#}");
-                    }
-                }
-                Some(Request::RescanDisks) => {
-                    let _ = std::process::Command::new("udevadm").args(["settle", "--timeout=10"]).status();
-                    app.set_disks(machine(&spec)?.disks);
-                }
-                Some(Request::Install { disk, config }) => {
-                    engine::start(disk, *config, spec.clone(), mailbox.clone());
-                }
-                Some(Request::Power(action)) => {
-                    let verb = match action {
-                        PowerAction::Reboot => "reboot",
-                        PowerAction::Poweroff => "poweroff",
-                    };
-                    println!("truthdb-installer-gui: {verb}");
-                    drop(output);
-                    std::process::Command::new("systemctl").arg(verb).status().context("systemctl")?;
-                    return Ok(());
-                }
+        // Input first, one change at a time (see `Shell::feed`), then the engine's news.
+        let mut power = None;
+        while power.is_none() {
+            for request in shell.feed(&mut app) {
+                power = power.or(carry_out(request, &mut app, &mut input, &spec, &mailbox)?);
+            }
+            if !shell.has_input() {
+                break;
             }
         }
+        for msg in messages.try_iter() {
+            if let Some(request) = app.update(msg) {
+                power = power.or(carry_out(request, &mut app, &mut input, &spec, &mailbox)?);
+            }
+        }
+        if let Some(verb) = power {
+            drop(output);
+            std::process::Command::new("systemctl").arg(verb).status().context("systemctl")?;
+            return Ok(());
+        }
+        shell.follow_screen(&app);
 
-        if shown != Some(app.screen()) {
-            match app.screen() {
-                Screen::Settings => shell.focus(&app, "hostname"),
-                Screen::Confirm => shell.focus(&app, "confirm"),
-                _ => {}
-            }
-        }
         let mut rects = shell.draw(&app);
         let cursor = shell.cursor_pixel();
         if cursor != cursor_drawn {
@@ -309,4 +294,36 @@ fn run(cli: &Cli) -> Result<()> {
             shown = Some(app.screen());
         }
     }
+}
+
+/// Does what a screen asked for; a power action is handed back (as systemctl's verb) for the
+/// loop to end with.
+fn carry_out(
+    request: Request,
+    app: &mut App,
+    input: &mut Input,
+    spec: &ImageSpec,
+    mailbox: &Mailbox,
+) -> Result<Option<&'static str>> {
+    match request {
+        Request::SetKeyboardLayout(layout) => {
+            if let Err(e) = input.set_layout(&layout) {
+                println!("truthdb-installer-gui: {e:#}");
+            }
+        }
+        Request::RescanDisks => {
+            let _ = std::process::Command::new("udevadm").args(["settle", "--timeout=10"]).status();
+            app.set_disks(machine(spec)?.disks);
+        }
+        Request::Install { disk, config } => engine::start(disk, *config, spec.clone(), mailbox.clone()),
+        Request::Power(action) => {
+            let verb = match action {
+                PowerAction::Reboot => "reboot",
+                PowerAction::Poweroff => "poweroff",
+            };
+            println!("truthdb-installer-gui: {verb}");
+            return Ok(Some(verb));
+        }
+    }
+    Ok(None)
 }

@@ -5,6 +5,7 @@
 //! memory (a dumb buffer, /dev/fb0) is often write-combined and slow to read: we render here
 //! and only copy the damaged rows out (`display::present`).
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use iced_core::widget::operation::{Operation, Outcome, focusable};
@@ -15,7 +16,7 @@ use iced_graphics::{Viewport, damage};
 use iced_runtime::user_interface::{self, State, UserInterface};
 use iced_tiny_skia::Layer;
 
-use crate::app::{App, Msg, Renderer};
+use crate::app::{App, Msg, Renderer, Request, Screen};
 
 /// The UI font: Fira Sans, embedded by iced_renderer (no font files needed in the image).
 pub const FONT: Font = Font::with_name("Fira Sans");
@@ -41,8 +42,10 @@ pub struct Shell {
     /// The layers of the last frame drawn, to diff against; `None` redraws everything.
     previous: Option<Vec<Layer>>,
     cursor: mouse::Cursor,
-    events: Vec<Event>,
+    events: VecDeque<Event>,
     next_redraw: Option<Instant>,
+    /// The screen whose first field got the keyboard focus.
+    focused_screen: Option<Screen>,
 }
 
 impl Shell {
@@ -58,8 +61,9 @@ impl Shell {
             mask: tiny_skia::Mask::new(width.max(1), height.max(1)).expect("non-empty screen"),
             previous: None,
             cursor: mouse::Cursor::Unavailable,
-            events: Vec::new(),
+            events: VecDeque::new(),
             next_redraw: Some(Instant::now()),
+            focused_screen: None,
         }
     }
 
@@ -93,7 +97,7 @@ impl Shell {
         let p =
             Point::new((x / self.scale).clamp(0.0, size.width - 1.0), (y / self.scale).clamp(0.0, size.height - 1.0));
         self.cursor = mouse::Cursor::Available(p);
-        self.events.push(Event::Mouse(mouse::Event::CursorMoved { position: p }));
+        self.events.push_back(Event::Mouse(mouse::Event::CursorMoved { position: p }));
     }
 
     /// Moves the pointer by a relative motion in physical pixels.
@@ -106,7 +110,12 @@ impl Shell {
     }
 
     pub fn push(&mut self, event: Event) {
-        self.events.push(event);
+        self.events.push_back(event);
+    }
+
+    /// Whether input is queued that [`Shell::feed`] has not run through the UI yet.
+    pub fn has_input(&self) -> bool {
+        !self.events.is_empty()
     }
 
     /// When the UI wants to be drawn again on its own (a blinking text cursor).
@@ -120,36 +129,80 @@ impl Shell {
         self.next_redraw = Some(Instant::now());
     }
 
-    /// Runs the queued input through the UI and returns the messages it produced: widgets'
-    /// own, then the screen's shortcuts for keys no widget took. Tab moves the focus.
-    pub fn update(&mut self, app: &App) -> Vec<Msg> {
-        let events = std::mem::take(&mut self.events);
+    /// Runs the queued input through the UI into `app` and returns what the screens asked
+    /// the shell to do. Stops after the first request (a keyboard layout switch must apply to
+    /// the keys after it): call again while [`Shell::has_input`].
+    ///
+    /// Input is taken in order, and the UI is built anew from `app` after every event that
+    /// changed something: under a slow machine several key presses arrive in one batch, and a
+    /// Tab or an Enter in it must move the focus or the screen before the next key is read
+    /// (one UI for the whole batch typed the keys after a Tab into the previous field).
+    pub fn feed(&mut self, app: &mut App) -> Vec<Request> {
+        let mut requests = Vec::new();
+        self.follow_screen(app);
+        while requests.is_empty() && !self.events.is_empty() {
+            for msg in self.update_until_change(app) {
+                requests.extend(app.update(msg));
+            }
+            self.follow_screen(app);
+        }
+        requests
+    }
+
+    /// Runs queued events through one UI built from `app` until an event produces messages or
+    /// moves the focus; returns those messages: widgets' own, then the screen's shortcuts for
+    /// keys no widget took.
+    fn update_until_change(&mut self, app: &App) -> Vec<Msg> {
         let mut messages = Vec::new();
         let cache = std::mem::take(&mut self.cache);
         let mut ui = UserInterface::build(app.view(), self.logical_size(), cache, &mut self.renderer);
-        let (_, statuses) = ui.update(&events, self.cursor, &mut self.renderer, &mut clipboard::Null, &mut messages);
-        for (event, status) in events.iter().zip(&statuses) {
-            let Event::Keyboard(keyboard::Event::KeyPressed { key, modifiers, .. }) = event else { continue };
-            if *status == event::Status::Captured && !matches!(key, keyboard::Key::Named(keyboard::key::Named::Tab)) {
-                continue;
-            }
-            match key {
-                keyboard::Key::Named(keyboard::key::Named::Tab) => {
-                    if modifiers.shift() {
-                        run_operation(&mut ui, &self.renderer, Box::new(focusable::focus_previous::<()>()));
-                    } else {
-                        run_operation(&mut ui, &self.renderer, Box::new(focusable::focus_next::<()>()));
+        while let Some(event) = self.events.pop_front() {
+            let (_, statuses) = ui.update(
+                std::slice::from_ref(&event),
+                self.cursor,
+                &mut self.renderer,
+                &mut clipboard::Null,
+                &mut messages,
+            );
+            let mut focus_moved = false;
+            if let Event::Keyboard(keyboard::Event::KeyPressed { key, modifiers, .. }) = &event {
+                let captured = statuses.first() == Some(&event::Status::Captured);
+                match key {
+                    keyboard::Key::Named(keyboard::key::Named::Tab) => {
+                        let op: Box<dyn Operation> = if modifiers.shift() {
+                            Box::new(focusable::focus_previous::<()>())
+                        } else {
+                            Box::new(focusable::focus_next::<()>())
+                        };
+                        run_operation(&mut ui, &self.renderer, op);
+                        focus_moved = true;
                     }
+                    other if !captured => messages.extend(app.shortcut(other)),
+                    _ => {}
                 }
-                other => messages.extend(app.shortcut(other)),
+            }
+            if focus_moved || !messages.is_empty() {
+                break;
             }
         }
         self.cache = ui.into_cache();
         messages
     }
 
+    /// A screen just shown gets its first field focused, so typing goes there at once.
+    pub fn follow_screen(&mut self, app: &App) {
+        let screen = app.screen();
+        if self.focused_screen == Some(screen) {
+            return;
+        }
+        if let Some(id) = app.first_field() {
+            self.focus(app, id);
+        }
+        self.focused_screen = Some(screen);
+    }
+
     /// Puts the keyboard focus on the widget with this id (the first field of a form).
-    pub fn focus(&mut self, app: &App, id: &'static str) {
+    fn focus(&mut self, app: &App, id: &'static str) {
         let cache = std::mem::take(&mut self.cache);
         let mut ui = UserInterface::build(app.view(), self.logical_size(), cache, &mut self.renderer);
         run_operation(&mut ui, &self.renderer, Box::new(focusable::focus::<()>(iced_core::widget::Id::new(id))));

@@ -1,7 +1,8 @@
 //! The shell as the installer runs it (no simulator): frames into the shadow buffer, damage.
 
 use truthdb_installer::disks::Disk;
-use truthdb_installer_gui::app::{App, Machine, Msg};
+use truthdb_installer_gui::app::{App, Machine, Msg, Request, Screen};
+use truthdb_installer_gui::input::Keyboard;
 use truthdb_installer_gui::shell::{PixelRect, Shell};
 
 fn disk_screen() -> App {
@@ -23,9 +24,9 @@ fn disk_screen() -> App {
 
 #[test]
 fn widgets_draw_in_their_live_colours_and_unchanged_frames_draw_nothing() {
-    let app = disk_screen();
+    let mut app = disk_screen();
     let mut shell = Shell::new(1024, 768);
-    assert!(shell.update(&app).is_empty());
+    assert!(shell.feed(&mut app).is_empty());
     assert_eq!(shell.draw(&app), vec![PixelRect { x: 0, y: 0, width: 1024, height: 768 }]);
     // XRGB8888: the theme's background and its primary blue (the selected disk and Next).
     // Widgets that were never told of a redraw would be drawn faded, as disabled.
@@ -39,7 +40,7 @@ fn widgets_draw_in_their_live_colours_and_unchanged_frames_draw_nothing() {
 fn a_frame_drawn_from_damage_equals_the_same_frame_drawn_whole() {
     let mut app = disk_screen();
     let mut incremental = Shell::new(1280, 800);
-    incremental.update(&app);
+    incremental.feed(&mut app);
     incremental.draw(&app);
     // Disk -> settings -> confirmation: titles of other widths, fields, buttons move.
     for msg in [
@@ -50,12 +51,12 @@ fn a_frame_drawn_from_damage_equals_the_same_frame_drawn_whole() {
         Msg::Next,
     ] {
         app.update(msg);
-        incremental.update(&app);
+        incremental.feed(&mut app);
         let damage = incremental.draw(&app);
         assert!(!damage.is_empty());
     }
     let mut whole = Shell::new(1280, 800);
-    whole.update(&app);
+    whole.feed(&mut app);
     whole.draw(&app);
     // Anti-aliased edges drawn through a clip mask may round one step differently: tolerated.
     // A stale remnant (a glyph on the background) differs by far more.
@@ -75,4 +76,70 @@ fn a_frame_drawn_from_damage_equals_the_same_frame_drawn_whole() {
         stale.len(),
         stale.first()
     );
+}
+
+/// The evdev code of a key on a US keyboard (<linux/input-event-codes.h>), and whether Shift.
+fn evdev_key(c: char) -> (u32, bool) {
+    const ROWS: [(&str, u32); 4] = [("1234567890", 2), ("qwertyuiop", 16), ("asdfghjkl", 30), ("zxcvbnm", 44)];
+    let lower = c.to_ascii_lowercase();
+    let code = match lower {
+        '-' => 12,
+        '.' => 52,
+        '\n' => 28,
+        '\t' => 15,
+        '\x08' => 14,
+        _ => ROWS
+            .iter()
+            .find_map(|(row, first)| row.find(lower).map(|i| first + i as u32))
+            .unwrap_or_else(|| panic!("no key for {c:?}")),
+    };
+    (code, c.is_ascii_uppercase())
+}
+
+/// Under TCG the installer reads keys slower than they are typed: many presses reach one
+/// `feed`. Each key must land where it would have landed typed slowly: after a Tab in the
+/// next field, after an Enter on the next screen.
+#[test]
+fn a_burst_of_keys_lands_in_order_across_fields_and_screens() {
+    let mut app = disk_screen();
+    let mut shell = Shell::new(1280, 800);
+    shell.feed(&mut app);
+    let mut keyboard = Keyboard::new("us").unwrap();
+    // Enter (disk -> settings), host name, Tab, the login "admin" replaced by "dba", Tab,
+    // admin password, Tab, (no SSH key) Tab, database password, Enter (-> confirmation).
+    let typed = "\nappliance-1\t\x08\x08\x08\x08\x08dba\tAdmin-Pass-77\t\tDb-Secret-Pass-1234\n";
+    const SHIFT: u32 = 42;
+    for c in typed.chars() {
+        let (code, shifted) = evdev_key(c);
+        let mut press = |code, down| keyboard.key(code, down, false).into_iter().for_each(|e| shell.push(e));
+        if shifted {
+            press(SHIFT, true);
+        }
+        press(code, true);
+        press(code, false);
+        if shifted {
+            press(SHIFT, false);
+        }
+    }
+    let requests = shell.feed(&mut app);
+    assert!(requests.is_empty(), "{requests:?}");
+    assert!(!shell.has_input());
+    assert_eq!(app.screen(), Screen::Confirm);
+    let config = app.install_config().unwrap();
+    assert_eq!(config.hostname, "appliance-1");
+    assert_eq!(config.admin.user, "dba");
+    assert!(config.admin.ssh_authorized_keys.is_empty());
+    assert!(config.admin.password_hash.is_some());
+    assert_eq!(config.database.admin_password, "Db-Secret-Pass-1234");
+
+    // The confirmation's field has the focus at once: the disk's name and Enter start the install.
+    for c in "vda\n".chars() {
+        let (code, _) = evdev_key(c);
+        for down in [true, false] {
+            keyboard.key(code, down, false).into_iter().for_each(|e| shell.push(e));
+        }
+    }
+    let requests = shell.feed(&mut app);
+    assert!(matches!(requests.as_slice(), [Request::Install { .. }]), "{requests:?}");
+    assert_eq!(app.screen(), Screen::Installing);
 }
