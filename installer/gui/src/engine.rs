@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::mpsc::Sender;
 
@@ -32,7 +33,18 @@ impl Mailbox {
 
 pub fn start(disk: Disk, config: InstallConfig, spec: ImageSpec, mailbox: Mailbox) {
     std::thread::spawn(move || {
-        let result = run(disk, config, spec, &mailbox);
+        // A panic here would leave the progress screen up forever: it becomes the failure
+        // screen instead (the panic hook has already said it on the console).
+        let result =
+            std::panic::catch_unwind(AssertUnwindSafe(|| run(disk, config, spec, &mailbox))).unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                println!("TRUTHDB-INSTALL-FAILED: the installer crashed: {what}");
+                Err(format!("the installer crashed: {what}"))
+            });
         mailbox.send(Msg::Finished(result));
     });
 }
