@@ -58,7 +58,7 @@ enum Command {
     /// Exit 0 if the graphical installer should start (no unattended install config), else 1
     /// (the service's ExecCondition).
     ShouldRun,
-    /// Print full-frame render times of every screen (tiny-skia, no display needed).
+    /// Print full-frame render times of the welcome, disk, settings and installing screens (tiny-skia, no display needed).
     BenchRender {
         /// Frames per screen and size.
         #[arg(long, default_value_t = 50)]
@@ -146,6 +146,24 @@ fn open_output(choice: OutputChoice) -> Result<Box<dyn Output>> {
     }
 }
 
+/// Opens the display again after the old one went away. A native GPU driver can take seconds
+/// to replace simpledrm (firmware loading); if none comes, the error is not a `NoDisplay`, so
+/// the installer exits in a way systemd restarts.
+fn reopen_output(choice: OutputChoice) -> Result<Box<dyn Output>> {
+    const PATIENCE: Duration = Duration::from_secs(30);
+    let started = Instant::now();
+    loop {
+        match open_output(choice) {
+            Ok(output) => return Ok(output),
+            Err(e) if started.elapsed() < PATIENCE => {
+                println!("truthdb-installer-gui: waiting for a display: {e:#}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => anyhow::bail!("the display went away and none came back within {PATIENCE:?}: {e:#}"),
+        }
+    }
+}
+
 fn machine(spec: &ImageSpec) -> Result<Machine> {
     let min = install::layout_for(spec).min_disk_bytes();
     let disks = disks::installable(&list_disks()?, live_medium_device().as_deref(), min);
@@ -230,14 +248,7 @@ fn run(cli: &Cli) -> Result<()> {
             > 0;
         if cards_changed || output_lost {
             drop(output);
-            output = match open_output(cli.output) {
-                Ok(new) => new,
-                Err(e) => {
-                    println!("truthdb-installer-gui: display lost, retrying: {e:#}");
-                    std::thread::sleep(Duration::from_millis(500));
-                    open_output(cli.output)?
-                }
-            };
+            output = reopen_output(cli.output)?;
             println!("truthdb-installer-gui: drawing on {}", output.describe());
             let (w, h) = output.size();
             if (w, h) != shell.size() {
