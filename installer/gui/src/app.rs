@@ -316,13 +316,17 @@ impl App {
     }
 
     /// The screen's keyboard shortcuts, for keys no widget took: Enter goes on, Escape goes
-    /// back, the arrows choose (buttons cannot take focus in iced, so this is how a keyboard
+    /// back (or powers off where there is no back), the arrows choose (buttons cannot take focus in iced, so this is how a keyboard
     /// alone gets through every screen).
     pub fn shortcut(&self, key: &keyboard::Key) -> Option<Msg> {
         let keyboard::Key::Named(named) = key else { return None };
         match (self.screen, named) {
             (Screen::Installing, _) => None,
+            // Enter is the right-hand button, Escape the left-hand one.
             (Screen::Failed, Named::Enter) => Some(Msg::Retry),
+            (Screen::Done | Screen::Failed, Named::Escape) => Some(Msg::PowerOff),
+            (Screen::Disk, Named::Enter) if self.machine.disks.is_empty() => Some(Msg::Rescan),
+            (Screen::Disk, Named::Escape) if self.machine.disks.is_empty() => Some(Msg::PowerOff),
             (_, Named::Enter) => Some(Msg::Next),
             (_, Named::Escape) => Some(Msg::Back),
             (Screen::Welcome, Named::ArrowRight | Named::ArrowDown) => Some(Msg::NextLayout),
@@ -386,7 +390,7 @@ impl App {
                     human_size(self.machine.min_disk_bytes)
                 ))
                 .size(18),
-                hint("Connect a disk, then rescan."),
+                hint("Connect a disk, then rescan (Enter). Escape powers off."),
                 row![
                     button(text("Power off")).on_press(Msg::PowerOff).style(button::secondary),
                     space::horizontal(),
@@ -519,6 +523,7 @@ impl App {
             text("Installed").size(36),
             text(format!("TruthDB OS {} is installed on {disk}.", self.machine.version)).size(18),
             text("Remove the installation medium, then restart to start the appliance.").size(18),
+            hint("Enter restarts, Escape powers off."),
             row![
                 button(text("Power off")).on_press(Msg::PowerOff).style(button::secondary),
                 space::horizontal(),
@@ -534,6 +539,7 @@ impl App {
             text("The install failed").size(36).color(DANGER),
             text(self.failure.as_deref().unwrap_or("unknown error")).size(16),
             text(format!("The full log is {LOG_PATH} in the live system.")).size(16).color(MUTED),
+            hint("Enter tries again, Escape powers off."),
             row![
                 button(text("Power off")).on_press(Msg::PowerOff).style(button::secondary),
                 space::horizontal(),

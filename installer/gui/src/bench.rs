@@ -1,4 +1,4 @@
-//! `truthdb-installer-gui bench-render`: full-frame render times of every screen with
+//! `truthdb-installer-gui bench-render`: full-frame render times of four screens with
 //! tiny-skia on the CPU, for BENCHMARKS.md (no display needed).
 
 use std::time::{Duration, Instant};

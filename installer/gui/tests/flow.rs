@@ -6,6 +6,7 @@
 use iced_core::Settings;
 use iced_core::keyboard::{Key, key::Named};
 use iced_test::{Simulator, selector};
+use truthdb_installer::config::PowerAction;
 use truthdb_installer::disks::Disk;
 use truthdb_installer::progress::{Event as ProgressEvent, Phase};
 use truthdb_installer_gui::app::{App, Machine, Msg, Request, Screen, theme};
@@ -204,4 +205,14 @@ fn the_keyboard_alone_reaches_every_screen() {
     ui.tap_key(Key::Named(Named::Enter));
     let messages: Vec<Msg> = ui.into_messages().collect();
     assert!(matches!(messages.last(), Some(Msg::Next)), "{messages:?}");
+
+    // The last screens' two buttons: Enter is the right one, Escape the left one.
+    app.update(Msg::Finished(Err("sfdisk failed".into())));
+    assert_eq!(app.screen(), Screen::Failed);
+    assert!(matches!(key(&app, Named::Enter), Some(Msg::Retry)));
+    assert_eq!(app.update(key(&app, Named::Escape).unwrap()), Some(Request::Power(PowerAction::Poweroff)));
+    app.update(Msg::Finished(Ok("6.12.117-truthdb".into())));
+    assert_eq!(app.screen(), Screen::Done);
+    assert_eq!(app.update(key(&app, Named::Enter).unwrap()), Some(Request::Power(PowerAction::Reboot)));
+    assert_eq!(app.update(key(&app, Named::Escape).unwrap()), Some(Request::Power(PowerAction::Poweroff)));
 }
