@@ -105,18 +105,26 @@ pub fn ensure(purposes: &[Purpose]) -> Result<()> {
     if !can_install {
         bail!("missing host tools; install them with:\n  sudo apt-get update && sudo {apt_command}");
     }
-    eprintln!("installing missing host tools: {}", missing.join(" "));
     Cmd::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive").run()?;
-    Cmd::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()?;
-    let still = missing_packages(purposes);
-    if !still.is_empty() {
-        bail!("installed {} but still missing: {}", missing.join(" "), still.join(" "));
+    // A second round, because an install can remove a tool that was there: a qemu-utils from
+    // backports (as these machines have) goes when the archive's qemu-system-x86 comes in, and
+    // asking again brings the matching one.
+    let mut asked = Vec::new();
+    let mut wanted = missing;
+    for _round in 0..2 {
+        eprintln!("installing missing host tools: {}", wanted.join(" "));
+        Cmd::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&wanted)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .run()?;
+        asked.extend(wanted);
+        wanted = missing_packages(purposes);
+        if wanted.is_empty() {
+            return Ok(());
+        }
     }
-    Ok(())
+    bail!("installed {} but still missing: {}", asked.join(" "), wanted.join(" "))
 }
 
 /// `cargo xtask doctor`.
