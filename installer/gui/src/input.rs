@@ -1,6 +1,7 @@
 //! Keyboard and pointer: devices from libinput (hotplug, pointer acceleration, QEMU's absolute
 //! tablet, touchpads), key symbols from xkbcommon in the chosen layout, turned into iced events.
-//! libinput does not repeat keys; [`Input`] does (600 ms, then 25 per second).
+//! libinput does not repeat keys; [`Input`] does (600 ms, then 25 per second). Touchpads get
+//! tap-to-click.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -11,9 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use iced_core::keyboard::{self, Key, Modifiers, key::Named};
 use iced_core::{Event, mouse};
+use input::event::device::DeviceEvent::Added as DeviceAdded;
 use input::event::keyboard::{KeyState, KeyboardEventTrait};
 use input::event::pointer::{Axis, ButtonState, PointerEvent, PointerScrollEvent};
-use input::event::{Event as DeviceEvent, KeyboardEvent};
+use input::event::{Event as DeviceEvent, EventTrait, KeyboardEvent};
 use input::{Libinput, LibinputInterface};
 use xkbcommon::xkb;
 
@@ -197,6 +199,13 @@ impl Input {
                         (false, Some(r)) if r.code != k.key() => self.repeat.take(),
                         _ => None,
                     };
+                }
+                // Touchpads come with tapping off; a person at a laptop expects a tap to click.
+                DeviceEvent::Device(DeviceAdded(added)) => {
+                    let mut device = added.device();
+                    if device.config_tap_finger_count() > 0 {
+                        let _ = device.config_tap_set_enabled(true);
+                    }
                 }
                 DeviceEvent::Pointer(PointerEvent::Motion(m)) => shell.move_cursor_by(m.dx(), m.dy()),
                 DeviceEvent::Pointer(PointerEvent::MotionAbsolute(a)) => shell
