@@ -9,6 +9,9 @@
 //! 3. the installed disk boots alone and serves, checked as the unattended install's is (boot
 //!    marker, psql with the typed database password, ssh with the typed key).
 //!
+//! Before all that, a machine with no display adapter at all: the installer must say so on the
+//! serial console and its unit's failure handler must say the installer has stopped.
+//!
 //! The screendumps stay in `<work>/gui-test/screens/` as the test's artifacts.
 
 use std::path::{Path, PathBuf};
@@ -50,6 +53,11 @@ pub fn run(config: &GuiTestConfig) -> Result<()> {
     let socket = dir.join("qmp.sock");
 
     stage("gui test", |s| {
+        s.set("booting the ISO on a machine without a display (-vga none)");
+        no_display(config, dir)
+    })?;
+
+    stage("gui test", |s| {
         s.set("booting the ISO (UEFI, -vga std, blank virtio disk)");
         let mut storage = cdrom(&config.iso);
         storage.extend(virtio_disk(&target, "raw", TARGET_SERIAL));
@@ -60,6 +68,7 @@ pub fn run(config: &GuiTestConfig) -> Result<()> {
             forwards: vec![],
             log_dir: dir.clone(),
             qmp_socket: Some(socket.clone()),
+            graphics: true,
         })?;
         let mut qmp = Qmp::connect(&socket, Duration::from_secs(30))?;
         let mut screen_no = 0;
@@ -153,6 +162,29 @@ pub fn run(config: &GuiTestConfig) -> Result<()> {
         install_test::check_appliance("gui-installed", &target, "raw", &check, &credentials, Some(&admin_password))
     })?;
     let _ = std::fs::remove_file(&target);
+    Ok(())
+}
+
+/// A machine with no display adapter: the installer must say so on the serial console, with the
+/// unattended way, and its unit's failure must put the "installer has stopped" message out
+/// (tty1 would otherwise stay blank), not hang.
+fn no_display(config: &GuiTestConfig, dir: &Path) -> Result<()> {
+    let vm = Vm::start(&VmSpec {
+        name: "gui-no-display".into(),
+        memory_mib: config.memory_mib,
+        storage: cdrom(&config.iso),
+        forwards: vec![],
+        log_dir: dir.to_path_buf(),
+        qmp_socket: None,
+        graphics: false,
+    })?;
+    let said = vm.wait_for("the installer's no-display message", config.timeout, |serial, _| {
+        let no_display = serial.lines().find(|l| l.contains("TRUTHDB-GUI-NO-DISPLAY"))?;
+        serial
+            .contains("TRUTHDB-GUI-GAVE-UP")
+            .then(|| Ok(no_display[no_display.find("TRUTHDB").unwrap_or(0)..].trim().to_owned()))
+    })?;
+    println!("PASS no display: {said}, then TRUTHDB-GUI-GAVE-UP after {}", format_duration(vm.elapsed()));
     Ok(())
 }
 

@@ -125,6 +125,7 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
             forwards: vec![],
             log_dir: dir.clone(),
             qmp_socket: None,
+            graphics: true,
         })?;
         let mut last = String::new();
         vm.wait_for("the unattended install to finish and power off", config.timeout, |serial, exited| {
@@ -231,6 +232,7 @@ pub fn check_appliance(
         forwards: vec![(pg_port, 5432), (ssh_port, 22)],
         log_dir: config.work_dir.clone(),
         qmp_socket: None,
+        graphics: true,
     })?;
     let marker = vm.wait_for("the installed system's boot marker", config.timeout, |serial, _| {
         let line = serial.lines().find_map(|l| l.find(crate::boot_test::MARKER).map(|at| l[at..].trim().to_owned()))?;
@@ -350,6 +352,7 @@ fn check_refusal(
         forwards: vec![],
         log_dir: dir.clone(),
         qmp_socket: None,
+        graphics: true,
     })?;
     let refusal = vm.wait_for("the installer's refusal", config.timeout, |serial, _| {
         if serial.contains("TRUTHDB-INSTALL-DONE") {

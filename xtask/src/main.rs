@@ -106,7 +106,8 @@ enum Command {
         #[arg(long)]
         no_disk_image: bool,
     },
-    /// Install the ISO through the graphical installer in QEMU (UEFI, -vga std): check each
+    /// Check the installer says so when a machine has no display (QEMU -vga none), then install
+    /// the ISO through the graphical installer in QEMU (UEFI, -vga std): check each
     /// screen's screendump is the installer's picture, drive it with key presses to a finished
     /// install, boot the disk and reach its database and SSH. Screendumps are kept in
     /// target/truthdb-os/gui-test/screens/.

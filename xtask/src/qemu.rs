@@ -21,6 +21,9 @@ pub struct VmSpec {
     pub log_dir: PathBuf,
     /// A QMP control socket (screendump, key presses), for the graphical installer's test.
     pub qmp_socket: Option<PathBuf>,
+    /// A standard VGA adapter (`-vga std`: the firmware's framebuffer, then bochs-drm); without
+    /// one the machine has no display at all.
+    pub graphics: bool,
 }
 
 pub struct Vm {
@@ -51,7 +54,8 @@ impl Vm {
             // Single-threaded TCG, as in the boot test (see boot_test.rs for why).
             .args(["-machine", "q35", "-accel", "tcg,thread=single", "-smp", "2"])
             .args(["-m", &spec.memory_mib.to_string()])
-            .args(["-display", "none", "-vga", "std", "-monitor", "none", "-no-reboot"])
+            .args(["-display", "none", "-vga", if spec.graphics { "std" } else { "none" }])
+            .args(["-monitor", "none", "-no-reboot"])
             .arg("-serial")
             .arg(format!("file:{}", serial_log.display()))
             .arg("-drive")

@@ -195,6 +195,7 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
     assert!(gui.status.success(), "gui test failed");
     let report = stdout(&gui);
     for pass in [
+        "PASS no display: TRUTHDB-GUI-NO-DISPLAY",
         "PASS graphical installer up",
         "PASS welcome screen captured",
         "PASS installed through the graphical installer",
