@@ -316,8 +316,8 @@ impl App {
     }
 
     /// The screen's keyboard shortcuts, for keys no widget took: Enter goes on, Escape goes
-    /// back (or powers off where there is no back), the arrows choose (buttons cannot take focus in iced, so this is how a keyboard
-    /// alone gets through every screen).
+    /// back (or powers off where there is no back), the arrows choose (buttons cannot take
+    /// focus in iced, so this is how a keyboard alone gets through every screen).
     pub fn shortcut(&self, key: &keyboard::Key) -> Option<Msg> {
         let keyboard::Key::Named(named) = key else { return None };
         match (self.screen, named) {

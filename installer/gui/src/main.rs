@@ -58,7 +58,8 @@ enum Command {
     /// Exit 0 if the graphical installer should start (no unattended install config), else 1
     /// (the service's ExecCondition).
     ShouldRun,
-    /// Print full-frame render times of the welcome, disk, settings and installing screens (tiny-skia, no display needed).
+    /// Print full-frame render times of the welcome, disk, settings and installing screens
+    /// (tiny-skia, no display needed).
     BenchRender {
         /// Frames per screen and size.
         #[arg(long, default_value_t = 50)]
