@@ -5,16 +5,17 @@
 //! undone when [`install`] returns, whatever happened (see [`crate::mounts`]). The same code
 //! installs from the live system to a real disk and builds disk images on a loop device.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::config::InstallConfig;
+use crate::config::{Admin, InstallConfig};
 use crate::disks::{Disk, unsuitable};
 use crate::error::{Error, Result};
 use crate::mounts::Mounts;
 use crate::plan::{Layout, Plan, Role};
 use crate::progress::{Event, Phase};
 use crate::spec::ImageSpec;
-use crate::tool::{Log, Tool, io_error};
+use crate::tool::{self, Log, Tool, io_error};
 use crate::verify;
 
 /// Where the UKI goes: the removable-media fallback path every UEFI firmware boots without
@@ -175,8 +176,12 @@ pub fn install(request: &InstallRequest, log: &Log, on_event: &mut dyn FnMut(Eve
         let verifier = postgres_protocol::password::scram_sha_256(request.config.database.admin_password.as_bytes());
         Tool::new(configure)
             .env("TRUTHDB_ADMIN_USER", &request.config.admin.user)
-            .env("TRUTHDB_DB_PASSWORD_SCRAM", verifier)
+            .env("TRUTHDB_DB_PASSWORD_SCRAM", verifier.clone())
             .env("TRUTHDB_DATA_DIR", data_mount.unwrap_or(""))
+            // The verifier is in the environment (root-only in /proc), never in an argument;
+            // should PostgreSQL quote the CREATE ROLE statement in an error, the log does not
+            // keep it.
+            .redact(verifier)
             .in_root(&target)
             .run(log)?;
     }
@@ -391,23 +396,34 @@ fn regenerate_host_keys(target: &Path, log: &Log) -> Result<()> {
     Ok(())
 }
 
+/// The commands that make the admin account and set its password, built apart from running
+/// them so what reaches their command lines can be checked (the tests: never the hash).
+fn admin_account_tools(target: &Path, admin: &Admin) -> Vec<Tool> {
+    let user = admin.user.as_str();
+    let mut tools = vec![
+        Tool::new("useradd")
+            .args(["--create-home", "--shell", "/bin/bash", "--user-group", "--groups", "sudo", user])
+            .in_root(target),
+    ];
+    if let Some(hash) = &admin.password_hash {
+        // On stdin, not `usermod --password <hash>`: a command line is world-readable in /proc
+        // while it runs, and is logged. `-e`: the hash is set as given (chpasswd uses no PAM then).
+        tools.push(Tool::new("chpasswd").arg("-e").stdin(format!("{user}:{hash}\n")).redact(hash).in_root(target));
+    }
+    tools
+}
+
 fn create_admin(target: &Path, config: &InstallConfig, log: &Log) -> Result<()> {
     let admin = &config.admin;
     let user = admin.user.as_str();
-    Tool::new("useradd")
-        .args(["--create-home", "--shell", "/bin/bash", "--user-group", "--groups", "sudo", user])
-        .in_root(target)
-        .run(log)?;
-    match &admin.password_hash {
-        Some(hash) => {
-            Tool::new("usermod").args(["--password", hash.as_str(), user]).in_root(target).run(log)?;
-        }
-        None => {
-            // Key-only admins have no password to give sudo.
-            let path = target.join("etc/sudoers.d/truthdb-admin");
-            std::fs::write(&path, format!("{user} ALL=(ALL) NOPASSWD:ALL\n")).map_err(|e| io_error(&path, e))?;
-            Tool::new("chmod").args(["0440", "/etc/sudoers.d/truthdb-admin"]).in_root(target).run(log)?;
-        }
+    for tool in admin_account_tools(target, admin) {
+        tool.run(log)?;
+    }
+    if admin.password_hash.is_none() {
+        // Key-only admins have no password to give sudo.
+        let path = target.join("etc/sudoers.d/truthdb-admin");
+        std::fs::write(&path, format!("{user} ALL=(ALL) NOPASSWD:ALL\n")).map_err(|e| io_error(&path, e))?;
+        Tool::new("chmod").args(["0440", "/etc/sudoers.d/truthdb-admin"]).in_root(target).run(log)?;
     }
     if !admin.ssh_authorized_keys.is_empty() {
         let home = format!("/home/{user}/.ssh");
@@ -466,8 +482,45 @@ fn add_boot_entry(disk: &Disk, log: &Log) -> Option<String> {
     }
 }
 
+/// The installed system keeps the install log readable by root only, as the live system's
+/// (whatever mode the live copy has by then, or a file of that name in the image).
 fn copy_log(log: &Log, target: &Path) -> Result<()> {
     let dest = target.join(LOG_PATH);
     std::fs::copy(log.path(), &dest).map_err(|e| io_error(&dest, e))?;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(tool::PRIVATE)).map_err(|e| io_error(&dest, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "$y$j9T$someSalt$TheSecretHashOfTheAdmin";
+
+    #[test]
+    fn the_admin_password_hash_is_given_on_stdin_never_on_a_command_line() {
+        let admin = Admin { user: "dba".into(), ssh_authorized_keys: Vec::new(), password_hash: Some(HASH.into()) };
+        let tools = admin_account_tools(Path::new("/run/truthdb-installer/target"), &admin);
+        for tool in &tools {
+            let argv = tool.argv();
+            assert!(!argv.iter().any(|a| a.contains("TheSecretHash")), "the hash is in argv: {argv:?}");
+        }
+        let given = tools.iter().filter_map(Tool::stdin_text).collect::<Vec<_>>();
+        assert_eq!(given, [format!("dba:{HASH}\n")], "the hash reaches chpasswd on stdin");
+    }
+
+    #[test]
+    fn the_log_copied_to_the_installed_system_is_readable_by_root_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::create(&dir.path().join("live.log")).unwrap();
+        log.line("the install");
+        // Whatever the live log's mode, the installed system's copy is private.
+        std::fs::set_permissions(log.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let target = dir.path().join("target");
+        std::fs::create_dir_all(target.join("var/log")).unwrap();
+        copy_log(&log, &target).unwrap();
+        let copy = target.join(LOG_PATH);
+        assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), "the install\n");
+    }
 }
