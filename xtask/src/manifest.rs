@@ -189,6 +189,7 @@ impl Manifest {
         if self.pretty_name.trim().is_empty() {
             bail!("field `pretty_name` is empty");
         }
+        check_printable("pretty_name", &self.pretty_name)?;
         if self.suite.is_empty() || !self.suite.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
             bail!("field `suite`: {:?} is not a Debian suite name", self.suite);
         }
@@ -208,11 +209,13 @@ impl Manifest {
             if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
                 bail!("field `{field}`: {url:?} is not an http:// or https:// URL");
             }
+            check_live_build_value(field, url)?;
         }
         for param in &self.boot.append {
             if param.is_empty() || param.contains(char::is_whitespace) {
                 bail!("field `boot.append`: {param:?} must be one kernel parameter without spaces");
             }
+            check_kernel_parameter("boot.append", param)?;
             if param.starts_with("console=") {
                 bail!("field `boot.append`: {param:?}: set the console with `boot.serial_console`");
             }
@@ -223,6 +226,7 @@ impl Manifest {
                 self.boot.serial_console
             );
         }
+        check_kernel_parameter("boot.serial_console", &self.boot.serial_console)?;
         if self.boot.menu_timeout_seconds == 0 {
             bail!("field `boot.menu_timeout_seconds` is 0: the menu would wait forever for a key");
         }
@@ -231,10 +235,12 @@ impl Manifest {
         if volume.len() > MAX_VOLUME_ID || !volume.is_ascii() {
             bail!("field `iso.volume`: {volume:?} (with the version) is longer than {MAX_VOLUME_ID} ASCII characters");
         }
+        check_live_build_value("iso.volume", &self.iso.volume)?;
         for (field, value) in [("iso.publisher", &self.iso.publisher), ("iso.application", &self.iso.application)] {
-            if value.len() > MAX_ISO_ID || value.contains('"') {
-                bail!("field `{field}`: at most {MAX_ISO_ID} characters and no '\"'");
+            if value.len() > MAX_ISO_ID {
+                bail!("field `{field}`: at most {MAX_ISO_ID} characters");
             }
+            check_live_build_value(field, value)?;
         }
         Ok(())
     }
@@ -316,6 +322,47 @@ impl Payload {
         }
         Ok(())
     }
+}
+
+/// Refuses control characters (a newline would end a comment line in `auto/config` or a
+/// variable in `/etc/os-release`, and start a new one of the value's choosing).
+fn check_printable(field: &str, value: &str) -> Result<()> {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        bail!("field `{field}`: {value:?} holds the control character {c:?}");
+    }
+    Ok(())
+}
+
+/// Characters live-build cannot carry: `lb config` stores its options in shell files between
+/// double quotes that every later `lb` step sources (`"`, `$`, `` ` ``, `\` would end the
+/// quotes or run a command), and pastes some into sed expressions (`|`, `&`, `@`).
+const LIVE_BUILD_UNSAFE: &[char] = &['"', '$', '`', '\\', '|', '&', '@'];
+
+/// A value handed to `lb config`: `auto/config` quotes it for the shell, but live-build's own
+/// files do not, so what they cannot carry is refused here, naming the field.
+fn check_live_build_value(field: &str, value: &str) -> Result<()> {
+    check_printable(field, value)?;
+    if let Some(c) = value.chars().find(|c| LIVE_BUILD_UNSAFE.contains(c)) {
+        bail!(
+            "field `{field}`: {value:?} holds {c:?}, which live-build cannot carry (it writes the value into \
+             shell files it sources and sed expressions); leave out any of {}",
+            LIVE_BUILD_UNSAFE.iter().collect::<String>()
+        );
+    }
+    Ok(())
+}
+
+/// A kernel parameter goes through live-build's sed into GRUB's and isolinux's menus, where
+/// quotes, `$`, `;`, braces and backslashes mean something: only a plain set is accepted.
+fn check_kernel_parameter(field: &str, param: &str) -> Result<()> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "._,:=/+-".contains(c);
+    if let Some(c) = param.chars().find(|c| !plain(*c)) {
+        bail!(
+            "field `{field}`: {param:?} holds {c:?}; kernel parameters here may use letters, digits and . _ , : = / + - \
+             (GRUB and isolinux read the others as syntax)"
+        );
+    }
+    Ok(())
 }
 
 /// Debian's package-name syntax (Policy 5.6.1), which we also use for the appliance name.

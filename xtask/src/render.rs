@@ -150,18 +150,14 @@ fn write_image_spec(inputs: &RenderInputs, includes: &Path) -> Result<()> {
             configure: m.payload.configure.clone(),
         },
     };
-    let spec_path = includes.join(IMAGE_SPEC_PATH);
-    let dir = spec_path.parent().context("image spec path has a parent")?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let header = "# Rendered by `cargo xtask config` from lb-config/appliance.toml: read by truthdb-installer.\n";
-    fs::write(&spec_path, format!("{header}{}", spec.to_toml()))
-        .with_context(|| format!("writing {}", spec_path.display()))?;
-    let check = dir.join("health-check");
+    let spec_path = fsx::write_in_tree(includes, IMAGE_SPEC_PATH, format!("{header}{}", spec.to_toml()))?;
+    let dir = spec_path.parent().context("image spec path has a parent")?;
     let script = format!(
         "#!/bin/sh\n# Rendered from `payload.health_check` in lb-config/appliance.toml.\n{}\n",
         m.payload.health_check
     );
-    fs::write(&check, script).with_context(|| format!("writing {}", check.display()))?;
+    let check = fsx::write_in_tree(includes, dir.strip_prefix(includes)?.join("health-check"), script)?;
     fs::set_permissions(&check, fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
@@ -194,6 +190,10 @@ fn render_lb_config(src: &Path, dest: &Path, context: &TemplateContext) -> Resul
     // A misspelt variable is an error, not an empty string in a boot menu.
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
+    // Values land in a shell script (`auto/config`) and in `/etc/os-release`, which the image
+    // sources as root: each template says how its values are quoted for where they land.
+    env.add_filter("sh", |value: String| shell_quote(&value));
+    env.add_filter("os_release", |value: String| os_release_quote(&value));
 
     let mut templates: BTreeMap<PathBuf, (PathBuf, u32)> = BTreeMap::new();
     for entry in walkdir::WalkDir::new(src).follow_links(false).sort_by_file_name() {
@@ -203,6 +203,7 @@ fn render_lb_config(src: &Path, dest: &Path, context: &TemplateContext) -> Resul
             continue;
         }
         let target = dest.join(rel);
+        fsx::refuse_symlinks_on_path(dest, &target)?;
         let kind = entry.file_type();
         let mode = entry.metadata()?.permissions().mode() & 0o7777;
         if kind.is_dir() {
@@ -218,6 +219,7 @@ fn render_lb_config(src: &Path, dest: &Path, context: &TemplateContext) -> Resul
         }
     }
     for (rel, (target, mode)) in templates {
+        fsx::refuse_symlinks_on_path(dest, &target)?;
         let name = rel.display().to_string();
         let text = env
             .get_template(&name)
@@ -228,6 +230,32 @@ fn render_lb_config(src: &Path, dest: &Path, context: &TemplateContext) -> Resul
         fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
     }
     Ok(())
+}
+
+/// Quotes `value` as one POSIX shell word: bare when it holds only characters no shell treats
+/// specially (so `auto/config` stays readable), else in single quotes, inside which nothing is
+/// special; a `'` becomes `'\''`.
+pub fn shell_quote(value: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./:=,+-@%".contains(c);
+    if !value.is_empty() && value.chars().all(plain) {
+        return value.to_owned();
+    }
+    format!("'{}'", value.replace('\'', "'\\''"))
+}
+
+/// Quotes `value` for `/etc/os-release` as os-release(5) asks: in double quotes, with `\`, `"`,
+/// `$` and `` ` `` escaped by a backslash, so a shell sourcing the file reads it verbatim.
+pub fn os_release_quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if matches!(c, '\\' | '"' | '$' | '`') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 /// Copies live-build hooks unchanged, refusing files live-build would silently ignore.
