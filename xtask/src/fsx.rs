@@ -17,6 +17,7 @@ pub fn copy_tree(src: &Path, dest: &Path, skip: &[&str]) -> Result<()> {
         let entry = entry.with_context(|| format!("walking {}", src.display()))?;
         let rel = entry.path().strip_prefix(src).expect("walkdir stays under its root");
         let target = dest.join(rel);
+        refuse_symlinks_on_path(dest, &target)?;
         if entry.file_type().is_dir() {
             fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
             let mode = entry.metadata()?.permissions().mode() & 0o7777;
@@ -30,6 +31,44 @@ pub fn copy_tree(src: &Path, dest: &Path, skip: &[&str]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses to write `path` (inside the tree `root`) when it, or a directory on the way to it
+/// below `root`, is a symlink. Trees are copied with symlinks kept as symlinks, so an overlay entry
+/// such as `usr -> /somewhere` is a link in the image; writing `usr/lib/x` through it would
+/// instead follow it and, as root, write on the host.
+pub fn refuse_symlinks_on_path(root: &Path, path: &Path) -> Result<()> {
+    let Ok(rel) = path.strip_prefix(root) else {
+        bail!("{} is not inside {}", path.display(), root.display());
+    };
+    let mut at = root.to_owned();
+    for component in rel.components() {
+        at.push(component);
+        if let Ok(meta) = at.symlink_metadata()
+            && meta.file_type().is_symlink()
+        {
+            let link = fs::read_link(&at).unwrap_or_default();
+            bail!(
+                "{} is a symlink (to {}), and {} would be written through it: \
+                 make it a directory, or put the files where it points inside the tree",
+                at.display(),
+                link.display(),
+                rel.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes `contents` to `root/rel`, creating directories, never through a symlink.
+pub fn write_in_tree(root: &Path, rel: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result<std::path::PathBuf> {
+    let path = root.join(rel);
+    refuse_symlinks_on_path(root, &path)?;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// Copies one file or symlink, keeping the permission bits.

@@ -67,15 +67,20 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
     // live-build installs every .deb in config/packages.chroot/ from a local repository; only
     // the image package goes there (no headers, -dbg or libc-dev).
     let local_debs = inputs.build_dir.join("config/packages.chroot");
+    fsx::refuse_symlinks_on_path(&inputs.build_dir, &local_debs)?;
     fs::create_dir_all(&local_debs)?;
     for deb in std::iter::once(&inputs.kernel_deb).chain(&inputs.payload_debs) {
         let deb_name = deb.file_name().context("package has no file name")?;
+        fsx::refuse_symlinks_on_path(&inputs.build_dir, &local_debs.join(deb_name))?;
         fs::copy(deb, local_debs.join(deb_name))
             .with_context(|| format!("copying {} into config/packages.chroot", deb.display()))?;
     }
     let bin = inputs.build_dir.join("config/includes.chroot/usr/bin");
+    fsx::refuse_symlinks_on_path(&inputs.build_dir, &bin)?;
     fs::create_dir_all(&bin)?;
     for (binary, name) in [(&inputs.installer, "truthdb-installer"), (&inputs.installer_gui, "truthdb-installer-gui")] {
+        // The overlay may hold symlinks (kept as links): never copy through one onto the host.
+        fsx::refuse_symlinks_on_path(&inputs.build_dir, &bin.join(name))?;
         fs::copy(binary, bin.join(name))
             .with_context(|| format!("copying {} into config/includes.chroot", binary.display()))?;
         fs::set_permissions(bin.join(name), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;

@@ -44,9 +44,18 @@ fn repository_config_matches_golden_files() {
     render_into(&out);
     let golden = repo_root().join("xtask/tests/golden/config");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        let before = if golden.exists() { describe(&golden) } else { Vec::new() };
         let _ = fs::remove_dir_all(&golden);
         fs::create_dir_all(golden.parent().unwrap()).unwrap();
         assert!(Command::new("cp").arg("-a").arg(&out).arg(&golden).status().unwrap().success());
+        // Like a check mode that fixes what it finds: a refresh that changed something is not a
+        // pass, so a CI run that sets UPDATE_GOLDEN by mistake still fails on a stale tree.
+        assert!(
+            before == describe(&golden),
+            "golden files in {} were out of date and have been rewritten: review `git diff`, then run again \
+             without UPDATE_GOLDEN",
+            golden.display()
+        );
         return;
     }
     let (actual, expected) = (describe(&out), describe(&golden));
@@ -84,9 +93,9 @@ fn manifest_values_reach_the_live_build_options() {
     let result = project.xtask(&["config", "--out", out.to_str().unwrap()]);
     assert!(result.status.success(), "{}", stderr(&result));
     let auto = fs::read_to_string(out.join("auto/config")).unwrap();
-    assert!(auto.contains("--mirror-chroot \"http://mirror.example/debian\""), "{auto}");
-    assert!(auto.contains("--mirror-chroot-security \"http://deb.debian.org/debian-security\""), "{auto}");
-    assert!(auto.contains("--image-name \"truthdb-os-9.9.9-test"), "{auto}");
+    assert!(auto.contains("--mirror-chroot http://mirror.example/debian "), "{auto}");
+    assert!(auto.contains("--mirror-chroot-security http://deb.debian.org/debian-security "), "{auto}");
+    assert!(auto.contains("--image-name truthdb-os-9.9.9-test"), "{auto}");
     assert!(fs::read_to_string(out.join("config/bootloaders/isolinux/isolinux.cfg")).unwrap().contains("timeout 40"));
     assert!(fs::read_to_string(out.join("config/bootloaders/grub-pc/config.cfg")).unwrap().contains("set timeout=4"));
     let release = fs::read_to_string(out.join("config/includes.chroot/etc/os-release")).unwrap();
@@ -107,4 +116,22 @@ fn overlay_modes_and_symlinks_are_kept() {
     let copied = out.join("config/includes.chroot/usr/local/sbin");
     assert_eq!(fs::metadata(copied.join("secret-tool")).unwrap().permissions().mode() & 0o777, 0o700);
     assert_eq!(fs::read_link(copied.join("alias")).unwrap(), Path::new("secret-tool"));
+}
+
+#[test]
+fn an_overlay_symlink_leading_out_of_the_tree_is_never_written_through() {
+    let project = ProjectCopy::new();
+    let outside = tempfile::tempdir().unwrap();
+    // The render writes usr/lib/truthdb/image.toml; with overlay/usr a link to a host
+    // directory, following it would write on the host.
+    let usr = project.path("overlay/usr");
+    let _ = fs::remove_dir_all(&usr);
+    std::os::unix::fs::symlink(outside.path(), &usr).unwrap();
+    let out = project.path("rendered");
+    let result = project.xtask(&["config", "--out", out.to_str().unwrap()]);
+    assert!(!result.status.success(), "rendered through a symlink to {}", outside.path().display());
+    let msg = stderr(&result);
+    assert!(msg.contains("symlink") && msg.contains("usr"), "{msg}");
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "files were written outside the tree");
+    assert!(!out.exists(), "a half-rendered tree was left");
 }
