@@ -157,15 +157,47 @@ pub fn published_build(dist: &Path, stem: &str) -> Option<BuildInfo> {
     Some(info)
 }
 
-/// Checks every file listed in the given sums files; returns the names checked.
+/// Files a user downloads and runs: each must be covered by every sums file, or a directory
+/// whose image was left out of the sums would verify and ship unchecked.
+pub fn is_image_artifact(name: &str) -> bool {
+    [".hybrid.iso", ".packages", ".build-info.json", ".qcow2", ".raw", ".raw.zst", ".raw.xz", ".img"]
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
+}
+
+/// Checks every file listed in the given sums files, and that the lists are complete: every
+/// image artifact in `dir` is listed in each of them and no list is empty. Returns the names
+/// checked.
 pub fn verify_sums(dir: &Path, algorithms: &[Algorithm]) -> Result<Vec<String>> {
+    let mut artifacts: Vec<String> = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| is_image_artifact(name))
+        .collect();
+    artifacts.sort();
     let mut checked = Vec::new();
     // digest_file computes both digests in one read: an image is read once, not per sums file.
     let mut digests: std::collections::HashMap<String, checksums::FileDigests> = Default::default();
     for &algorithm in algorithms {
         let sums_path = dir.join(algorithm.sums_file());
         let text = fs::read_to_string(&sums_path).with_context(|| format!("reading {}", sums_path.display()))?;
-        for (expected, name) in checksums::parse_sums(algorithm, &text)? {
+        let listed = checksums::parse_sums(algorithm, &text)?;
+        if listed.is_empty() {
+            bail!("{} lists no files: there is nothing to verify", sums_path.display());
+        }
+        for artifact in &artifacts {
+            if !listed.iter().any(|(_, name)| name == artifact) {
+                bail!(
+                    "{artifact} is not listed in {} (in {}): it would not be checked; every image file \
+                     must be in both sums files",
+                    algorithm.sums_file(),
+                    dir.display()
+                );
+            }
+        }
+        for (expected, name) in listed {
             if !digests.contains_key(&name) {
                 let digest = checksums::digest_file(&dir.join(&name))
                     .with_context(|| format!("{} lists {name}, which cannot be read", algorithm.sums_file()))?;
@@ -313,6 +345,72 @@ mod tests {
         }
         let msg = format!("{:#}", run_verify_command(dist.path(), None).unwrap_err());
         assert!(msg.contains("bad signature"), "{msg}");
+    }
+
+    /// Rewrites both sums files to list only `keep` (with their true digests) and signs them
+    /// again with `signer`: sums and signatures are then consistent, and only completeness can
+    /// catch what is missing.
+    fn relist(dist: &Path, signer: &Signer, keep: &[(&str, &[Algorithm])]) {
+        for algorithm in Algorithm::ALL {
+            let files: Vec<_> = keep
+                .iter()
+                .filter(|(_, algorithms)| algorithms.contains(&algorithm))
+                .map(|(name, _)| (name.to_string(), checksums::digest_file(&dist.join(name)).unwrap()))
+                .collect();
+            let sums = dist.join(algorithm.sums_file());
+            fs::write(&sums, checksums::sums_text(algorithm, &files)).unwrap();
+            signer.sign_detached(&sums).unwrap();
+        }
+    }
+
+    #[test]
+    fn verify_requires_every_artifact_listed_in_both_sums_and_every_signature() {
+        const ISO: &str = "truthdb-os-0.1.0-amd64.hybrid.iso";
+        const PACKAGES: &str = "truthdb-os-0.1.0-amd64.packages";
+        const INFO: &str = "truthdb-os-0.1.0-amd64.build-info.json";
+        let both: &[Algorithm] = &Algorithm::ALL;
+        let publish_fresh = || {
+            let build = tempfile::tempdir().unwrap();
+            let dist = tempfile::tempdir().unwrap();
+            let (iso, packages) = fake_build(build.path());
+            let signer = Signer::new(&KeySource::Development).unwrap();
+            let artifacts = Artifacts { iso: &iso, package_manifest: &packages, stem: "truthdb-os-0.1.0-amd64" };
+            publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).unwrap();
+            run_verify_command(dist.path(), None).unwrap();
+            (dist, signer)
+        };
+        let refused = |dist: &Path, expected: &str| {
+            let msg = format!("{:#}", run_verify_command(dist, None).unwrap_err());
+            assert!(msg.contains(expected), "expected {expected:?} in {msg:?}");
+        };
+
+        // The ISO is in the directory but listed in neither sums file: it would ship unchecked.
+        let (dist, signer) = publish_fresh();
+        relist(dist.path(), &signer, &[(PACKAGES, both), (INFO, both)]);
+        refused(dist.path(), &format!("{ISO} is not listed in SHA256SUMS"));
+
+        // Listed in one sums file only.
+        let (dist, signer) = publish_fresh();
+        relist(dist.path(), &signer, &[(ISO, &[Algorithm::Sha256]), (PACKAGES, both), (INFO, both)]);
+        refused(dist.path(), &format!("{ISO} is not listed in SHA512SUMS"));
+
+        // A listed file that is not there.
+        let (dist, _signer) = publish_fresh();
+        fs::remove_file(dist.path().join(PACKAGES)).unwrap();
+        refused(dist.path(), &format!("lists {PACKAGES}, which cannot be read"));
+
+        // A signature that is not there.
+        let (dist, _signer) = publish_fresh();
+        fs::remove_file(dist.path().join("SHA512SUMS.sign")).unwrap();
+        refused(dist.path(), "SHA512SUMS.sign is missing");
+
+        // Sums that list nothing verify nothing.
+        let (dist, signer) = publish_fresh();
+        for name in [ISO, PACKAGES, INFO] {
+            fs::remove_file(dist.path().join(name)).unwrap();
+        }
+        relist(dist.path(), &signer, &[]);
+        refused(dist.path(), "lists no files");
     }
 
     #[test]
