@@ -15,6 +15,12 @@ const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 const LINUX_DATA_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
+/// The GPT partition names and file system labels of an install's root and data partitions
+/// (the ESP's "ESP" is anybody's): how a disk that already holds TruthDB OS is recognised.
+pub const ROOT_LABEL: &str = "truthdb-root";
+pub const DATA_LABEL: &str = "truthdb-data";
+pub const INSTALL_LABELS: &[&str] = &[ROOT_LABEL, DATA_LABEL];
+
 /// What the layout depends on besides the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
@@ -93,7 +99,7 @@ impl Plan {
             device: partition_device(&disk.path, 2),
             size_bytes: layout.data_partition.then_some(layout.root_bytes),
             filesystem: "ext4",
-            label: "truthdb-root",
+            label: ROOT_LABEL,
         });
         if layout.data_partition {
             partitions.push(PlannedPartition {
@@ -101,7 +107,7 @@ impl Plan {
                 device: partition_device(&disk.path, 3),
                 size_bytes: None,
                 filesystem: "ext4",
-                label: "truthdb-data",
+                label: DATA_LABEL,
             });
         }
         Plan { disk: disk.clone(), partitions }
