@@ -19,6 +19,14 @@ pub struct InstallConfig {
     pub database: Database,
     #[serde(default)]
     pub power: PowerAction,
+    /// Install over a disk that already holds TruthDB OS. Off by default, so that an install
+    /// medium left in the machine does not reinstall it on the next boot from that medium.
+    #[serde(default)]
+    pub reinstall: bool,
+    /// Install although this machine was booted by BIOS (no /sys/firmware/efi): the installed
+    /// system boots only by UEFI, so this is for a disk that moves to a UEFI machine.
+    #[serde(default)]
+    pub allow_bios: bool,
 }
 
 /// Exactly one way of naming the target disk.
@@ -184,6 +192,9 @@ admin_password = "correct horse battery"
         let c = InstallConfig::parse(GOOD, "install.toml").unwrap();
         assert_eq!(c.disk, Some(DiskSelector::Serial("QM00001".into())));
         assert_eq!(c.power, PowerAction::Reboot);
+        assert!(!c.reinstall && !c.allow_bios, "the guards are on unless the config turns them off");
+        let c = InstallConfig::parse(&format!("reinstall = true\nallow_bios = true\n{GOOD}"), "install.toml").unwrap();
+        assert!(c.reinstall && c.allow_bios);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config::InstallConfig;
 use crate::error::{Error, Result};
 
 /// Where live-boot mounts the medium it booted from.
@@ -39,9 +40,77 @@ pub fn unattended_config(cmdline: &str, medium: &Path) -> Result<Option<PathBuf>
     }
 }
 
+/// Whether this machine was booted by UEFI: the firmware's directory in sysfs
+/// (`/sys/firmware/efi`) exists only then.
+pub fn booted_by_uefi(sys_firmware_efi: &Path) -> bool {
+    sys_firmware_efi.is_dir()
+}
+
+/// Why an unattended install must not go on with this disk on this machine, if it must not.
+/// `existing_install` is what [`crate::disks::existing_install`] found on the disk.
+///
+/// The medium stays in the machine after an unattended install: a firmware that boots it again
+/// must not erase the install it made, so a disk holding TruthDB OS needs `reinstall = true`.
+/// The installed system boots only by UEFI (a UKI at the fallback path), so a machine booted
+/// by BIOS needs `allow_bios = true`.
+pub fn unattended_refusal(config: &InstallConfig, uefi: bool, existing_install: Option<&str>) -> Option<String> {
+    let mut reasons = Vec::new();
+    if let Some(found) = existing_install.filter(|_| !config.reinstall) {
+        reasons.push(format!(
+            "{found}; was the install medium left in? Set `reinstall = true` in the install config to install over it"
+        ));
+    }
+    if !uefi && !config.allow_bios {
+        reasons.push(
+            "this machine was booted by BIOS (no /sys/firmware/efi) and the installed system boots only by UEFI; \
+             set `allow_bios = true` in the install config to install anyway (for a disk that moves to a UEFI machine)"
+                .to_owned(),
+        );
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; and "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(extra: &str) -> InstallConfig {
+        let text = format!(
+            "wipe = true\nhostname = \"db1\"\n{extra}\n[disk]\nlargest = true\n\
+             [admin]\nuser = \"dba\"\nssh_authorized_keys = [\"ssh-ed25519 AAAA dba@laptop\"]\n\
+             [database]\nadmin_password = \"correct horse battery\"\n"
+        );
+        InstallConfig::parse(&text, "install.toml").unwrap()
+    }
+
+    #[test]
+    fn a_disk_holding_an_install_is_reinstalled_only_when_the_config_says_so() {
+        let found = "it already holds TruthDB OS (/dev/vda2 is a partition named \"truthdb-root\")";
+        let refused = unattended_refusal(&config(""), true, Some(found)).unwrap();
+        assert!(refused.contains("already holds TruthDB OS") && refused.contains("reinstall = true"), "{refused}");
+        assert_eq!(unattended_refusal(&config("reinstall = true"), true, Some(found)), None);
+        assert_eq!(unattended_refusal(&config(""), true, None), None);
+    }
+
+    #[test]
+    fn a_bios_booted_machine_is_refused_unless_the_config_allows_it() {
+        let refused = unattended_refusal(&config(""), false, None).unwrap();
+        assert!(refused.contains("BIOS") && refused.contains("allow_bios = true"), "{refused}");
+        assert_eq!(unattended_refusal(&config("allow_bios = true"), false, None), None);
+        // Both: each guard needs its own consent.
+        let found = Some("it already holds TruthDB OS (/dev/vda2 ...)");
+        assert!(unattended_refusal(&config("allow_bios = true"), false, found).unwrap().contains("reinstall"));
+        assert!(unattended_refusal(&config("reinstall = true"), false, found).unwrap().contains("allow_bios"));
+        assert_eq!(unattended_refusal(&config("reinstall = true\nallow_bios = true"), false, found), None);
+    }
+
+    #[test]
+    fn uefi_is_told_by_sysfs() {
+        let sys = tempfile::tempdir().unwrap();
+        assert!(!booted_by_uefi(&sys.path().join("firmware/efi")));
+        std::fs::create_dir_all(sys.path().join("firmware/efi")).unwrap();
+        assert!(booted_by_uefi(&sys.path().join("firmware/efi")));
+    }
 
     #[test]
     fn the_kernel_parameter_wins_over_the_medium() {

@@ -286,6 +286,9 @@ impl App {
             },
             database: Database { admin_password: s.database_password.clone() },
             power: PowerAction::Reboot,
+            // The unattended path's guards: a person here has chosen and confirmed the disk.
+            reinstall: false,
+            allow_bios: false,
         };
         config.validate().map(|()| config)
     }
