@@ -2,6 +2,8 @@
 //! appliance's identity. Unknown keys are errors; so are a missing `wipe = true`, an admin
 //! account with no way to log in, and a default or empty database password.
 
+use std::path::Path;
+
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -90,6 +92,13 @@ impl InstallConfig {
         })
     }
 
+    /// The checks that need the image to install (its root file system at `root`), run
+    /// before anything is written.
+    pub fn validate_against_image(&self, root: &Path) -> std::result::Result<(), String> {
+        check_login_name_unused(&self.admin.user, root)
+            .map_err(|why| format!("field `admin.user`: {:?}: {why}", self.admin.user))
+    }
+
     /// The checks `parse` runs, for configs built in code (the graphical installer's).
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.wipe != Some(true) {
@@ -121,29 +130,102 @@ impl InstallConfig {
 // One check per setting, shared by the config file's validation and the graphical installer
 // (which shows the reason under the field as it is typed).
 
-/// A host name: dot-separated labels of letters, digits and inner hyphens.
+/// The longest host name the kernel takes (HOST_NAME_MAX, sethostname(2)) and systemd reads
+/// from /etc/hostname (a longer one is ignored at boot); the DNS's 253 does not apply.
+pub const HOSTNAME_MAX: usize = 64;
+/// The longest part between dots (RFC 1035).
+const HOSTNAME_LABEL_MAX: usize = 63;
+
+/// A host name as hostname(7) and systemd take it: dot-separated parts of ASCII letters,
+/// digits and inner hyphens, at most 64 characters in all and 63 per part.
 pub fn check_hostname(host: &str) -> std::result::Result<(), String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    };
-    if host.len() > 253 || !host.split('.').all(label_ok) {
-        return Err("not a valid host name (letters, digits and '-' in dot-separated parts)".into());
+    if host.is_empty() {
+        return Err("empty".into());
+    }
+    if let Some(c) = host.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.')) {
+        return Err(format!("{c:?} is not allowed (letters, digits, '-', and dots between parts)"));
+    }
+    if host.len() > HOSTNAME_MAX {
+        return Err(format!(
+            "{} characters, longer than {HOSTNAME_MAX} (the most the kernel and systemd take)",
+            host.len()
+        ));
+    }
+    for label in host.split('.') {
+        if label.is_empty() {
+            return Err("an empty part (a dot at the start or the end, or two in a row)".into());
+        }
+        if label.len() > HOSTNAME_LABEL_MAX {
+            return Err(format!("the part {label:?} is {} characters, longer than {HOSTNAME_LABEL_MAX}", label.len()));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("the part {label:?} starts or ends with '-'"));
+        }
     }
     Ok(())
 }
 
-/// A login name for the admin account (not root).
+/// The longest login name useradd takes (the utmp user field).
+pub const LOGIN_NAME_MAX: usize = 32;
+
+/// Users and groups the image's system has (Debian's base-passwd, systemd, the packages the
+/// image carries): `useradd --user-group` fails on each, after the disk was erased. A fixed
+/// list so a front end can check as it is typed, without the image; the install also checks
+/// the image's own /etc/passwd and /etc/group (see [`check_login_name_unused`]).
+const SYSTEM_NAMES: &[&str] = &[
+    // Debian's base-passwd: users and groups.
+    "root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc gnats _apt nobody nogroup",
+    "adm tty disk kmem dialout fax voice cdrom floppy tape sudo audio dip operator src shadow utmp video sasl",
+    "plugdev staff users",
+    // systemd, udev, D-Bus, polkit.
+    "systemd-journal systemd-network systemd-resolve systemd-timesync systemd-coredump systemd-oom",
+    "input kvm render sgx clock netdev messagebus polkitd tss",
+    // The payload and the services the image runs.
+    "postgres ssl-cert sshd _ssh dhcpcd _chrony crontab",
+];
+
+/// Role names PostgreSQL refuses in `CREATE ROLE` (the configure program makes a role of the
+/// admin's name).
+const POSTGRES_RESERVED_ROLES: &[&str] = &["public", "none"];
+
+/// A login name for the admin account as useradd takes it with Debian's default NAME_REGEX
+/// (`^[a-z][-a-z0-9_]*$`), at most 32 characters, not one of the system's own users or
+/// groups, and one PostgreSQL takes as a role name.
 pub fn check_login_name(user: &str) -> std::result::Result<(), String> {
-    if user.is_empty()
-        || user == "root"
-        || !user.starts_with(|c: char| c.is_ascii_lowercase())
+    if user.is_empty() {
+        return Err("empty".into());
+    }
+    if SYSTEM_NAMES.iter().flat_map(|line| line.split_whitespace()).any(|name| name == user) {
+        return Err("a user or group of the system itself: choose another name".into());
+    }
+    if !user.starts_with(|c: char| c.is_ascii_lowercase())
         || !user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
     {
-        return Err("not a usable login name (lower-case letters, digits, '-' and '_'; not root)".into());
+        return Err("a lower-case letter first, then lower-case letters, digits, '-' and '_' only".into());
+    }
+    if user.len() > LOGIN_NAME_MAX {
+        return Err(format!("{} characters, longer than {LOGIN_NAME_MAX}", user.len()));
+    }
+    if user.starts_with("pg_") || POSTGRES_RESERVED_ROLES.contains(&user) {
+        return Err("PostgreSQL reserves this role name (pg_..., public, none)".into());
+    }
+    Ok(())
+}
+
+/// The admin's login name is not already a user or a group of the image whose root file
+/// system is `root` (its /etc/passwd and /etc/group; a file that is not there is skipped, the
+/// fixed list of [`check_login_name`] still applies).
+pub fn check_login_name_unused(user: &str, root: &Path) -> std::result::Result<(), String> {
+    for (file, what) in [("etc/passwd", "user"), ("etc/group", "group")] {
+        let path = root.join(file);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        if text.lines().any(|line| line.split(':').next() == Some(user)) {
+            return Err(format!("already a {what} of the image (/{file}): choose another name"));
+        }
     }
     Ok(())
 }
@@ -226,5 +308,62 @@ admin_password = "correct horse battery"
         assert!(err(&clear).contains("crypt(3)"));
         assert!(err(&GOOD.replace("db1.example.org", "db_1")).contains("hostname"));
         assert!(err(&GOOD.replace("user = \"dba\"", "user = \"root\"")).contains("admin.user"));
+    }
+
+    #[test]
+    fn host_names_are_what_sethostname_and_systemd_take() {
+        let longest = format!("{}.{}", "a".repeat(31), "b".repeat(32));
+        for good in ["db1", "db1.example.org", "DB-1.Example.org", "1db", &"a".repeat(63), &longest] {
+            assert_eq!(check_hostname(good), Ok(()), "{good}");
+        }
+        let long = format!("{}.{}", "a".repeat(32), "b".repeat(32));
+        assert!(check_hostname(&long).unwrap_err().contains("64"), "{:?}", check_hostname(&long));
+        let label = "a".repeat(64);
+        assert!(check_hostname(&label).unwrap_err().contains("63"), "{:?}", check_hostname(&label));
+        for bad in ["", "-db", "db-", "db.-x", "db..x", ".db", "db.", "db_1", "db 1", "d\u{e9}"] {
+            assert!(check_hostname(bad).is_err(), "{bad:?} was accepted");
+        }
+        let e = err(&GOOD.replace("db1.example.org", &long));
+        assert!(e.contains("field `hostname`") && e.contains("64"), "{e}");
+    }
+
+    #[test]
+    fn login_names_are_what_useradd_and_postgres_take_and_not_the_systems_own() {
+        for good in ["dba", "admin", "db-admin", "ops_1", &"a".repeat(32)] {
+            assert_eq!(check_login_name(good), Ok(()), "{good}");
+        }
+        for taken in ["root", "postgres", "sshd", "daemon", "nobody", "_apt", "systemd-network", "messagebus", "sudo"] {
+            let why = check_login_name(taken).unwrap_err();
+            assert!(why.contains("system"), "{taken}: {why}");
+        }
+        assert!(check_login_name(&"a".repeat(33)).unwrap_err().contains("32"));
+        for pg in ["pg_admin", "public", "none"] {
+            assert!(check_login_name(pg).unwrap_err().contains("PostgreSQL"), "{pg}: {:?}", check_login_name(pg));
+        }
+        for bad in ["", "Dba", "1dba", "dba$", "_dba", "-dba", "d.ba", "d ba"] {
+            assert!(check_login_name(bad).is_err(), "{bad:?} was accepted");
+        }
+        let e = err(&GOOD.replace("user = \"dba\"", "user = \"postgres\""));
+        assert!(e.contains("field `admin.user`") && e.contains("\"postgres\"") && e.contains("system"), "{e}");
+    }
+
+    #[test]
+    fn a_login_name_the_image_already_has_as_user_or_group_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        // No account files (a source not mounted yet): only the fixed list applies.
+        assert_eq!(check_login_name_unused("alice", root.path()), Ok(()));
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        std::fs::write(
+            root.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n",
+        )
+        .unwrap();
+        std::fs::write(root.path().join("etc/group"), "root:x:0:\nwheel2:x:50:alice\n").unwrap();
+        assert!(check_login_name_unused("alice", root.path()).unwrap_err().contains("user"));
+        assert!(check_login_name_unused("wheel2", root.path()).unwrap_err().contains("group"));
+        assert_eq!(check_login_name_unused("dba", root.path()), Ok(()));
+        let config = InstallConfig::parse(&GOOD.replace("user = \"dba\"", "user = \"alice\""), "install.toml").unwrap();
+        let e = config.validate_against_image(root.path()).unwrap_err();
+        assert!(e.contains("field `admin.user`") && e.contains("\"alice\""), "{e}");
     }
 }

@@ -76,14 +76,14 @@ pub fn layout_for(spec: &ImageSpec) -> Layout {
 }
 
 /// Installs to `request.disk`, erasing it. Refuses (without writing) a disk that is the boot
-/// medium, too small, read-only or has mounted partitions.
+/// medium, too small, read-only, in use (mounted, swap, LVM, LUKS, md, multipath) or no longer
+/// the disk that was chosen.
 pub fn install(request: &InstallRequest, log: &Log, on_event: &mut dyn FnMut(Event)) -> Result<InstallReport> {
     let layout = layout_for(&request.spec);
     let disk = &request.disk;
     if let Some(reason) = unsuitable(disk, request.boot_medium.as_deref(), layout.min_disk_bytes()) {
         return Err(Error::Refused { disk: disk.describe(), reason });
     }
-    refuse_mounted(disk)?;
     if !request.source.is_file() {
         return Err(Error::Config {
             source: request.source.display().to_string(),
@@ -93,10 +93,26 @@ pub fn install(request: &InstallRequest, log: &Log, on_event: &mut dyn FnMut(Eve
     let plan = Plan::new(disk, &layout);
     log.line(&format!("truthdb-installer {}: installing to {}", crate::VERSION, disk.describe()));
     log.line(&plan.to_string());
+
+    // The image is mounted first so the config is checked against its own accounts before
+    // anything is written: `useradd --user-group` fails on a name the image already has as
+    // a user or a group, and by then the disk would be erased.
+    let mut mounts = Mounts::new(log);
+    let source = request.work_dir.join("source");
+    mounts.mount(&request.source.to_string_lossy(), &source, &["-t", "squashfs", "-o", "loop,ro"])?;
+    request.config.validate_against_image(&source).map_err(|message| Error::Config {
+        source: format!("(checked against the image {})", request.source.display()),
+        message,
+    })?;
     let mut emit = |event: Event| {
         log.line(&event.to_string());
         on_event(event);
     };
+
+    // Right before the first write, the disk is read again: still the disk chosen (a front end
+    // may have listed the disks minutes ago) and nothing on it in use.
+    crate::recheck_before_write(disk)?;
+    log.line(&format!("{}: still the disk chosen; nothing on it is in use", disk.path));
 
     // Partition.
     emit(Event::new(Phase::Partition, 0.0, format!("writing a GPT to {}", disk.path)));
@@ -131,11 +147,8 @@ pub fn install(request: &InstallRequest, log: &Log, on_event: &mut dyn FnMut(Eve
     let uuid_of = |role: Role| partitions.iter().find(|p| p.0 == role).map(|p| p.2.clone());
     let device_of = |role: Role| partitions.iter().find(|p| p.0 == role).map(|p| p.1.clone());
 
-    // Mount source and target.
-    let mut mounts = Mounts::new(log);
-    let source = request.work_dir.join("source");
+    // Mount the target (the source is mounted above).
     let target = request.work_dir.join("target");
-    mounts.mount(&request.source.to_string_lossy(), &source, &["-t", "squashfs", "-o", "loop,ro"])?;
     mounts.mount(&device_of(Role::Root).expect("root"), &target, &[])?;
     let data_mount = request.spec.payload.data_mount.as_deref();
     if let (Some(mount), Some(device)) = (data_mount, device_of(Role::Data)) {
@@ -233,21 +246,6 @@ pub fn install(request: &InstallRequest, log: &Log, on_event: &mut dyn FnMut(Eve
     }
     emit(Event::new(Phase::Done, 0.0, format!("installed TruthDB OS {} to {}", request.spec.version, disk.path)));
     Ok(InstallReport { disk: disk.describe(), partitions, copied, kernel_release, boot_entry, footprint_bytes })
-}
-
-/// A disk with a mounted partition is in use (perhaps by the very system running us).
-fn refuse_mounted(disk: &Disk) -> Result<()> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mounted: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|source| *source == disk.path || disk.children.iter().any(|c| source.trim_start_matches("/dev/") == c))
-        .collect();
-    if mounted.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Refused { disk: disk.describe(), reason: format!("it is in use: {} mounted", mounted.join(", ")) })
-    }
 }
 
 /// The kernel may not re-read the new table by itself (a loop device, or a kernel without
