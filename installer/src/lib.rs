@@ -56,9 +56,75 @@ pub fn list_disks() -> Result<Vec<disks::Disk>> {
     disks::parse_lsblk(&lsblk(&[])?, &by_id_names)
 }
 
-/// One block device named by path (a disk, or the loop device of a disk image).
+/// One block device named by path (a disk, or the loop device of a disk image), with its
+/// partitions and holders (so the boot medium and in-use checks see them).
 pub fn describe_device(path: &str) -> Result<disks::Disk> {
-    disks::parse_lsblk_device(&lsblk(&["--nodeps", path])?, &by_id_names)
+    disks::parse_lsblk_device(&lsblk(&[path])?, &by_id_names)
+}
+
+/// All disks, looked at again (every second, up to 30 s) until the selector's disk is there:
+/// a disk named by id, serial or path may still be appearing (USB, a slow controller) when
+/// the unattended install starts.
+pub fn list_disks_for(selector: &config::DiskSelector) -> Result<Vec<disks::Disk>> {
+    let patience = std::time::Duration::from_secs(30);
+    disks::wait_for_disk(selector, patience, std::time::Duration::from_secs(1), &mut list_disks)
+}
+
+/// Kernel name -> holders, from /sys/class/block/*/holders.
+fn read_holders() -> disks::Holders {
+    let mut holders = disks::Holders::new();
+    let Ok(devices) = std::fs::read_dir("/sys/class/block") else { return holders };
+    for device in devices.flatten() {
+        let Ok(entries) = std::fs::read_dir(device.path().join("holders")) else { continue };
+        let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        if !names.is_empty() {
+            holders.insert(device.file_name().to_string_lossy().into_owned(), names);
+        }
+    }
+    holders
+}
+
+/// The disk's tree (partitions, holders) from the real `lsblk`; a disk that is gone or
+/// unreadable is refused, since nothing may be written to a disk we cannot see.
+fn disk_tree(disk: &disks::Disk) -> Result<String> {
+    lsblk(&[&disk.path])
+        .map_err(|e| Error::Refused { disk: disk.describe(), reason: format!("it cannot be read: {e}") })
+}
+
+/// Right before the first write: the disk at the chosen disk's path is still the one chosen
+/// (serial, model, size, by-id names; a front end may have listed disks minutes earlier) and
+/// nothing on it is in use (mounted, swap, LVM, LUKS, md, multipath).
+pub fn recheck_before_write(chosen: &disks::Disk) -> Result<()> {
+    let tree = disk_tree(chosen)?;
+    let now = disks::parse_lsblk_device(&tree, &by_id_names)?;
+    if let Some(reason) = disks::changed(chosen, &now) {
+        return Err(Error::Refused { disk: chosen.describe(), reason });
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+    let findings = disks::in_use(&tree, &mountinfo, &swaps, &read_holders())?;
+    if !findings.is_empty() {
+        return Err(Error::Refused {
+            disk: chosen.describe(),
+            reason: format!(
+                "it is in use: {} (stop that use first; `wipefs --all` a member that is no longer needed)",
+                findings.join("; ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The unattended path's guards (see [`medium::unattended_refusal`]): no install over an
+/// existing one without `reinstall = true`, none on a BIOS-booted machine without
+/// `allow_bios = true`.
+pub fn unattended_guards(config: &config::InstallConfig, disk: &disks::Disk) -> Result<()> {
+    let existing = disks::existing_install(&disk_tree(disk)?)?;
+    let uefi = medium::booted_by_uefi(std::path::Path::new("/sys/firmware/efi"));
+    match medium::unattended_refusal(config, uefi, existing.as_deref()) {
+        Some(reason) => Err(Error::Refused { disk: disk.describe(), reason }),
+        None => Ok(()),
+    }
 }
 
 fn by_id_names(device: &str) -> Vec<String> {

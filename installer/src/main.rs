@@ -12,7 +12,7 @@ use truthdb_installer::medium::{self, MEDIUM_MOUNT, SQUASHFS_ON_MEDIUM};
 use truthdb_installer::plan::Plan;
 use truthdb_installer::spec::{IMAGE_SPEC_PATH, ImageSpec};
 use truthdb_installer::tool::Log;
-use truthdb_installer::{describe_device, disks, list_disks, live_medium_device};
+use truthdb_installer::{describe_device, disks, list_disks, list_disks_for, live_medium_device, unattended_guards};
 
 /// Installs TruthDB OS to a disk: lists disks, shows the plan (a dry run) and installs.
 #[derive(Parser)]
@@ -87,11 +87,17 @@ fn load_spec(path: Option<&Path>) -> AnyResult<ImageSpec> {
 }
 
 /// The disk to install to: the one named on the command line, else the config's selection.
+/// A disk the config selects is the live system's (or a person's) target, so the install
+/// config's guards apply to it: no install over an existing one without `reinstall = true`,
+/// none on a BIOS-booted machine without `allow_bios = true`. A device named on the command
+/// line (`--disk`, how `cargo xtask disk` builds an image on a loop device) is not guarded:
+/// the image does not boot on the machine that makes it.
 fn resolve_disk(
     config: &InstallConfig,
     config_path: &Path,
     override_path: Option<&str>,
     spec: &ImageSpec,
+    wait: Wait,
 ) -> AnyResult<disks::Disk> {
     let layout = install::layout_for(spec);
     match override_path {
@@ -99,9 +105,23 @@ fn resolve_disk(
         None => {
             let selector = config.disk_selector(&config_path.display().to_string())?;
             let medium = live_medium_device();
-            Ok(disks::select(selector, &list_disks()?, medium.as_deref(), layout.min_disk_bytes())?)
+            let all = match wait {
+                Wait::ForTheDisk => list_disks_for(selector)?,
+                Wait::No => list_disks()?,
+            };
+            let disk = disks::select(selector, &all, medium.as_deref(), layout.min_disk_bytes())?;
+            unattended_guards(config, &disk)?;
+            Ok(disk)
         }
     }
+}
+
+/// Whether to wait for the disk a config names (the unattended path, started at boot, when a
+/// USB or SAN disk may still be appearing) or take the disks as they are (a person at a shell).
+#[derive(Clone, Copy)]
+enum Wait {
+    ForTheDisk,
+    No,
 }
 
 fn run(cli: Cli) -> AnyResult<()> {
@@ -121,14 +141,14 @@ fn run(cli: Cli) -> AnyResult<()> {
         Command::Plan(target) => {
             let config = load_config(&target.config)?;
             let spec = load_spec(target.spec.as_deref())?;
-            let disk = resolve_disk(&config, &target.config, target.disk.as_deref(), &spec)?;
+            let disk = resolve_disk(&config, &target.config, target.disk.as_deref(), &spec, Wait::No)?;
             print!("{}", Plan::new(&disk, &install::layout_for(&spec)));
             println!("(dry run: nothing was written)");
         }
         Command::Install { target, source, no_boot_entry, work_dir, log } => {
             let config = load_config(&target.config)?;
             let spec = load_spec(target.spec.as_deref())?;
-            let disk = resolve_disk(&config, &target.config, target.disk.as_deref(), &spec)?;
+            let disk = resolve_disk(&config, &target.config, target.disk.as_deref(), &spec, Wait::No)?;
             let source = source.unwrap_or_else(|| Path::new(MEDIUM_MOUNT).join(SQUASHFS_ON_MEDIUM));
             let request = InstallRequest {
                 config,
@@ -184,12 +204,13 @@ fn auto() -> AnyResult<()> {
             return Ok(None);
         };
         println!("truthdb-installer: unattended install with {}", config_path.display());
-        // Let udev finish naming disks (/dev/disk/by-id) before selecting one.
+        // Let udev finish naming disks (/dev/disk/by-id) before selecting one; a disk the
+        // config names is then waited for a while longer (see `list_disks_for`).
         let _ = std::process::Command::new("udevadm").args(["settle", "--timeout=30"]).status();
         let config = load_config(&config_path)?;
         let power = config.power;
         let spec = load_spec(None)?;
-        let disk = resolve_disk(&config, &config_path, None, &spec)?;
+        let disk = resolve_disk(&config, &config_path, None, &spec, Wait::ForTheDisk)?;
         let request = InstallRequest::from_live_medium(config, disk, spec);
         install_and_report(&request, Path::new("/var/log/truthdb-installer.log"))?;
         Ok(Some(power))
