@@ -127,6 +127,8 @@ pub fn build(inputs: &DiskImageInputs, on_line: &mut dyn FnMut(&str)) -> Result<
                 .arg(&device.0)
                 .arg(inputs.installer)
                 .arg(inputs.log)
+                // A killed xtask must not leave the installer writing to the loop device.
+                .die_with_parent()
                 .run_logged(inputs.log, |line| on_line(line))
                 .with_context(|| format!("the installer failed on {} (log: {})", device.0, inputs.log.display()))?;
         }

@@ -140,6 +140,10 @@ enum Command {
     /// Internal: PID 1 of the build root's private namespace (see sandbox.rs).
     #[command(hide = true)]
     EnterBuildRoot(sandbox::EnterArgs),
+    /// Internal: runs one command in a build root exactly as a pipeline stage does (the
+    /// end-to-end tests kill it to prove nothing of the build outlives xtask).
+    #[command(hide = true)]
+    RunInBuildRoot(sandbox::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -252,6 +256,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let code = sandbox::enter(args)?;
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
+        Command::RunInBuildRoot(args) => sandbox::run_in_build_root(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -25,11 +25,22 @@ pub struct Cmd {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     dir: Option<PathBuf>,
+    /// Bytes fed to the program's stdin: how secrets reach a tool, never the argument list
+    /// (world-readable in /proc) nor a file. Never shown by `Display` or in logs.
+    stdin: Option<Vec<u8>>,
+    die_with_parent: bool,
 }
 
 impl Cmd {
     pub fn new(program: impl AsRef<OsStr>) -> Cmd {
-        Cmd { program: program.as_ref().to_owned(), args: Vec::new(), env: Vec::new(), dir: None }
+        Cmd {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            dir: None,
+            stdin: None,
+            die_with_parent: false,
+        }
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Cmd {
@@ -56,6 +67,20 @@ impl Cmd {
         self
     }
 
+    /// Feeds `bytes` to the program's stdin (for secrets: see the field).
+    pub fn stdin_secret(mut self, bytes: impl Into<Vec<u8>>) -> Cmd {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// The kernel kills the program (SIGKILL) when xtask dies, however it dies: a SIGKILLed
+    /// xtask must not leave a build namespace or a VM running. (The signal follows the thread
+    /// that spawned the child; xtask spawns from its main thread only.)
+    pub fn die_with_parent(mut self) -> Cmd {
+        self.die_with_parent = true;
+        self
+    }
+
     fn expression(&self) -> duct::Expression {
         // A fixed, small environment: the build must not change with the caller's locale,
         // aliases or a stray variable. Only PATH (so tools are found) and TERM pass through.
@@ -72,6 +97,29 @@ impl Cmd {
         let mut expr = duct::cmd(&self.program, &self.args).full_env(env);
         if let Some(dir) = &self.dir {
             expr = expr.dir(dir);
+        }
+        if let Some(bytes) = &self.stdin {
+            expr = expr.stdin_bytes(bytes.clone());
+        }
+        if self.die_with_parent {
+            expr = expr.before_spawn(|command| {
+                use std::os::unix::process::CommandExt;
+                let parent = std::process::id() as libc::pid_t;
+                // SAFETY: prctl and getppid are async-signal-safe; nothing else runs here.
+                unsafe {
+                    command.pre_exec(move || {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        // The parent may have died before prctl: then nobody would send it.
+                        if libc::getppid() != parent {
+                            libc::_exit(1);
+                        }
+                        Ok(())
+                    });
+                }
+                Ok(())
+            });
         }
         expr
     }
@@ -158,9 +206,12 @@ impl Cmd {
 
     /// Starts in the background with stdout and stderr going to `log`; the caller waits on or
     /// kills the returned handle (duct also kills it when the handle is dropped unwaited).
+    /// It dies with xtask (see [`Cmd::die_with_parent`]): a VM must not outlive its test.
     pub fn start_logged(&self, log: &Path) -> Result<duct::Handle> {
         let file = File::create(log).with_context(|| format!("creating log file {}", log.display()))?;
-        self.expression()
+        self.clone()
+            .die_with_parent()
+            .expression()
             .stdin_null()
             .stdout_file(file.try_clone()?)
             .stderr_file(file)

@@ -72,8 +72,35 @@ impl RootCommand {
         for (key, value) in &self.env {
             cmd = cmd.arg("--env").arg(format!("{key}={value}"));
         }
-        Ok(cmd.arg("--").args(&self.argv))
+        // `--kill-child` ends the namespace when unshare dies; this ends unshare when xtask
+        // dies (SIGKILL included), so a killed xtask leaves no build running.
+        Ok(cmd.arg("--").args(&self.argv).die_with_parent())
     }
+}
+
+/// Arguments of the hidden `run-in-build-root` subcommand.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[arg(long)]
+    root: PathBuf,
+    #[arg(long, default_value = "/")]
+    workdir: String,
+    /// HOST:INSIDE
+    #[arg(long = "bind")]
+    binds: Vec<String>,
+    #[arg(last = true, required = true)]
+    argv: Vec<String>,
+}
+
+/// Runs a command in a build root the way the stages do (through [`RootCommand`]).
+pub fn run_in_build_root(args: RunArgs) -> Result<()> {
+    let argv: Vec<&str> = args.argv.iter().map(String::as_str).collect();
+    let mut command = RootCommand::new(&args.root, &argv).workdir(&args.workdir);
+    for bind in &args.binds {
+        let (host, inside) = bind.split_once(':').with_context(|| format!("--bind {bind:?} is not HOST:INSIDE"))?;
+        command = command.bind(Path::new(host), inside);
+    }
+    command.to_cmd()?.run_inherit()
 }
 
 /// Arguments of the hidden `enter-build-root` subcommand (PID 1 of the namespace).

@@ -227,60 +227,60 @@ fn unknown_package_is_named_and_dist_is_left_alone() {
     assert_eq!(snapshot(&dist), before, "dist/ changed after a failed build");
 }
 
-/// Runs a failing command in the build root the way every build step runs, and checks that
-/// none of the namespace's mounts outlive it.
+/// The mount namespace of the build-root command that wrote `ns_file` (its `readlink
+/// /proc/self/ns/mnt`), and every host process still in it.
+fn processes_in_namespace(ns_file: &Path) -> (String, Vec<String>) {
+    let ns = fs::read_to_string(ns_file).expect("the command in the build root recorded its namespace");
+    let ns = ns.trim().to_owned();
+    assert!(ns.starts_with("mnt:["), "not a mount namespace: {ns:?}");
+    let host_ns = fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(Path::new(&ns), host_ns, "the command ran in the host's mount namespace");
+    let left = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| fs::read_link(e.path().join("ns/mnt")).is_ok_and(|l| l == Path::new(&ns)))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    (ns, left)
+}
+
+/// Runs a failing command in the build root the way every build step runs (`xtask
+/// run-in-build-root`, i.e. `RootCommand`), and checks the namespace it ran in is gone: no
+/// process is left in it (the host's mount table cannot show its mounts: they never were
+/// there), and the bound build directory can be removed.
 fn a_failing_command_in_the_build_root_leaves_no_mount() {
     let root = build_root();
-    let exe = env!("CARGO_BIN_EXE_xtask");
     let build = tempfile::tempdir().unwrap();
     let bind = format!("{}:/build", build.path().display());
     // `false` fails inside the namespace after every mount is made.
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--propagation",
-            "private",
-            "--",
-            exe,
-            "enter-build-root",
-            "--root",
-        ])
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["run-in-build-root", "--root"])
         .arg(&root)
-        .args([
-            "--workdir",
-            "/build",
-            "--bind",
-            &bind,
-            "--",
-            "sh",
-            "-c",
-            "test -e /proc/1/status && mountpoint -q /build && false",
-        ])
+        .args(["--workdir", "/build", "--bind", &bind, "--", "sh", "-c"])
+        .arg("mountpoint -q /build && mountpoint -q /proc && readlink /proc/self/ns/mnt > /build/ns && false")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!out.status.success(), "the failing command succeeded");
+    let (ns, left) = processes_in_namespace(&build.path().join("ns"));
+    assert!(left.is_empty(), "processes {left:?} are still in the failed build's namespace {ns}");
     no_mounts_below(&root);
-    no_mounts_below(build.path());
+    fs::remove_dir_all(build.path()).expect("the build directory can be removed");
 }
 
-/// SIGKILL to the outermost process of a build (what a CI timeout or `kill -9` does): the
-/// namespace's PID 1 dies with it (`--kill-child`), the kernel kills everything inside and
-/// drops the mounts.
+/// SIGKILL to xtask itself while a command runs in the build root (what a CI timeout or
+/// `kill -9` does to the parent): unshare dies with it (PR_SET_PDEATHSIG), the namespace's
+/// PID 1 with unshare (`--kill-child`), and the kernel kills everything inside and drops the
+/// namespace with its mounts.
 fn a_killed_build_leaves_no_mount_and_no_process() {
     let root = build_root();
     let build = tempfile::tempdir().unwrap();
     let bind = format!("{}:/build", build.path().display());
     let marker = format!("truthdb-e2e-sleep-{}", std::process::id());
-    let mut child = Command::new("unshare")
-        .args(["--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--"])
-        .arg(env!("CARGO_BIN_EXE_xtask"))
-        .args(["enter-build-root", "--root"])
+    let mut xtask = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["run-in-build-root", "--root"])
         .arg(&root)
         .args(["--workdir", "/build", "--bind", &bind, "--", "bash", "-c"])
-        .arg(format!("exec -a {marker} sleep 300"))
+        .arg(format!("readlink /proc/self/ns/mnt > /build/ns && exec -a {marker} sleep 300"))
         .spawn()
         .unwrap();
     // Wait until the command runs inside, with its mounts made.
@@ -289,12 +289,24 @@ fn a_killed_build_leaves_no_mount_and_no_process() {
         assert!(std::time::Instant::now() < deadline, "the command never started in the build root");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(!running(&marker), "a process of the killed build is still running");
+    let (ns, before) = processes_in_namespace(&build.path().join("ns"));
+    assert!(!before.is_empty(), "no process seen in the running build's namespace {ns}: the check is blind");
+    xtask.kill().unwrap();
+    xtask.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, left) = processes_in_namespace(&build.path().join("ns"));
+        if left.is_empty() && !running(&marker) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "10 s after SIGKILL of xtask, processes {left:?} are still in the build's namespace {ns}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     no_mounts_below(&root);
-    no_mounts_below(build.path());
+    fs::remove_dir_all(build.path()).expect("the build directory can be removed");
 }
 
 fn running(marker: &str) -> bool {
