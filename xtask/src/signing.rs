@@ -6,6 +6,7 @@
 //! build only; its user id and the published key file say it is not a release key.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -58,22 +59,30 @@ pub struct Signer {
     passphrase: Option<String>,
 }
 
+/// GnuPG homes are named `truthdb-gpg-<pid>-*`, so a later run can tell one whose run is gone.
+const HOME_PREFIX: &str = "truthdb-gpg-";
+
 impl Signer {
     pub fn new(source: &KeySource) -> Result<Signer> {
-        let home = tempfile::Builder::new().prefix("truthdb-gpg-").tempdir().context("creating a GnuPG home")?;
+        remove_orphaned_homes(&std::env::temp_dir());
+        // 0700 from the start (not chmod after): the home holds the secret key, and a build
+        // host may have other users.
+        let home = tempfile::Builder::new()
+            .prefix(&format!("{HOME_PREFIX}{}-", std::process::id()))
+            .permissions(fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .context("creating a GnuPG home")?;
         let mut signer = Signer { home, fingerprint: String::new(), is_development: false, passphrase: None };
         match source {
             KeySource::Release { armored, passphrase, origin } => {
-                let key_file = signer.home.path().join("import.asc");
-                fs::write(&key_file, armored)?;
+                // On stdin: the armored key is never a file of its own.
                 signer.passphrase = passphrase.clone();
                 signer
                     .gpg()
-                    .args(["--import"])
-                    .arg(&key_file)
+                    .arg("--import")
+                    .stdin_secret(armored.as_bytes())
                     .run()
                     .with_context(|| format!("importing the signing key from {origin}"))?;
-                fs::remove_file(&key_file)?;
             }
             KeySource::Development => {
                 signer.is_development = true;
@@ -112,9 +121,8 @@ impl Signer {
         let sig = PathBuf::from(format!("{}.sign", file.display()));
         let mut gpg = self.gpg().args(["--yes", "--armor", "--detach-sign", "--local-user"]).arg(&self.fingerprint);
         if let Some(passphrase) = &self.passphrase {
-            let pass_file = self.home.path().join("passphrase");
-            fs::write(&pass_file, passphrase)?;
-            gpg = gpg.arg("--passphrase-file").arg(pass_file);
+            // Through a file descriptor (stdin), never a file or the argument list.
+            gpg = gpg.args(["--passphrase-fd", "0"]).stdin_secret(format!("{passphrase}\n"));
         }
         gpg.arg("--output").arg(&sig).arg(file).run().with_context(|| format!("signing {}", file.display()))?;
         Ok(sig)
@@ -135,6 +143,24 @@ impl Drop for Signer {
     fn drop(&mut self) {
         // gpg starts an agent for the home; stop it before the directory goes.
         let _ = Cmd::new("gpgconf").arg("--homedir").arg(self.home.path()).args(["--kill", "all"]).run();
+    }
+}
+
+/// Removes GnuPG homes left in `dir` by runs that no longer exist (a SIGKILLed xtask runs no
+/// destructor), stopping their agents first. Best effort: a home that cannot be removed now is
+/// tried again by the next run.
+fn remove_orphaned_homes(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(HOME_PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let _ = Cmd::new("gpgconf").arg("--homedir").arg(&path).args(["--kill", "all"]).run();
+        let _ = fs::remove_dir_all(&path);
     }
 }
 
@@ -212,6 +238,8 @@ pub fn verify_detached(signature: &Path, data: &Path, public_key: &Path) -> Resu
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::FileTypeExt;
+
     use super::*;
 
     #[test]
@@ -287,5 +315,44 @@ mod tests {
         signer.export_public_key(&public).unwrap();
         assert_eq!(verify_detached(&sig, &data, &public).unwrap(), signer.fingerprint);
         assert_eq!(release_fingerprint(&source).unwrap(), Some(signer.fingerprint.clone()));
+        assert_home_is_private(&signer, "s3cret");
+    }
+
+    /// Nothing in the GnuPG home is reachable by others, and neither the passphrase nor the
+    /// armored secret key was ever written there as a file (gpg keeps the key in its own,
+    /// still passphrase-protected, format).
+    fn assert_home_is_private(signer: &Signer, passphrase: &str) {
+        for entry in walkdir::WalkDir::new(signer.home.path()) {
+            let entry = entry.unwrap();
+            let meta = entry.path().symlink_metadata().unwrap();
+            if meta.file_type().is_socket() || meta.file_type().is_symlink() {
+                continue;
+            }
+            // The home and every directory in it are closed to others (so is everything below);
+            // the secret key files are private by their own mode too.
+            let mode = meta.permissions().mode() & 0o777;
+            let secret = entry.path().components().any(|c| c.as_os_str() == "private-keys-v1.d");
+            if meta.is_dir() || secret {
+                assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}: readable by others", entry.path().display());
+            }
+            if meta.is_file() {
+                let bytes = fs::read(entry.path()).unwrap();
+                let text = String::from_utf8_lossy(&bytes);
+                assert!(!text.contains(passphrase), "{} holds the passphrase", entry.path().display());
+                assert!(!text.contains("PRIVATE KEY BLOCK"), "{} holds the armored key", entry.path().display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_gnupg_home_left_by_a_killed_run_is_removed() {
+        // No process has this PID (it is above the kernel's pid_max): the run that made this
+        // home is gone, as after a SIGKILL.
+        let stale = std::env::temp_dir().join("truthdb-gpg-4194305-leftover");
+        fs::create_dir_all(stale.join("private-keys-v1.d")).unwrap();
+        fs::write(stale.join("private-keys-v1.d/key.key"), "secret").unwrap();
+        let signer = Signer::new(&KeySource::Development).unwrap();
+        assert!(!stale.exists(), "{} was left behind", stale.display());
+        assert_home_is_private(&signer, "no passphrase");
     }
 }
