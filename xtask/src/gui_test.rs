@@ -7,7 +7,8 @@
 //! 2. QMP key presses drive it: Enter, Enter, the settings typed in (Tab between fields), the
 //!    disk's name typed to confirm, Enter; it installs and shows the done screen; Enter reboots;
 //! 3. the installed disk boots alone and serves, checked as the unattended install's is (boot
-//!    marker, psql with the typed database password, ssh with the typed key).
+//!    marker, psql over TLS with the typed database password and none without TLS, ssh with
+//!    the typed key, the TLS certificate verified, the firewall loaded).
 //!
 //! Before all that, a machine with no display adapter at all: the installer must say so on the
 //! serial console and its unit's failure handler must say the installer has stopped.

@@ -4,8 +4,11 @@
 //! 1. the ISO, with an unattended install config put on it (`xorriso` remaster:
 //!    `/truthdb/install.toml`), boots as a CD beside a blank virtio disk, installs, powers off;
 //! 2. that disk boots alone; from the host, through ports forwarded on 127.0.0.1, the real
-//!    `psql` logs in with the configured password and runs a query, and `ssh` logs in with
-//!    the configured key (and not with a password);
+//!    `psql` logs in over TLS with the configured password and runs a query (a connection
+//!    without TLS is refused), and `ssh` logs in with the configured key (and not with a
+//!    password); the certificate copied off over ssh has the fingerprint the serial console
+//!    shows and verifies the server for its host name (`sslmode=verify-full`); the firewall
+//!    is loaded with policy drop;
 //! 3. configs that lack `wipe = true` or name the boot medium are refused, and the blank disk
 //!    is byte-for-byte unchanged (SHA-256 before and after);
 //! 4. (with `--disk-image`) the raw image `cargo xtask disk` makes boots the same way.
@@ -16,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
 
 use crate::progress::{format_duration, stage};
 use crate::qemu::{Vm, VmSpec, cdrom, free_port, usb_stick, virtio_disk};
@@ -25,6 +29,10 @@ pub const TARGET_SERIAL: &str = "truthdb-target";
 pub const ADMIN: &str = "dba";
 pub const HOSTNAME: &str = "truthdb-e2e";
 pub const DISK_GIB: u64 = 12;
+/// The installed system's PostgreSQL certificate (public) and the boot marker's line naming
+/// its fingerprint, both made by the payload's configure program and boot marker (overlay/).
+const PG_CERT: &str = "/etc/truthdb/tls/postgresql.crt";
+const TLS_MARKER: &str = "TRUTHDB-OS-TLS postgresql sha256=";
 const REFUSAL_DISK_GIB: u64 = 1;
 
 pub struct InstallTestConfig {
@@ -214,8 +222,10 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
 }
 
 /// Boots `disk` alone under OVMF and checks the appliance: marker with a healthy payload,
-/// psql with the password, ssh with the key and not with a password, and sudo: without a
-/// password for a key-only admin, else with `admin_password`.
+/// psql over TLS with the password (and nothing without TLS), ssh with the key and not with
+/// a password, and sudo: without a password for a key-only admin, else with
+/// `admin_password`; then the certificate copied off over ssh (the marker's fingerprint,
+/// `verify-full` for the host name) and the firewall's ruleset (read with sudo).
 pub fn check_appliance(
     name: &str,
     disk: &Path,
@@ -234,57 +244,75 @@ pub fn check_appliance(
         qmp_socket: None,
         graphics: true,
     })?;
-    let marker = vm.wait_for("the installed system's boot marker", config.timeout, |serial, _| {
-        let line = serial.lines().find_map(|l| l.find(crate::boot_test::MARKER).map(|at| l[at..].trim().to_owned()))?;
-        Some(Ok(line))
+    let find =
+        |serial: &str, prefix: &str| serial.lines().find_map(|l| l.find(prefix).map(|at| l[at..].trim().to_owned()));
+    // The boot marker prints the certificate's fingerprint just before its own line.
+    let (marker, tls_line) = vm.wait_for("the installed system's boot marker", config.timeout, |serial, _| {
+        let line = find(serial, crate::boot_test::MARKER)?;
+        Some(Ok((line, find(serial, TLS_MARKER))))
     })?;
     let booted_in = vm.elapsed();
     crate::boot_test::check_marker(&marker, &config.expected_version)?;
     if !marker.contains("system=installed") || !marker.contains("health=ok") {
         bail!("{name}: the installed system is not healthy: {marker}");
     }
+    let Some(tls_line) = tls_line else {
+        bail!("{name}: the boot marker printed no {TLS_MARKER}... line (no certificate in {PG_CERT}?)");
+    };
+    let served_fingerprint = tls_line.trim_start_matches(TLS_MARKER).to_owned();
     println!("PASS {name} boots alone (UEFI, {}): {marker}", format_duration(booted_in));
 
-    let psql = |password: &str, sql: &str| {
-        Cmd::new("psql")
-            .args([
-                "-X",
-                "-t",
-                "-A",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg_port.to_string(),
-                "-U",
-                ADMIN,
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ])
+    // Always to 127.0.0.1 (hostaddr); `host` is the name a certificate is checked against.
+    // `tls`: libpq's settings for TLS (PGSSLMODE, PGSSLROOTCERT, ...) of this connection.
+    let psql = |host: &str, tls: &[(&str, &str)], password: &str, sql: &str| {
+        let mut cmd = Cmd::new("psql")
+            .args(["-X", "-t", "-A", "-h", host, "-p", &pg_port.to_string(), "-U", ADMIN, "-d", "postgres", "-c", sql])
+            .env("PGHOSTADDR", "127.0.0.1")
             .env("PGPASSWORD", password)
-            .env("PGCONNECT_TIMEOUT", "10")
-            .output_unchecked()
+            .env("PGCONNECT_TIMEOUT", "10");
+        for (key, value) in tls {
+            cmd = cmd.env(key, value);
+        }
+        cmd.output_unchecked()
     };
+    let require = [("PGSSLMODE", "require")];
     let query = "select current_user || ' ' || current_setting('server_version_num') || ' ' || \
-                 (select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = current_user)";
+                 (select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = current_user) || ' ' || \
+                 (select ssl from pg_stat_ssl where pid = pg_backend_pid())";
     let answer = retry(Duration::from_secs(60), || {
-        let out = psql(&credentials.password, query)?;
+        let out = psql("127.0.0.1", &require, &credentials.password, query)?;
         if !out.status.success() {
             bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     })?;
     let fields: Vec<&str> = answer.split(' ').collect();
-    if fields.len() != 3 || fields[0] != ADMIN || !fields[1].starts_with("17") || fields[2] != "true" {
-        bail!("{name}: unexpected answer from PostgreSQL: {answer:?} (want role {ADMIN}, version 17, a SCRAM secret)");
+    if fields.len() != 4
+        || fields[0] != ADMIN
+        || !fields[1].starts_with("17")
+        || fields[2] != "true"
+        || fields[3] != "true"
+    {
+        bail!(
+            "{name}: unexpected answer from PostgreSQL: {answer:?} (want role {ADMIN}, version 17, a SCRAM secret, TLS)"
+        );
     }
-    let wrong = psql("not-the-password", "select 1")?;
+    let wrong = psql("127.0.0.1", &require, "not-the-password", "select 1")?;
     let said = String::from_utf8_lossy(&wrong.stderr);
     if wrong.status.success() || !said.contains("password authentication failed") {
         bail!("{name}: a wrong database password was not refused: {said}");
     }
-    println!("PASS {name}: psql over 127.0.0.1:{pg_port} as {ADMIN} (password, scram-sha-256): {answer}");
+    // Without TLS, even the right password is refused, by pg_hba.conf's hostnossl reject line.
+    let plain =
+        psql("127.0.0.1", &[("PGSSLMODE", "disable"), ("PGGSSENCMODE", "disable")], &credentials.password, "select 1")?;
+    let said = String::from_utf8_lossy(&plain.stderr);
+    if plain.status.success() || !said.contains("pg_hba.conf rejects connection") || !said.contains("no encryption") {
+        bail!("{name}: a connection without TLS was not refused by pg_hba.conf: {said}");
+    }
+    println!(
+        "PASS {name}: psql over 127.0.0.1:{pg_port} as {ADMIN} (TLS, password, scram-sha-256): {answer}; \
+         without TLS refused"
+    );
 
     let ssh = |extra: &[&str], command: &str| {
         Cmd::new("ssh")
@@ -296,15 +324,16 @@ pub fn check_appliance(
             .output_unchecked()
     };
     let key = credentials.key.to_string_lossy().into_owned();
-    let sudo = match admin_password {
+    let with_key = ["-i", key.as_str(), "-o", "IdentitiesOnly=yes"];
+    let sudo = |command: &str| match admin_password {
         // The test's passwords are letters, digits and '-': safe inside single quotes.
-        Some(password) => format!("echo '{password}' | sudo -S -p '' true"),
-        None => "sudo -n true".to_owned(),
+        Some(password) => format!("echo '{password}' | sudo -S -p '' {command}"),
+        None => format!("sudo -n {command}"),
     };
     let remote = retry(Duration::from_secs(60), || {
         let out = ssh(
-            &["-i", &key, "-o", "IdentitiesOnly=yes"],
-            &format!("hostname; findmnt -n -o TARGET,FSTYPE /var/lib/postgresql; {sudo} && echo sudo-ok"),
+            &with_key,
+            &format!("hostname; findmnt -n -o TARGET,FSTYPE /var/lib/postgresql; {} && echo sudo-ok", sudo("true")),
         )?;
         if !out.status.success() {
             bail!("ssh failed: {}", String::from_utf8_lossy(&out.stderr).trim());
@@ -324,7 +353,92 @@ pub fn check_appliance(
         bail!("{name}: ssh offered more than key login: {said}");
     }
     println!("PASS {name}: ssh over 127.0.0.1:{ssh_port} with the key ({}), password login refused", lines.join(", "));
+
+    // What the README tells a client to do: copy the certificate off over ssh, compare its
+    // fingerprint with the one the appliance printed, and verify the server with it.
+    let out = ssh(&with_key, &format!("cat {PG_CERT}"))?;
+    if !out.status.success() {
+        bail!("{name}: could not read {PG_CERT} over ssh: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let pem = String::from_utf8_lossy(&out.stdout).into_owned();
+    let fingerprint = pem_sha256_fingerprint(&pem).with_context(|| format!("{name}: {PG_CERT}"))?;
+    if fingerprint != served_fingerprint {
+        bail!("{name}: {PG_CERT} has SHA-256 fingerprint {fingerprint}, the serial console said {served_fingerprint}");
+    }
+    let cert = config.work_dir.join(format!("{name}.postgresql.crt"));
+    std::fs::write(&cert, &pem).with_context(|| format!("writing {}", cert.display()))?;
+    let cert = cert.to_string_lossy().into_owned();
+    let verified = psql(
+        HOSTNAME,
+        &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", &cert)],
+        &credentials.password,
+        "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+    )?;
+    let said = String::from_utf8_lossy(&verified.stdout);
+    if !verified.status.success() || said.trim() != "t" {
+        bail!(
+            "{name}: psql with sslmode=verify-full for {HOSTNAME} and the copied certificate failed: {}{said}",
+            String::from_utf8_lossy(&verified.stderr)
+        );
+    }
+    println!("PASS {name}: TLS certificate copied over ssh (sha256 {fingerprint}) verifies the server as {HOSTNAME}");
+
+    let out = ssh(&with_key, &sudo("nft list ruleset"))?;
+    let ruleset = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("{name}: nft list ruleset failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let hook_drops = |hook: &str| {
+        ruleset.lines().any(|l| l.contains(&format!("type filter hook {hook} ")) && l.contains("policy drop;"))
+    };
+    let admitted = ruleset.lines().any(|l| l.contains("tcp dport") && l.contains("22") && l.contains("5432"));
+    if !hook_drops("input") || !hook_drops("forward") || !admitted {
+        bail!("{name}: the firewall is not input/forward policy drop with SSH and PostgreSQL admitted:\n{ruleset}");
+    }
+    println!("PASS {name}: nftables loaded: input and forward policy drop, tcp 22 and 5432 admitted");
     Ok(())
+}
+
+/// The SHA-256 fingerprint of a PEM certificate as `openssl x509 -noout -fingerprint -sha256`
+/// prints it (upper-case hex pairs joined by colons): the digest of its DER bytes.
+fn pem_sha256_fingerprint(pem: &str) -> Result<String> {
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| *l != "-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    if body.is_empty() {
+        bail!("no PEM certificate in {pem:?}");
+    }
+    let der = base64_decode(&body)?;
+    Ok(Sha256::digest(&der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"))
+}
+
+/// Standard base64 (RFC 4648, padded), as PEM bodies are.
+fn base64_decode(text: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => bail!("not base64: {:?}", c as char),
+        };
+        acc = (acc << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Ok(out)
 }
 
 /// Boots the ISO with `config` on it and a blank disk; the installer must refuse with
@@ -385,5 +499,49 @@ fn retry<T>(patience: Duration, mut attempt: impl FnMut() -> Result<T>) -> Resul
             Err(e) if start.elapsed() > patience => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_secs(3)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate the payload's configure program made (P-256, CN db1.example.org) and the
+    /// fingerprint `openssl x509 -noout -fingerprint -sha256` printed for it.
+    const CERT: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIBqjCCAVCgAwIBAgIUUd+C4QXNZejeawoisgP9dMgTD8swCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPZGIxLmV4YW1wbGUub3JnMB4XDTI2MTEzMDA4NDAxMVoXDTM2
+MTEyNzA4NDAxMVowGjEYMBYGA1UEAwwPZGIxLmV4YW1wbGUub3JnMFkwEwYHKoZI
+zj0CAQYIKoZIzj0DAQcDQgAEGfIiw7vAcJ9FlM+ZD97Fg36xD5Zm5fwXrrBZ1//B
+/7aZzSUntXry1K/D6cR0ZE9ScblVgmCA2E3TiJ3CsTETOKN0MHIwHQYDVR0OBBYE
+FNUUPGnGP+UH+8PJHg6myQXntcA9MB8GA1UdIwQYMBaAFNUUPGnGP+UH+8PJHg6m
+yQXntcA9MA8GA1UdEwEB/wQFMAMBAf8wHwYDVR0RBBgwFoIPZGIxLmV4YW1wbGUu
+b3JnggNkYjEwCgYIKoZIzj0EAwIDSAAwRQIhAKJFOQyxP7v+CbiYd290/+yR/lz7
+1ab8vDrcW6cDkUJKAiA7WWrwashMtkHhPTOis64kA9gFYByv720Q6rm406L0xw==
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn a_certificate_fingerprint_is_what_openssl_prints() {
+        assert_eq!(
+            pem_sha256_fingerprint(CERT).unwrap(),
+            "1B:4E:D4:AA:BF:B9:D9:D0:2B:48:4E:D0:E8:E1:E1:16:F3:8D:FE:A6:76:1E:0F:A2:E0:07:87:0C:72:33:D1:1C"
+        );
+        // As it comes over ssh: CRLF line ends, text around it.
+        let noisy = format!("motd\r\n{}\r\n", CERT.replace('\n', "\r\n"));
+        assert_eq!(pem_sha256_fingerprint(&noisy).unwrap(), pem_sha256_fingerprint(CERT).unwrap());
+        assert!(pem_sha256_fingerprint("no certificate").is_err());
+        assert!(
+            pem_sha256_fingerprint("-----BEGIN CERTIFICATE-----\nnot*base64\n-----END CERTIFICATE-----\n").is_err()
+        );
+    }
+
+    #[test]
+    fn base64_decodes_with_and_without_padding() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("aGVsbG8hIQ==").unwrap(), b"hello!!");
+        assert_eq!(base64_decode("aGk/").unwrap(), b"hi?");
+        assert_eq!(base64_decode("").unwrap(), b"");
     }
 }
