@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -187,10 +188,22 @@ fn rss_kib() -> String {
         .unwrap_or_default()
 }
 
+/// The install thread, once an install has started.
+type InstallThread = Option<JoinHandle<()>>;
+
+fn running(install: &InstallThread) -> bool {
+    install.as_ref().is_some_and(|thread| !thread.is_finished())
+}
+
 fn run(cli: &Cli) -> Result<()> {
     println!("truthdb-installer-gui {VERSION}: starting");
     let spec_path = Path::new("/").join(IMAGE_SPEC_PATH);
     let spec = ImageSpec::load(&spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
+    // However the UI ends, an install under way finishes or fails first (see the function).
+    engine::outlive_install(|install| ui(cli, &spec, install))
+}
+
+fn ui(cli: &Cli, spec: &ImageSpec, install: &mut InstallThread) -> Result<()> {
     // udev names the disks (by-id) and loads the GPU driver first.
     let _ = std::process::Command::new("udevadm").args(["settle", "--timeout=20"]).status();
 
@@ -213,7 +226,7 @@ fn run(cli: &Cli) -> Result<()> {
     let (sender, messages) = mpsc::channel();
     let mailbox = Mailbox { sender, wake: Arc::new(wake_tx) };
 
-    let mut app = App::new(machine(&spec)?);
+    let mut app = App::new(machine(spec)?);
     let (w, h) = output.size();
     let mut shell = Shell::new(w, h);
     let mut shown: Option<Screen> = None;
@@ -264,7 +277,7 @@ fn run(cli: &Cli) -> Result<()> {
         let mut power = None;
         while power.is_none() {
             for request in shell.feed(&mut app) {
-                power = power.or(carry_out(request, &mut app, &mut input, &spec, &mailbox)?);
+                power = power.or(carry_out(request, &mut app, &mut input, spec, &mailbox, install)?);
             }
             if !shell.has_input() {
                 break;
@@ -272,7 +285,7 @@ fn run(cli: &Cli) -> Result<()> {
         }
         for msg in messages.try_iter() {
             if let Some(request) = app.update(msg) {
-                power = power.or(carry_out(request, &mut app, &mut input, &spec, &mailbox)?);
+                power = power.or(carry_out(request, &mut app, &mut input, spec, &mailbox, install)?);
             }
         }
         if let Some(verb) = power {
@@ -316,6 +329,7 @@ fn carry_out(
     input: &mut Input,
     spec: &ImageSpec,
     mailbox: &Mailbox,
+    install: &mut InstallThread,
 ) -> Result<Option<&'static str>> {
     match request {
         Request::SetKeyboardLayout(layout) => {
@@ -327,12 +341,25 @@ fn carry_out(
             let _ = std::process::Command::new("udevadm").args(["settle", "--timeout=10"]).status();
             app.set_disks(machine(spec)?.disks);
         }
-        Request::Install { disk, config } => engine::start(disk, *config, spec.clone(), mailbox.clone()),
+        Request::Install { disk, config } => {
+            if running(install) {
+                println!("truthdb-installer-gui: an install is already under way; not starting another");
+            } else {
+                *install = Some(engine::start(disk, *config, spec.clone(), mailbox.clone()));
+            }
+        }
         Request::Power(action) => {
             let verb = match action {
                 PowerAction::Reboot => "reboot",
                 PowerAction::Poweroff => "poweroff",
             };
+            // No screen offers power during an install (the done screen comes with the
+            // engine's last message, a moment before its thread ends); should one ask, the
+            // install ends first.
+            if let Some(thread) = install.take().filter(|thread| !thread.is_finished()) {
+                println!("truthdb-installer-gui: waiting for the install under way to end before {verb}");
+                let _ = thread.join();
+            }
             println!("truthdb-installer-gui: {verb}");
             return Ok(Some(verb));
         }
