@@ -12,7 +12,11 @@ use crate::run::Cmd;
 /// `what` names the file in messages ("the kernel source").
 pub fn download_checked(what: &str, url: &str, sha256: &str, pinned_in: &str, target: &Path, log: &Path) -> Result<()> {
     Cmd::new("curl")
-        .args(["--fail", "--location", "--silent", "--show-error", "--output"])
+        // Transient failures (time-outs, 408/429/5xx, refused connections) are tried again a
+        // few times; a 404 or a wrong digest is final.
+        .args(["--fail", "--location", "--silent", "--show-error"])
+        .args(["--connect-timeout", "30", "--retry", "4", "--retry-delay", "3", "--retry-connrefused"])
+        .arg("--output")
         .arg(target)
         .arg(url)
         .run_logged(log, |_| {})
@@ -44,5 +48,33 @@ mod tests {
         let good = crate::checksums::digest_file(&tarball).unwrap().sha256;
         download_checked("the kernel source", &url, &good, "kernel/kernel.toml", &target, &log).unwrap();
         assert!(target.exists());
+    }
+
+    #[test]
+    fn a_transient_server_error_is_tried_again() {
+        use std::io::{Read, Write};
+        // A server on the loopback that answers 503 twice, then the file.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            for attempt in 0..3 {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request);
+                let reply: &[u8] = if attempt < 2 {
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\npackage"
+                };
+                conn.write_all(reply).unwrap();
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x_1_amd64.deb");
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"package"));
+        let url = format!("http://127.0.0.1:{port}/x_1_amd64.deb");
+        download_checked("a payload package", &url, &sha, "test", &target, &dir.path().join("log")).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "package");
+        server.join().unwrap();
     }
 }

@@ -43,6 +43,19 @@ pub fn resolve(
                 if !file.is_file() {
                     bail!("{}: field `{field}.path`: {} does not exist", manifest_path.display(), file.display());
                 }
+                // Resolved (`..`, symlinks) before the check: a project is copied and built
+                // elsewhere, so what goes into the image must be part of it.
+                let real = file.canonicalize().with_context(|| format!("resolving {}", file.display()))?;
+                let root =
+                    project_root.canonicalize().with_context(|| format!("resolving {}", project_root.display()))?;
+                if !real.starts_with(&root) {
+                    bail!(
+                        "{}: field `{field}.path`: {path:?} is {}, outside the project {}",
+                        manifest_path.display(),
+                        real.display(),
+                        root.display()
+                    );
+                }
                 files.push(file);
             }
             (None, Some(url), Some(sha256)) => {
@@ -50,7 +63,11 @@ pub fn resolve(
                 check_deb_name(name, &format!("{field}.url"), architecture).with_context(in_manifest)?;
                 let dir = cache_dir.join("debs").join(sha256.to_ascii_lowercase());
                 let file = dir.join(name);
-                if !file.is_file() {
+                // A cached copy is checked again on every use, not trusted for its directory name.
+                let cached_ok = file.is_file()
+                    && crate::checksums::digest_file(&file).is_ok_and(|d| d.sha256.eq_ignore_ascii_case(sha256));
+                if !cached_ok {
+                    let _ = std::fs::remove_file(&file);
                     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                     let partial = dir.join(format!(".{name}.partial"));
                     let pinned_in = format!("{} field `{field}.sha256`", manifest_path.display());
@@ -153,5 +170,30 @@ mod tests {
         let msg = format!("{:#}", wrong.unwrap_err());
         assert!(msg.contains("payload.debs[0].sha256") && msg.contains("refusing to use it"), "{msg}");
         assert!(!cache.path().join("debs").join("1".repeat(64)).join("truthdb-server_1.0_amd64.deb").exists());
+
+        // A cached copy that no longer matches its pin (disk error, a hand edit) is not used:
+        // it is checked on every reuse and fetched again.
+        std::fs::write(&got[0], "tampered").unwrap();
+        let again =
+            resolve(source.path(), &manifest, &[deb(None, Some(&url), Some(&sha))], "amd64", cache.path(), &log)
+                .unwrap();
+        assert_eq!(std::fs::read_to_string(&again[0]).unwrap(), "a package");
+    }
+
+    #[test]
+    fn local_debs_must_stay_inside_the_project() {
+        let parent = tempfile::tempdir().unwrap();
+        let project = parent.path().join("project");
+        std::fs::create_dir_all(project.join("debs")).unwrap();
+        let outside = parent.path().join("evil_1.0_amd64.deb");
+        std::fs::write(&outside, "deb").unwrap();
+        std::os::unix::fs::symlink(&outside, project.join("debs/link_1.0_amd64.deb")).unwrap();
+        let manifest = project.join("lb-config/appliance.toml");
+        let log = parent.path().join("log");
+        for path in ["../evil_1.0_amd64.deb", outside.to_str().unwrap(), "debs/link_1.0_amd64.deb"] {
+            let result = resolve(&project, &manifest, &[deb(Some(path), None, None)], "amd64", parent.path(), &log);
+            let msg = format!("{:#}", result.expect_err(path));
+            assert!(msg.contains("payload.debs[0].path") && msg.contains("outside the project"), "{path}: {msg}");
+        }
     }
 }
