@@ -26,10 +26,29 @@ pub struct PackageList {
     pub payload_source: String,
 }
 
+/// What live-build's conditional lines (`#if ARCHITECTURES amd64`, `#nif DISTRIBUTION sid`)
+/// are tested against: the build's own values, from the manifest.
+#[derive(Clone, Debug)]
+pub struct Conditions {
+    pub architecture: String,
+    pub distribution: String,
+}
+
+impl Conditions {
+    fn value_of(&self, variable: &str) -> Option<&str> {
+        match variable {
+            "ARCHITECTURES" | "ARCHITECTURE" => Some(&self.architecture),
+            "DISTRIBUTION" => Some(&self.distribution),
+            "MODE" => Some("debian"),
+            _ => None,
+        }
+    }
+}
+
 impl PackageList {
-    pub fn load(path: &Path) -> Result<PackageList> {
+    pub fn load(path: &Path, conditions: &Conditions) -> Result<PackageList> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading package list {}", path.display()))?;
-        let entries = parse(&text).with_context(|| format!("in package list {}", path.display()))?;
+        let entries = parse(&text, conditions).with_context(|| format!("in package list {}", path.display()))?;
         Ok(PackageList { path: path.to_owned(), entries, payload: Vec::new(), payload_source: String::new() })
     }
 
@@ -68,12 +87,50 @@ impl PackageList {
 }
 
 /// Blank lines and `#` comments are ignored; every other line is exactly one package name.
-pub fn parse(text: &str) -> Result<Vec<PackageEntry>> {
+/// live-build's conditionals are honoured as live-build reads them: `#if VARIABLE value...`
+/// (and `#nif`) up to `#endif` keep their lines when the build's value is (is not) one of the
+/// listed ones; they do not nest. Other directives (`#include`) are refused, not mistaken for
+/// comments.
+pub fn parse(text: &str, conditions: &Conditions) -> Result<Vec<PackageEntry>> {
     let mut entries: Vec<PackageEntry> = Vec::new();
+    // The open conditional: (its line, whether its lines are kept).
+    let mut open: Option<(usize, bool)> = None;
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
+        let trimmed = raw.trim();
+        let directive = trimmed.split_whitespace().next().unwrap_or("");
+        match directive {
+            "#if" | "#nif" => {
+                if let Some((start, _)) = open {
+                    bail!("line {line}: {directive} inside the #if of line {start} (live-build does not nest them)");
+                }
+                let mut words = trimmed.split_whitespace().skip(1);
+                let variable = words.next().with_context(|| format!("line {line}: {directive} names no variable"))?;
+                let value = conditions.value_of(variable).with_context(|| {
+                    format!(
+                        "line {line}: {directive} {variable}: only ARCHITECTURES, DISTRIBUTION and MODE can be tested \
+                         here"
+                    )
+                })?;
+                let listed: Vec<&str> = words.collect();
+                if listed.is_empty() {
+                    bail!("line {line}: {directive} {variable} lists no values");
+                }
+                let matches = value.split_whitespace().any(|v| listed.contains(&v));
+                open = Some((line, matches == (directive == "#if")));
+                continue;
+            }
+            "#endif" => {
+                if open.take().is_none() {
+                    bail!("line {line}: #endif without #if");
+                }
+                continue;
+            }
+            "#include" => bail!("line {line}: live-build's #include is not supported: list the packages here"),
+            _ => {}
+        }
         let content = raw.split('#').next().unwrap_or("").trim();
-        if content.is_empty() {
+        if content.is_empty() || open.is_some_and(|(_, kept)| !kept) {
             continue;
         }
         if content.contains(char::is_whitespace) {
@@ -87,6 +144,9 @@ pub fn parse(text: &str) -> Result<Vec<PackageEntry>> {
         }
         entries.push(PackageEntry { name: content.to_owned(), line });
     }
+    if let Some((start, _)) = open {
+        bail!("line {start}: this #if has no #endif");
+    }
     if entries.is_empty() {
         bail!("no packages listed (live-build needs at least one)");
     }
@@ -96,6 +156,39 @@ pub fn parse(text: &str) -> Result<Vec<PackageEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn amd64_trixie() -> Conditions {
+        Conditions { architecture: "amd64".into(), distribution: "trixie".into() }
+    }
+
+    fn parse(text: &str) -> Result<Vec<PackageEntry>> {
+        super::parse(text, &amd64_trixie())
+    }
+
+    fn names(text: &str) -> Vec<String> {
+        parse(text).unwrap().into_iter().map(|e| e.name).collect()
+    }
+
+    #[test]
+    fn live_build_conditionals_are_honoured() {
+        let text = "curl\n#if ARCHITECTURES i386 arm64\nlib32-only\n#endif\n#if ARCHITECTURES amd64\nintel-microcode\n#endif\n\
+                    #nif DISTRIBUTION sid\nstable-only\n#endif\n#if DISTRIBUTION bookworm\nold-only\n#endif\n";
+        assert_eq!(names(text), ["curl", "intel-microcode", "stable-only"]);
+    }
+
+    #[test]
+    fn broken_conditionals_are_refused_by_line() {
+        for (text, expected) in [
+            ("curl\n#if ARCHITECTURES amd64\nwget\n", "line 2: this #if has no #endif"),
+            ("curl\n#endif\n", "line 2: #endif without #if"),
+            ("#if ARCHITECTURES amd64\n#if DISTRIBUTION trixie\n#endif\n#endif\n", "line 2: #if inside"),
+            ("#if FLAVOURS amd64\ncurl\n#endif\n", "line 1: #if FLAVOURS: only"),
+            ("curl\n#include other.list\n", "line 2: live-build's #include is not supported"),
+        ] {
+            let msg = format!("{:#}", parse(text).unwrap_err());
+            assert!(msg.contains(expected), "expected {expected:?} in {msg:?}");
+        }
+    }
 
     #[test]
     fn comments_and_blank_lines_are_skipped() {
@@ -124,7 +217,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("packages.list");
         std::fs::write(&path, "Bad_Name\n").unwrap();
-        let msg = format!("{:#}", PackageList::load(&path).unwrap_err());
+        let msg = format!("{:#}", PackageList::load(&path, &amd64_trixie()).unwrap_err());
         assert!(msg.contains("packages.list") && msg.contains("line 1"), "{msg}");
     }
 }

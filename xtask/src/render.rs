@@ -30,7 +30,7 @@ use truthdb_installer::spec::{IMAGE_SPEC_PATH, ImageSpec, PayloadSpec};
 
 use crate::kernel::LiveBuildKernel;
 use crate::manifest::Manifest;
-use crate::packages::PackageList;
+use crate::packages::{Conditions, PackageList};
 use crate::project::Project;
 use crate::{digest, fsx};
 
@@ -107,8 +107,10 @@ pub fn render(inputs: &RenderInputs, out: &Path) -> Result<RenderedConfig> {
         }
     }
     let manifest_path = inputs.lb_config_dir.join(MANIFEST_FILE);
-    let packages =
-        PackageList::load(&inputs.packages_list)?.with_payload(&inputs.manifest.payload.packages, &manifest_path)?;
+    let conditions =
+        Conditions { architecture: inputs.manifest.architecture.clone(), distribution: inputs.manifest.suite.clone() };
+    let packages = PackageList::load(&inputs.packages_list, &conditions)?
+        .with_payload(&inputs.manifest.payload.packages, &manifest_path)?;
 
     let parent = out.parent().context("render output has no parent directory")?;
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
