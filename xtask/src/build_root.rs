@@ -129,6 +129,8 @@ fn root_path(spec: &BuildRootSpec, cache_dir: &Path) -> PathBuf {
 /// Returns the cached root for `spec`, making it first if needed. `log` receives the output
 /// of debootstrap and apt.
 pub fn ensure(spec: &BuildRootSpec, cache_dir: &Path, log: &Path, on_line: &mut dyn FnMut(&str)) -> Result<BuildRoot> {
+    // Another run may be making this very root: wait for it, then find it cached.
+    let _lock = crate::lock::cache_entry(&root_path(spec, cache_dir))?;
     let root = match cached(spec, cache_dir) {
         Some(root) => root,
         None => make_cached_root(spec, cache_dir, log, on_line)?,

@@ -278,6 +278,8 @@ fn find_package(dir: &Path, release: &str) -> Option<PathBuf> {
 
 /// Builds (or finds in the cache) the kernel package.
 pub fn build(inputs: &KernelInputs, on_step: &mut dyn FnMut(&str)) -> Result<KernelPackage> {
+    // Another run may be compiling this very kernel: wait for it, then find it cached.
+    let _lock = crate::lock::cache_entry(&inputs.cache_entry(&inputs.key()?))?;
     let package = match cached(inputs)? {
         Some(package) => package,
         None => compile(inputs, on_step)?,

@@ -15,6 +15,7 @@ mod installer_build;
 mod iso;
 mod kernel;
 mod lb_build;
+mod lock;
 mod manifest;
 mod packages;
 mod payload_debs;
@@ -49,6 +50,9 @@ struct Cli {
     /// Label a pre-release build: version `<workspace version>-<SUFFIX>`, e.g. nightly.20261122.
     #[arg(long, global = true, value_name = "SUFFIX")]
     version_suffix: Option<String>,
+    /// Fail at once when another run holds the work directory or a cache entry (default: wait).
+    #[arg(long, global = true)]
+    no_wait: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -172,22 +176,29 @@ struct InstallVmArgs {
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
+    lock::set_no_wait(cli.no_wait);
     let project = || Project::load(cli.project.as_deref(), cli.version_suffix.as_deref());
+    // Commands that write the work directory hold its lock (after any re-run under sudo, which
+    // would otherwise wait for its own parent).
+    let work_dir_lock = |project: &Project| lock::work_dir(&project.work_dir());
     match cli.command {
         Command::Iso(args) => {
             let project = project()?;
             reexec_as_root_if_needed()?;
+            let _lock = work_dir_lock(&project)?;
             iso::run(&project, &args)?;
         }
         Command::Kernel => {
             let project = project()?;
             reexec_as_root_if_needed()?;
+            let _lock = work_dir_lock(&project)?;
             iso::run_kernel(&project)?;
         }
         Command::Config { out } => render::run_config_command(&project()?, out)?,
         Command::Verify { dir, key } => publish::run_verify_command(&dir, key.as_deref())?,
         Command::BootTest { iso, modes, accel, timeout, memory } => {
             let project = project()?;
+            let _lock = work_dir_lock(&project)?;
             doctor::ensure(&[doctor::Purpose::BootTest])?;
             let config = boot_test::BootTestConfig {
                 iso: iso.unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
@@ -203,6 +214,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::InstallTest { vm, no_refusals, no_disk_image } => {
             let project = project()?;
             reexec_as_root_if_needed()?;
+            let _lock = work_dir_lock(&project)?;
             doctor::ensure(&[doctor::Purpose::BootTest, doctor::Purpose::Disk, doctor::Purpose::InstallTest])?;
             let installer = if no_disk_image {
                 None
@@ -222,6 +234,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::GuiTest { vm } => {
             let project = project()?;
+            let _lock = work_dir_lock(&project)?;
             doctor::ensure(&[doctor::Purpose::BootTest, doctor::Purpose::InstallTest])?;
             let config = gui_test::GuiTestConfig {
                 iso: vm.iso.unwrap_or_else(|| project.default_dist_dir().join(project.iso_file_name())),
@@ -236,6 +249,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let project = project()?;
             disk::check_args(&args)?;
             reexec_as_root_if_needed()?;
+            let _lock = work_dir_lock(&project)?;
             disk::run(&project, &args)?;
         }
         Command::Doctor { install } => doctor::run(install)?,

@@ -69,7 +69,7 @@ pub fn resolve(
                 if !cached_ok {
                     let _ = std::fs::remove_file(&file);
                     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-                    let partial = dir.join(format!(".{name}.partial"));
+                    let partial = dir.join(format!(".{name}.{}.partial", std::process::id()));
                     let pinned_in = format!("{} field `{field}.sha256`", manifest_path.display());
                     crate::fetch::download_checked("payload package", url, sha256, &pinned_in, &partial, log)?;
                     std::fs::rename(&partial, &file)

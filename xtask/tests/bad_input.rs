@@ -134,3 +134,25 @@ fn disk_image_config_without_wipe_is_refused_before_anything_is_built() {
     assert!(!output.exists() && !p.path("disk.raw.partial").exists(), "an image was written");
     assert!(!p.path("dist").exists(), "an ISO build was started");
 }
+
+#[test]
+fn a_second_run_on_the_same_work_directory_fails_clearly_with_no_wait() {
+    let project = ProjectCopy::new();
+    let lock = project.path("target/truthdb-os/.lock");
+    fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    fs::write(&lock, "").unwrap();
+    // Another run: util-linux's flock holds the same lock as xtask takes.
+    let mut other = std::process::Command::new("flock").arg(&lock).args(["sleep", "60"]).spawn().unwrap();
+    let held = || !std::process::Command::new("flock").arg("-n").arg(&lock).arg("true").status().unwrap().success();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !held() {
+        assert!(std::time::Instant::now() < deadline, "flock never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let result = project.xtask(&["--no-wait", "boot-test", "--iso", "/nonexistent.iso"]);
+    other.kill().unwrap();
+    other.wait().unwrap();
+    let err = stderr(&result);
+    assert!(!result.status.success(), "ran beside another run: {err}");
+    assert!(err.contains("is in use by another run") && err.contains(".lock"), "{err}");
+}

@@ -1,0 +1,112 @@
+//! Advisory locks (`flock`), so that two runs at once wait for each other instead of deleting
+//! each other's build directory or cache entries: one lock per project work directory
+//! (`target/truthdb-os/.lock`, taken by every command that writes there) and one per cache
+//! entry while it is made or reused (`.<entry>.lock` beside it).
+//!
+//! The kernel drops a flock when its holder dies, however it dies: a killed run never leaves
+//! a stale lock behind.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+
+/// `--no-wait`: fail at once instead of waiting for another run's lock.
+static NO_WAIT: AtomicBool = AtomicBool::new(false);
+
+pub fn set_no_wait(no_wait: bool) {
+    NO_WAIT.store(no_wait, Ordering::Relaxed);
+}
+
+/// A held lock; released when dropped (the file is closed).
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+/// Takes the exclusive lock `path` (created if missing) for `what`. When another run holds
+/// it, waits and says so, or fails naming both with `--no-wait`.
+pub fn acquire(path: &Path, what: &str) -> Result<Lock> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    if flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+        if NO_WAIT.load(Ordering::Relaxed) {
+            bail!(
+                "{what} is in use by another run (lock {} is held); wait for it to finish, or run without --no-wait",
+                path.display()
+            );
+        }
+        eprintln!("waiting for another run to finish with {what} (lock {})...", path.display());
+        flock(&file, libc::LOCK_EX).with_context(|| format!("waiting for lock {}", path.display()))?;
+    }
+    Ok(Lock { _file: file, path: path.to_owned() })
+}
+
+/// The lock of a project's work directory (`target/truthdb-os`).
+pub fn work_dir(work_dir: &Path) -> Result<Lock> {
+    acquire(&work_dir.join(".lock"), &format!("the work directory {}", work_dir.display()))
+}
+
+/// The lock of the cache entry `entry` (a file or directory that may not exist yet).
+pub fn cache_entry(entry: &Path) -> Result<Lock> {
+    let name = entry.file_name().context("cache entry has no name")?.to_string_lossy();
+    let parent = entry.parent().context("cache entry has no parent")?;
+    acquire(&parent.join(format!(".{name}.lock")), &format!("the cache entry {}", entry.display()))
+}
+
+fn flock(file: &File, operation: libc::c_int) -> std::io::Result<()> {
+    loop {
+        // SAFETY: a plain syscall on a descriptor this function borrows.
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn a_second_taker_waits_for_the_first_or_fails_with_no_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".lock");
+        let first = acquire(&path, "the test directory").unwrap();
+
+        // flock locks belong to open files, so a second open in this process conflicts as a
+        // second process would.
+        set_no_wait(true);
+        let msg = format!("{:#}", acquire(&path, "the test directory").unwrap_err());
+        set_no_wait(false);
+        assert!(msg.contains("the test directory is in use by another run") && msg.contains(".lock"), "{msg}");
+
+        let released = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            drop(first);
+        });
+        let start = Instant::now();
+        let second = acquire(&path, "the test directory").unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(500), "did not wait for the holder");
+        released.join().unwrap();
+        drop(second);
+        acquire(&path, "the test directory").unwrap();
+    }
+}
