@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
@@ -25,7 +25,6 @@ pub fn set_no_wait(no_wait: bool) {
 #[derive(Debug)]
 pub struct Lock {
     _file: File,
-    pub path: PathBuf,
 }
 
 /// Takes the exclusive lock `path` (created if missing) for `what`. When another run holds
@@ -51,7 +50,7 @@ pub fn acquire(path: &Path, what: &str) -> Result<Lock> {
         eprintln!("waiting for another run to finish with {what} (lock {})...", path.display());
         flock(&file, libc::LOCK_EX).with_context(|| format!("waiting for lock {}", path.display()))?;
     }
-    Ok(Lock { _file: file, path: path.to_owned() })
+    Ok(Lock { _file: file })
 }
 
 /// The lock of a project's work directory (`target/truthdb-os`).
