@@ -196,9 +196,10 @@ mod tests {
         let Some(sfdisk) = sfdisk else {
             panic!("sfdisk is not installed (apt-get install fdisk)");
         };
-        let dir = std::env::temp_dir().join(format!("truthdb-plan-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let image = dir.join("disk.img");
+        // A private directory of its own (a fixed name under $TMPDIR could be made in advance
+        // by another user, as a symlink to somewhere root then writes).
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
         let file = std::fs::File::create(&image).unwrap();
         file.set_len(12 * GIB).unwrap();
         let plan = Plan::new(&disk(image.to_str().unwrap(), 12 * GIB), &Layout::default());
@@ -218,6 +219,5 @@ mod tests {
         let dump = String::from_utf8_lossy(&dump.stdout);
         assert_eq!(dump.matches("type=").count(), 3, "{dump}");
         assert!(dump.contains("name=\"truthdb-data\""), "{dump}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
