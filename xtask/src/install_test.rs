@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 use crate::progress::{format_duration, stage};
-use crate::qemu::{Vm, VmSpec, cdrom, free_port, usb_stick, virtio_disk};
+use crate::qemu::{Vm, VmSpec, cdrom, free_port, usb_disk, usb_stick, virtio_disk};
 use crate::run::Cmd;
 
 pub const TARGET_SERIAL: &str = "truthdb-target";
@@ -183,6 +183,19 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
             s.set("a config naming the boot medium (USB stick /dev/sda)");
             let medium = credentials.config("path = \"/dev/sda\"", true);
             check_refusal("boot-medium", &config.iso, &medium, true, "booted from", config)
+        })?;
+        stage("install test", |s| {
+            s.set("largest = true with only a USB disk attached");
+            let largest = credentials.config("largest = true", true);
+            let usb = Target::Usb;
+            check_refusal_on("largest-usb", &config.iso, &largest, false, usb, "no installable disk", config)
+        })?;
+        stage("install test", |s| {
+            // The medium left in the machine after an install: booting it again must not
+            // reinstall over the appliance (a copy-on-write overlay of the installed disk).
+            s.set("the same config again, on the installed disk");
+            let installed = Target::Installed(&target);
+            check_refusal_on("reinstall", &config.iso, &good, false, installed, "already holds TruthDB OS", config)
         })?;
     }
 
@@ -441,6 +454,16 @@ fn base64_decode(text: &str) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The disk a refusal test offers the installer.
+enum Target<'a> {
+    /// A small blank virtio disk.
+    BlankVirtio,
+    /// A small blank disk on USB.
+    Usb,
+    /// A copy-on-write overlay of an installed disk: its contents must stay the installed ones.
+    Installed(&'a Path),
+}
+
 /// Boots the ISO with `config` on it and a blank disk; the installer must refuse with
 /// `expected` in its message and the disk must be unchanged.
 fn check_refusal(
@@ -451,14 +474,46 @@ fn check_refusal(
     expected: &str,
     config: &InstallTestConfig,
 ) -> Result<()> {
+    check_refusal_on(name, iso, install_config, as_usb, Target::BlankVirtio, expected, config)
+}
+
+/// [`check_refusal`] with the disk of choice.
+fn check_refusal_on(
+    name: &str,
+    iso: &Path,
+    install_config: &str,
+    as_usb: bool,
+    target: Target,
+    expected: &str,
+    config: &InstallTestConfig,
+) -> Result<()> {
     let dir = &config.work_dir;
     let iso = remaster(iso, install_config, dir, name)?;
-    let disk = dir.join(format!("{name}.raw"));
-    // Refusals come before any size check, so a small disk will do (and hashes quickly).
-    blank_disk(&disk, REFUSAL_DISK_GIB)?;
-    let before = sha256_of(&disk)?;
     let mut storage = if as_usb { usb_stick(&iso) } else { cdrom(&iso) };
-    storage.extend(virtio_disk(&disk, "raw", TARGET_SERIAL));
+    let (disk, before) = match target {
+        Target::BlankVirtio | Target::Usb => {
+            let disk = dir.join(format!("{name}.raw"));
+            // Refusals come before any size check, so a small disk will do (and hashes quickly).
+            blank_disk(&disk, REFUSAL_DISK_GIB)?;
+            storage.extend(match target {
+                Target::Usb => usb_disk(&disk, TARGET_SERIAL),
+                _ => virtio_disk(&disk, "raw", TARGET_SERIAL),
+            });
+            let before = sha256_of(&disk)?;
+            (disk, before)
+        }
+        Target::Installed(installed) => {
+            let overlay = dir.join(format!("{name}.qcow2"));
+            let _ = std::fs::remove_file(&overlay);
+            Cmd::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(installed)
+                .arg(&overlay)
+                .run()?;
+            storage.extend(virtio_disk(&overlay, "qcow2", TARGET_SERIAL));
+            (overlay, String::new())
+        }
+    };
     let vm = Vm::start(&VmSpec {
         name: name.into(),
         memory_mib: config.memory_mib,
@@ -480,12 +535,26 @@ fn check_refusal(
     if !refusal.contains(expected) {
         bail!("{name}: the refusal does not say {expected:?}: {refusal}");
     }
-    let after = sha256_of(&disk)?;
-    if before != after {
-        bail!("{name}: the installer refused, but the disk changed (sha256 {before} -> {after})");
-    }
+    let unchanged = match target {
+        Target::Installed(installed) => {
+            // What the guest sees through the overlay, sector by sector, is the installed disk.
+            let compared =
+                Cmd::new("qemu-img").args(["compare", "-q", "-f", "qcow2", "-F", "raw"]).arg(&disk).arg(installed);
+            if compared.run().is_err() {
+                bail!("{name}: the installer refused, but the installed disk's contents changed");
+            }
+            "contents compared with qemu-img".to_owned()
+        }
+        _ => {
+            let after = sha256_of(&disk)?;
+            if before != after {
+                bail!("{name}: the installer refused, but the disk changed (sha256 {before} -> {after})");
+            }
+            format!("sha256 {}", &after[..16])
+        }
+    };
     let _ = std::fs::remove_file(&disk);
-    println!("PASS {name}: refused ({refusal}); disk unchanged (sha256 {})", &after[..16]);
+    println!("PASS {name}: refused ({refusal}); disk unchanged ({unchanged})");
     Ok(())
 }
 

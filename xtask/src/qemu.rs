@@ -147,6 +147,18 @@ pub fn virtio_disk(file: &Path, format: &str, serial: &str) -> Vec<String> {
     ]
 }
 
+/// A disk on a USB bus (what `largest` must never pick unless it is named).
+pub fn usb_disk(file: &Path, serial: &str) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!("if=none,id={serial},format=raw,file={}", file.display()),
+        "-device".into(),
+        "qemu-xhci,id=xhci-disk".into(),
+        "-device".into(),
+        format!("usb-storage,bus=xhci-disk.0,drive={serial},serial={serial},removable=off"),
+    ]
+}
+
 /// The ISO as a CD.
 pub fn cdrom(iso: &Path) -> Vec<String> {
     vec![

@@ -176,6 +176,8 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
         "PASS installed: ssh over 127.0.0.1",
         "PASS no-wipe: refused",
         "PASS boot-medium: refused",
+        "PASS largest-usb: refused",
+        "PASS reinstall: refused",
         "PASS disk image built",
         "PASS disk-image boots alone",
         "PASS disk-image: psql over 127.0.0.1",
