@@ -45,7 +45,7 @@ pub enum DiskSelector {
     Largest(bool),
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Login name of the administrator account.
@@ -57,11 +57,30 @@ pub struct Admin {
     pub password_hash: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+/// By hand, like [`Database`]'s: the password hash stays out of `{:?}`.
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("user", &self.user)
+            .field("ssh_authorized_keys", &self.ssh_authorized_keys)
+            .field("password_hash", &self.password_hash.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Database {
     /// Password of the database's admin role. Required: the appliance has no default.
     pub admin_password: String,
+}
+
+/// Written by hand so that `{:?}` of a config (in a log, a panic, a test failure) never shows
+/// the password.
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database").field("admin_password", &"<redacted>").finish()
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -267,6 +286,15 @@ admin_password = "correct horse battery"
 
     fn err(text: &str) -> String {
         InstallConfig::parse(text, "install.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password_or_its_hash() {
+        let text = format!("{GOOD}").replace("[database]", "password_hash = \"$y$j9T$salt$hash\"\n[database]");
+        let c = InstallConfig::parse(&text, "install.toml").unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("correct horse") && !shown.contains("$y$j9T"), "{shown}");
+        assert!(shown.contains("dba") && shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]
