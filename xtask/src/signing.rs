@@ -51,99 +51,148 @@ impl KeySource {
     }
 }
 
-/// A GnuPG home holding exactly one signing key.
+/// The signing key, held in xtask's memory. Every GnuPG operation is one job with a home of
+/// its own that lives only as long as the job (see [`gpg_job`]): no GnuPG home with the key in
+/// it stays on disk between jobs, after the build, or after a SIGKILL.
 pub struct Signer {
-    home: tempfile::TempDir,
+    /// The armored secret key (a development key is generated once, then kept here).
+    armored: String,
+    passphrase: Option<String>,
     pub fingerprint: String,
     pub is_development: bool,
-    passphrase: Option<String>,
 }
 
-/// GnuPG homes are named `truthdb-gpg-<pid>-*`, so a later run can tell one whose run is gone.
+/// GnuPG homes of non-root runs are named `truthdb-gpg-<pid>-*`, so a later run can tell one
+/// whose run is gone.
 const HOME_PREFIX: &str = "truthdb-gpg-";
 
 impl Signer {
     pub fn new(source: &KeySource) -> Result<Signer> {
-        remove_orphaned_homes(&std::env::temp_dir());
-        // 0700 from the start (not chmod after): the home holds the secret key, and a build
-        // host may have other users.
-        let home = tempfile::Builder::new()
-            .prefix(&format!("{HOME_PREFIX}{}-", std::process::id()))
-            .permissions(fs::Permissions::from_mode(0o700))
-            .tempdir()
-            .context("creating a GnuPG home")?;
-        let mut signer = Signer { home, fingerprint: String::new(), is_development: false, passphrase: None };
-        match source {
+        let (armored, passphrase, is_development, origin) = match source {
             KeySource::Release { armored, passphrase, origin } => {
-                // On stdin: the armored key is never a file of its own.
-                signer.passphrase = passphrase.clone();
-                signer
-                    .gpg()
-                    .arg("--import")
-                    .stdin_secret(armored.as_bytes())
-                    .run()
-                    .with_context(|| format!("importing the signing key from {origin}"))?;
+                if passphrase.as_deref().is_some_and(|p| p.contains('\n')) {
+                    bail!("the signing key's passphrase (${PASSPHRASE_ENV}) holds a newline: GnuPG reads one line");
+                }
+                (armored.clone(), passphrase.clone(), false, origin.clone())
             }
             KeySource::Development => {
-                signer.is_development = true;
-                signer
-                    .gpg()
-                    .args(["--passphrase", "", "--quick-generate-key", DEVELOPMENT_UID, "ed25519", "sign", "30d"])
-                    .run()
-                    .context("generating a development signing key")?;
+                let armored =
+                    gpg_job("generate", &[DEVELOPMENT_UID], b"\n").context("generating a development signing key")?;
+                (armored, None, true, "a new development key".to_owned())
             }
-        }
-        signer.fingerprint = signer.secret_fingerprint()?;
+        };
+        let mut signer = Signer { armored, passphrase, fingerprint: String::new(), is_development };
+        let listing =
+            signer.job("fingerprint", &[], b"").with_context(|| format!("importing the signing key from {origin}"))?;
+        signer.fingerprint = match colon_fingerprints(&listing).as_slice() {
+            [] => bail!("the signing key from {origin} holds no secret key"),
+            [primary, ..] => primary.clone(),
+        };
         Ok(signer)
     }
 
-    fn gpg(&self) -> Cmd {
-        Cmd::new("gpg").arg("--homedir").arg(self.home.path()).args([
-            "--batch",
-            "--no-tty",
-            "--pinentry-mode",
-            "loopback",
-        ])
-    }
-
-    fn secret_fingerprint(&self) -> Result<String> {
-        let listing = self.gpg().args(["--with-colons", "--list-secret-keys"]).read()?;
-        let fingerprints = colon_fingerprints(&listing);
-        match fingerprints.as_slice() {
-            [only] => Ok(only.clone()),
-            [] => bail!("the signing key holds no secret key"),
-            [primary, ..] => Ok(primary.clone()),
-        }
+    /// Runs one job with this key imported first; `data` follows the key on stdin.
+    fn job(&self, op: &str, args: &[&str], data: &[u8]) -> Result<String> {
+        let mut input = format!("{}\n", self.passphrase.as_deref().unwrap_or("")).into_bytes();
+        input.extend_from_slice(self.armored.trim_end().as_bytes());
+        input.push(b'\n');
+        input.extend_from_slice(data);
+        gpg_job(op, args, &input)
     }
 
     /// Writes `<file>.sign`, a detached armored signature of `file`.
     pub fn sign_detached(&self, file: &Path) -> Result<PathBuf> {
         let sig = PathBuf::from(format!("{}.sign", file.display()));
-        let mut gpg = self.gpg().args(["--yes", "--armor", "--detach-sign", "--local-user"]).arg(&self.fingerprint);
-        if let Some(passphrase) = &self.passphrase {
-            // Through a file descriptor (stdin), never a file or the argument list.
-            gpg = gpg.args(["--passphrase-fd", "0"]).stdin_secret(format!("{passphrase}\n"));
-        }
-        gpg.arg("--output").arg(&sig).arg(file).run().with_context(|| format!("signing {}", file.display()))?;
+        let data = fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let armored =
+            self.job("sign", &[&self.fingerprint], &data).with_context(|| format!("signing {}", file.display()))?;
+        fs::write(&sig, armored).with_context(|| format!("writing {}", sig.display()))?;
         Ok(sig)
     }
 
     /// Writes the armored public key, labelled when it is a development key.
     pub fn export_public_key(&self, path: &Path) -> Result<()> {
-        let mut gpg = self.gpg().arg("--armor");
-        if self.is_development {
-            gpg = gpg.args(["--comment", "TruthDB OS DEVELOPMENT key: NOT A RELEASE SIGNATURE"]);
-        }
-        let armored = gpg.arg("--export").arg(&self.fingerprint).read().context("exporting the public key")?;
+        let comment = if self.is_development { "TruthDB OS DEVELOPMENT key: NOT A RELEASE SIGNATURE" } else { "" };
+        let armored = self.job("export", &[&self.fingerprint, comment], b"").context("exporting the public key")?;
         fs::write(path, armored).with_context(|| format!("writing {}", path.display()))
     }
 }
 
-impl Drop for Signer {
-    fn drop(&mut self) {
-        // gpg starts an agent for the home; stop it before the directory goes.
-        let _ = Cmd::new("gpgconf").arg("--homedir").arg(self.home.path()).args(["--kill", "all"]).run();
+/// One GnuPG job, as a fixed script. Its stdin: the passphrase line (empty for none), then the
+/// armored secret key up to its END line (imported from the pipe, never a file of its own),
+/// then the job's data. The passphrase reaches gpg through a file descriptor. `$1` is the job,
+/// `$2` the home, `$3` whether to mount a tmpfs there first, the rest the job's arguments.
+const GPG_JOB: &str = r#"set -eu
+job=$1 home=$2 private=$3
+shift 3
+if [ "$private" = tmpfs ]; then
+    mount -t tmpfs -o mode=0700,size=64m truthdb-gnupg "$home"
+fi
+umask 077
+export GNUPGHOME="$home/gnupg"
+mkdir -p "$GNUPGHOME"
+g() { gpg --batch --no-tty --pinentry-mode loopback "$@"; }
+IFS= read -r passphrase || true
+if [ "$job" = generate ]; then
+    g --passphrase '' --quick-generate-key "$1" ed25519 sign 30d 2>&1 >/dev/null | grep -v '^gpg: ' >&2 || true
+    g --armor --export-secret-keys
+    exit 0
+fi
+{
+    while IFS= read -r line; do
+        printf '%s\n' "$line"
+        [ "$line" = "-----END PGP PRIVATE KEY BLOCK-----" ] && break
+    done
+} | g --import 2>/dev/null || { echo "gpg could not import the key (is it an armored secret key?)" >&2; exit 1; }
+case $job in
+fingerprint)
+    g --with-colons --list-secret-keys ;;
+sign)
+    cat > "$home/data"
+    if [ -n "$passphrase" ]; then
+        printf '%s\n' "$passphrase" | g --passphrase-fd 0 --armor --detach-sign --local-user "$1" --output - "$home/data"
+    else
+        g --armor --detach-sign --local-user "$1" --output - "$home/data"
+    fi ;;
+export)
+    if [ -n "$2" ]; then g --armor --comment "$2" --export "$1"; else g --armor --export "$1"; fi ;;
+esac
+"#;
+
+/// Runs [`GPG_JOB`]. As root (every build), in a private mount and PID namespace on a tmpfs
+/// mounted over `/tmp` there: the home, the imported key, the data and gpg-agent exist only in
+/// that namespace and are gone when the job ends, however it ends (the namespace dies with
+/// xtask: SIGKILL included). Without root (unit tests, `verify` needs none of this), in a 0700
+/// directory removed afterwards, and by the next run when this one was killed.
+fn gpg_job(job: &str, args: &[&str], input: &[u8]) -> Result<String> {
+    if crate::project::is_root() {
+        return Cmd::new("unshare")
+            .args(["--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--"])
+            .args(["sh", "-c", GPG_JOB, "sh", job, "/tmp", "tmpfs"])
+            .args(args)
+            .stdin_secret(input)
+            .die_with_parent()
+            .read()
+            .with_context(|| format!("gpg job `{job}` in a private namespace"));
     }
+    remove_orphaned_homes(&std::env::temp_dir());
+    // 0700 from the start (not chmod after): the home will hold the secret key.
+    let home = tempfile::Builder::new()
+        .prefix(&format!("{HOME_PREFIX}{}-", std::process::id()))
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .context("creating a GnuPG home")?;
+    let result = Cmd::new("sh")
+        .args(["-c", GPG_JOB, "sh", job])
+        .arg(home.path())
+        .arg("directory")
+        .args(args)
+        .stdin_secret(input)
+        .read()
+        .with_context(|| format!("gpg job `{job}`"));
+    // gpg started an agent for the home; stop it before the directory goes.
+    let _ = Cmd::new("gpgconf").arg("--homedir").arg(home.path().join("gnupg")).args(["--kill", "all"]).run();
+    result
 }
 
 /// Removes GnuPG homes left in `dir` by runs that no longer exist (a SIGKILLed xtask runs no
@@ -159,7 +208,7 @@ fn remove_orphaned_homes(dir: &Path) {
             continue;
         }
         let path = entry.path();
-        let _ = Cmd::new("gpgconf").arg("--homedir").arg(&path).args(["--kill", "all"]).run();
+        let _ = Cmd::new("gpgconf").arg("--homedir").arg(path.join("gnupg")).args(["--kill", "all"]).run();
         let _ = fs::remove_dir_all(&path);
     }
 }
@@ -238,8 +287,6 @@ pub fn verify_detached(signature: &Path, data: &Path, public_key: &Path) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::FileTypeExt;
-
     use super::*;
 
     #[test]
@@ -315,44 +362,103 @@ mod tests {
         signer.export_public_key(&public).unwrap();
         assert_eq!(verify_detached(&sig, &data, &public).unwrap(), signer.fingerprint);
         assert_eq!(release_fingerprint(&source).unwrap(), Some(signer.fingerprint.clone()));
-        assert_home_is_private(&signer, "s3cret");
     }
 
-    /// Nothing in the GnuPG home is reachable by others, and neither the passphrase nor the
-    /// armored secret key was ever written there as a file (gpg keeps the key in its own,
-    /// still passphrase-protected, format).
-    fn assert_home_is_private(signer: &Signer, passphrase: &str) {
-        for entry in walkdir::WalkDir::new(signer.home.path()) {
-            let entry = entry.unwrap();
-            let meta = entry.path().symlink_metadata().unwrap();
-            if meta.file_type().is_socket() || meta.file_type().is_symlink() {
-                continue;
-            }
-            // The home and every directory in it are closed to others (so is everything below);
-            // the secret key files are private by their own mode too.
-            let mode = meta.permissions().mode() & 0o777;
-            let secret = entry.path().components().any(|c| c.as_os_str() == "private-keys-v1.d");
-            if meta.is_dir() || secret {
-                assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}: readable by others", entry.path().display());
-            }
-            if meta.is_file() {
-                let bytes = fs::read(entry.path()).unwrap();
-                let text = String::from_utf8_lossy(&bytes);
-                assert!(!text.contains(passphrase), "{} holds the passphrase", entry.path().display());
-                assert!(!text.contains("PRIVATE KEY BLOCK"), "{} holds the armored key", entry.path().display());
-            }
+    /// A passphrase-protected key made the way a release manager would, exported armored.
+    fn protected_key(passphrase: &str) -> String {
+        let gnupg = tempfile::tempdir().unwrap();
+        let gpg =
+            || Cmd::new("gpg").arg("--homedir").arg(gnupg.path()).args(["--batch", "--pinentry-mode", "loopback"]);
+        gpg()
+            .args([
+                "--passphrase",
+                passphrase,
+                "--quick-generate-key",
+                "Job Test <j@t.invalid>",
+                "ed25519",
+                "sign",
+                "1d",
+            ])
+            .run()
+            .unwrap();
+        let secret = gpg().args(["--passphrase", passphrase, "--armor", "--export-secret-keys"]).read().unwrap();
+        let _ = Cmd::new("gpgconf").arg("--homedir").arg(gnupg.path()).args(["--kill", "all"]).run();
+        secret
+    }
+
+    /// The processes whose mount namespace is `ns`.
+    fn in_namespace(ns: &Path) -> Vec<String> {
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| fs::read_link(e.path().join("ns/mnt")).is_ok_and(|l| l == ns))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_killed_signing_job_leaves_no_home_no_key_and_no_process() {
+        if !crate::project::is_root() {
+            eprintln!("skipped: the private namespace needs root");
+            return;
         }
+        use std::io::Write;
+        let passphrase = "job-passphrase-7d1c";
+        let key = protected_key(passphrase);
+        // The job as gpg_job starts it, stopped mid-way: the key imported, the data not yet
+        // complete (stdin stays open), as when xtask is killed during a signature.
+        let mut job = std::process::Command::new("unshare")
+            .args(["--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--"])
+            .args(["sh", "-c", GPG_JOB, "sh", "sign", "/tmp", "tmpfs", "0000"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = job.stdin.take().unwrap();
+        stdin.write_all(format!("{passphrase}\n{}\nsome data", key.trim_end()).as_bytes()).unwrap();
+        let ns = fs::read_link(format!("/proc/{}/ns/mnt", job.id())).unwrap();
+        let home_inside = PathBuf::from(format!("/proc/{}/root/tmp/gnupg/private-keys-v1.d", job.id()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while fs::read_dir(&home_inside).map(|d| d.count()).unwrap_or(0) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the job never imported the key");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // The key is in the namespace's tmpfs only, and the passphrase in no command line.
+        assert!(!Path::new("/tmp/gnupg").exists(), "the GnuPG home is on the host's /tmp");
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            assert!(!String::from_utf8_lossy(&cmdline).contains(passphrase), "the passphrase is in an argument list");
+        }
+        assert!(!in_namespace(&ns).is_empty(), "no process seen in the job's namespace: the check is blind");
+
+        job.kill().unwrap();
+        job.wait().unwrap();
+        drop(stdin);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !in_namespace(&ns).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "processes left in the job's namespace: {:?}",
+                in_namespace(&ns)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(!Path::new("/tmp/gnupg").exists(), "a GnuPG home was left on the host");
     }
 
     #[test]
     fn a_gnupg_home_left_by_a_killed_run_is_removed() {
-        // No process has this PID (it is above the kernel's pid_max): the run that made this
-        // home is gone, as after a SIGKILL.
-        let stale = std::env::temp_dir().join("truthdb-gpg-4194305-leftover");
-        fs::create_dir_all(stale.join("private-keys-v1.d")).unwrap();
-        fs::write(stale.join("private-keys-v1.d/key.key"), "secret").unwrap();
-        let signer = Signer::new(&KeySource::Development).unwrap();
+        // No process has the first PID (it is above the kernel's pid_max): the run that made
+        // that home is gone, as after a SIGKILL. The second is this very process's.
+        let temp = tempfile::tempdir().unwrap();
+        let stale = temp.path().join("truthdb-gpg-4194305-leftover");
+        let ours = temp.path().join(format!("truthdb-gpg-{}-current", std::process::id()));
+        for home in [&stale, &ours] {
+            fs::create_dir_all(home.join("gnupg/private-keys-v1.d")).unwrap();
+            fs::write(home.join("gnupg/private-keys-v1.d/key.key"), "secret").unwrap();
+        }
+        remove_orphaned_homes(temp.path());
         assert!(!stale.exists(), "{} was left behind", stale.display());
-        assert_home_is_private(&signer, "no passphrase");
+        assert!(ours.exists(), "a live run's home was removed");
     }
 }
