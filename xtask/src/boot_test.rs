@@ -232,19 +232,23 @@ pub fn run(config: &BootTestConfig) -> Result<Vec<BootOutcome>> {
         }
     }
     let mut failures = Vec::new();
-    for mode in modes {
-        let result = progress::stage("boot test", |stage| {
-            stage.set(&format!("{mode} ({})", if kvm { "kvm" } else { "tcg" }));
-            boot_once(config, mode, kvm, config.timeout)
-        });
-        match result.and_then(|o| check_marker(&o.marker_line, &config.expected_version).map(|_| o)) {
-            Ok(outcome) => {
-                report(&outcome);
-                outcomes.push(outcome);
-            }
-            Err(e) => {
-                eprintln!("FAIL {mode}: {e:#}");
-                failures.push(mode.to_string());
+    let at_once = crate::qemu::vms_at_once();
+    for batch in modes.chunks(at_once) {
+        let names: Vec<String> = batch.iter().map(|m| m.to_string()).collect();
+        let results = progress::stage("boot test", |stage| {
+            stage.set(&format!("{} ({}, {} at once)", names.join(" + "), if kvm { "kvm" } else { "tcg" }, batch.len()));
+            Ok(crate::qemu::in_parallel(batch, |&mode| boot_once(config, mode, kvm, config.timeout)))
+        })?;
+        for (&mode, result) in batch.iter().zip(results) {
+            match result.and_then(|o| check_marker(&o.marker_line, &config.expected_version).map(|_| o)) {
+                Ok(outcome) => {
+                    report(&outcome);
+                    outcomes.push(outcome);
+                }
+                Err(e) => {
+                    eprintln!("FAIL {mode}: {e:#}");
+                    failures.push(mode.to_string());
+                }
             }
         }
     }

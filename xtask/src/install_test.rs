@@ -172,30 +172,41 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
         check_appliance("installed", &target, "raw", config, &credentials, None)
     })?;
 
-    // 3. Refusals leave the disk untouched.
+    // 3. Refusals leave the disk untouched. Each is a boot of its own, run side by side.
     if config.negative {
-        stage("install test", |s| {
-            s.set("a config without wipe = true");
-            let no_wipe = credentials.config(&format!("serial = \"{TARGET_SERIAL}\""), false);
-            check_refusal("no-wipe", &config.iso, &no_wipe, false, "`wipe = true` is required", config)
-        })?;
-        stage("install test", |s| {
-            s.set("a config naming the boot medium (USB stick /dev/sda)");
-            let medium = credentials.config("path = \"/dev/sda\"", true);
-            check_refusal("boot-medium", &config.iso, &medium, true, "booted from", config)
-        })?;
-        stage("install test", |s| {
-            s.set("largest = true with only a USB disk attached");
-            let largest = credentials.config("largest = true", true);
-            let usb = Target::Usb;
-            check_refusal_on("largest-usb", &config.iso, &largest, false, usb, "no installable disk", config)
-        })?;
-        stage("install test", |s| {
+        let no_wipe = credentials.config(&format!("serial = \"{TARGET_SERIAL}\""), false);
+        let medium = credentials.config("path = \"/dev/sda\"", true);
+        let largest = credentials.config("largest = true", true);
+        let refusals = [
+            // (name, install config, ISO as a USB stick, the disk offered, what the refusal says)
+            ("no-wipe", &no_wipe, false, Target::BlankVirtio, "`wipe = true` is required"),
+            // A config naming the boot medium (the USB stick, /dev/sda).
+            ("boot-medium", &medium, true, Target::BlankVirtio, "booted from"),
+            // largest = true with only a USB disk attached: never chosen unless named.
+            ("largest-usb", &largest, false, Target::Usb, "no installable disk"),
             // The medium left in the machine after an install: booting it again must not
             // reinstall over the appliance (a copy-on-write overlay of the installed disk).
-            s.set("the same config again, on the installed disk");
-            let installed = Target::Installed(&target);
-            check_refusal_on("reinstall", &config.iso, &good, false, installed, "already holds TruthDB OS", config)
+            ("reinstall", &good, false, Target::Installed(&target), "already holds TruthDB OS"),
+        ];
+        let at_once = crate::qemu::vms_at_once();
+        stage("install test", |s| {
+            s.set(&format!("{} refusals, {at_once} at a time", refusals.len()));
+            let mut failed = Vec::new();
+            for batch in refusals.chunks(at_once) {
+                let results = crate::qemu::in_parallel(batch, |(name, install_config, as_usb, target, expected)| {
+                    check_refusal(name, &config.iso, install_config, *as_usb, target, expected, config)
+                });
+                for ((name, ..), result) in batch.iter().zip(results) {
+                    if let Err(e) = result {
+                        eprintln!("FAIL {name}: {e:#}");
+                        failed.push(*name);
+                    }
+                }
+            }
+            if !failed.is_empty() {
+                bail!("refusal test(s) failed: {}", failed.join(", "));
+            }
+            Ok(())
         })?;
     }
 
@@ -464,26 +475,14 @@ enum Target<'a> {
     Installed(&'a Path),
 }
 
-/// Boots the ISO with `config` on it and a blank disk; the installer must refuse with
-/// `expected` in its message and the disk must be unchanged.
+/// Boots the ISO with `install_config` on it and the disk `target`; the installer must refuse
+/// with `expected` in its message and the disk must be unchanged.
 fn check_refusal(
     name: &str,
     iso: &Path,
     install_config: &str,
     as_usb: bool,
-    expected: &str,
-    config: &InstallTestConfig,
-) -> Result<()> {
-    check_refusal_on(name, iso, install_config, as_usb, Target::BlankVirtio, expected, config)
-}
-
-/// [`check_refusal`] with the disk of choice.
-fn check_refusal_on(
-    name: &str,
-    iso: &Path,
-    install_config: &str,
-    as_usb: bool,
-    target: Target,
+    target: &Target,
     expected: &str,
     config: &InstallTestConfig,
 ) -> Result<()> {

@@ -147,6 +147,25 @@ pub fn virtio_disk(file: &Path, format: &str, serial: &str) -> Vec<String> {
     ]
 }
 
+/// How many VMs the tests run side by side: single-threaded TCG keeps one host core busy per
+/// VM, so one per core (two on the 2-core machines CI runs on), at most four.
+pub fn vms_at_once() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4)
+}
+
+/// Runs `job` for every item at once, each on its own thread, and returns the results in
+/// order. (QEMU started by a job dies with the thread that started it: see
+/// [`crate::run::Cmd::die_with_parent`]; the thread lives until its job is done.)
+pub fn in_parallel<T: Sync, R: Send>(items: &[T], job: impl Fn(&T) -> Result<R> + Sync) -> Vec<Result<R>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items.iter().map(|item| scope.spawn(|| job(item))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a VM's thread panicked"))))
+            .collect()
+    })
+}
+
 /// A disk on a USB bus (what `largest` must never pick unless it is named).
 pub fn usb_disk(file: &Path, serial: &str) -> Vec<String> {
     vec![

@@ -75,7 +75,8 @@ impl Cmd {
 
     /// The kernel kills the program (SIGKILL) when xtask dies, however it dies: a SIGKILLed
     /// xtask must not leave a build namespace or a VM running. (The signal follows the thread
-    /// that spawned the child; xtask spawns from its main thread only.)
+    /// that spawned the child: a thread that starts one must outlive it, as the VM tests'
+    /// threads do, waiting for their VM.)
     pub fn die_with_parent(mut self) -> Cmd {
         self.die_with_parent = true;
         self
