@@ -321,14 +321,20 @@ mod tests {
         assert_eq!(published_build(dist.path(), "truthdb-os-0.1.0-amd64"), None);
     }
 
-    #[test]
-    fn tampered_sums_fail_the_signature_check() {
+    /// A fake build published into a new directory with a development key.
+    fn publish_fake() -> (tempfile::TempDir, Signer) {
         let build = tempfile::tempdir().unwrap();
         let dist = tempfile::tempdir().unwrap();
         let (iso, packages) = fake_build(build.path());
         let signer = Signer::new(&KeySource::Development).unwrap();
         let artifacts = Artifacts { iso: &iso, package_manifest: &packages, stem: "truthdb-os-0.1.0-amd64" };
         publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).unwrap();
+        (dist, signer)
+    }
+
+    #[test]
+    fn tampered_sums_fail_the_signature_check() {
+        let (dist, _signer) = publish_fake();
         // Rewrite the sums consistently for a swapped payload: only the signature can tell.
         let payload = dist.path().join("truthdb-os-0.1.0-amd64.packages");
         fs::write(&payload, "evil\n").unwrap();
@@ -370,12 +376,7 @@ mod tests {
         const INFO: &str = "truthdb-os-0.1.0-amd64.build-info.json";
         let both: &[Algorithm] = &Algorithm::ALL;
         let publish_fresh = || {
-            let build = tempfile::tempdir().unwrap();
-            let dist = tempfile::tempdir().unwrap();
-            let (iso, packages) = fake_build(build.path());
-            let signer = Signer::new(&KeySource::Development).unwrap();
-            let artifacts = Artifacts { iso: &iso, package_manifest: &packages, stem: "truthdb-os-0.1.0-amd64" };
-            publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).unwrap();
+            let (dist, signer) = publish_fake();
             run_verify_command(dist.path(), None).unwrap();
             (dist, signer)
         };

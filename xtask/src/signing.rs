@@ -333,25 +333,7 @@ mod tests {
     #[test]
     fn an_imported_release_key_with_passphrase_signs() {
         let dir = tempfile::tempdir().unwrap();
-        // Make a passphrase-protected key the way a release manager would, then export it.
-        let gnupg = tempfile::tempdir().unwrap();
-        let gpg =
-            || Cmd::new("gpg").arg("--homedir").arg(gnupg.path()).args(["--batch", "--pinentry-mode", "loopback"]);
-        gpg()
-            .args([
-                "--passphrase",
-                "s3cret",
-                "--quick-generate-key",
-                "Release Test <r@t.invalid>",
-                "ed25519",
-                "sign",
-                "1d",
-            ])
-            .run()
-            .unwrap();
-        let secret = gpg().args(["--passphrase", "s3cret", "--armor", "--export-secret-keys"]).read().unwrap();
-        let _ = Cmd::new("gpgconf").arg("--homedir").arg(gnupg.path()).args(["--kill", "all"]).run();
-
+        let secret = protected_key("s3cret");
         let source = KeySource::Release { armored: secret, passphrase: Some("s3cret".into()), origin: "test".into() };
         let signer = Signer::new(&source).unwrap();
         assert!(!signer.is_development);
@@ -362,6 +344,12 @@ mod tests {
         signer.export_public_key(&public).unwrap();
         assert_eq!(verify_detached(&sig, &data, &public).unwrap(), signer.fingerprint);
         assert_eq!(release_fingerprint(&source).unwrap(), Some(signer.fingerprint.clone()));
+
+        // A wrong passphrase is an error naming the file, not an unsigned release.
+        let KeySource::Release { armored, .. } = source else { unreachable!() };
+        let wrong = KeySource::Release { armored, passphrase: Some("wrong".into()), origin: "test".into() };
+        let msg = format!("{:#}", Signer::new(&wrong).unwrap().sign_detached(&data).unwrap_err());
+        assert!(msg.contains("signing") && msg.contains("SHA256SUMS"), "{msg}");
     }
 
     /// A passphrase-protected key made the way a release manager would, exported armored.
@@ -416,13 +404,15 @@ mod tests {
             .unwrap();
         let mut stdin = job.stdin.take().unwrap();
         stdin.write_all(format!("{passphrase}\n{}\nsome data", key.trim_end()).as_bytes()).unwrap();
-        let ns = fs::read_link(format!("/proc/{}/ns/mnt", job.id())).unwrap();
         let home_inside = PathBuf::from(format!("/proc/{}/root/tmp/gnupg/private-keys-v1.d", job.id()));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while fs::read_dir(&home_inside).map(|d| d.count()).unwrap_or(0) == 0 {
             assert!(std::time::Instant::now() < deadline, "the job never imported the key");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        // Read only now: right after the spawn, unshare may not have left the host's namespace.
+        let ns = fs::read_link(format!("/proc/{}/ns/mnt", job.id())).unwrap();
+        assert_ne!(ns, fs::read_link("/proc/self/ns/mnt").unwrap(), "the job runs in the host's mount namespace");
         // The key is in the namespace's tmpfs only, and the passphrase in no command line.
         assert!(!Path::new("/tmp/gnupg").exists(), "the GnuPG home is on the host's /tmp");
         for entry in fs::read_dir("/proc").unwrap().flatten() {
