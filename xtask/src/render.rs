@@ -211,6 +211,14 @@ fn render_lb_config(src: &Path, dest: &Path, context: &TemplateContext) -> Resul
         if kind.is_dir() {
             fs::create_dir_all(&target)?;
         } else if kind.is_file() && rel.extension().is_some_and(|e| e == "j2") {
+            let plain = rel.with_extension("");
+            if src.join(&plain).symlink_metadata().is_ok() {
+                bail!(
+                    "lb-config/{} and lb-config/{} both exist: the template would silently replace the file; keep one",
+                    plain.display(),
+                    rel.display()
+                );
+            }
             let source = fs::read_to_string(entry.path())
                 .with_context(|| format!("reading template {}", entry.path().display()))?;
             env.add_template_owned(rel.display().to_string(), source)

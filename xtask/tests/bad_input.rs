@@ -156,3 +156,11 @@ fn a_second_run_on_the_same_work_directory_fails_clearly_with_no_wait() {
     assert!(!result.status.success(), "ran beside another run: {err}");
     assert!(err.contains("is in use by another run") && err.contains(".lock"), "{err}");
 }
+
+#[test]
+fn a_plain_file_beside_its_template_is_refused() {
+    // Which one would live-build get? Today's render let the template win silently.
+    let p = ProjectCopy::new();
+    p.write("lb-config/auto/config", "#!/bin/sh\nlb config noauto --distribution sid\n");
+    assert_config_fails(&p, &["lb-config/auto/config", "lb-config/auto/config.j2"]);
+}
