@@ -219,7 +219,7 @@ fn remove_stale_partials(parent: &Path) {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(rest) = name.strip_prefix(".partial-") {
             let pid = rest.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
-            let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            let alive = pid.is_some_and(fsx::process_alive);
             if !alive {
                 let _ = fsx::remove_if_present(&entry.path());
             }

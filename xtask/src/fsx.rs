@@ -71,6 +71,12 @@ pub fn write_in_tree(root: &Path, rel: impl AsRef<Path>, contents: impl AsRef<[u
     Ok(path)
 }
 
+/// Whether a process with this PID exists: leftovers named after the run that made them
+/// (partial build roots, GnuPG homes) are removed only when that run is gone.
+pub fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Copies one file or symlink, keeping the permission bits.
 pub fn copy_entry(src: &Path, dest: &Path) -> Result<()> {
     if let Some(parent) = dest.parent() {

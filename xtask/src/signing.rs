@@ -204,7 +204,7 @@ fn remove_orphaned_homes(dir: &Path) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(pid) = name.strip_prefix(HOME_PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
         let Ok(pid) = pid.parse::<u32>() else { continue };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+        if pid == std::process::id() || crate::fsx::process_alive(pid) {
             continue;
         }
         let path = entry.path();
