@@ -290,7 +290,7 @@ admin_password = "correct horse battery"
 
     #[test]
     fn debug_output_never_shows_the_password_or_its_hash() {
-        let text = format!("{GOOD}").replace("[database]", "password_hash = \"$y$j9T$salt$hash\"\n[database]");
+        let text = GOOD.to_string().replace("[database]", "password_hash = \"$y$j9T$salt$hash\"\n[database]");
         let c = InstallConfig::parse(&text, "install.toml").unwrap();
         let shown = format!("{c:?}");
         assert!(!shown.contains("correct horse") && !shown.contains("$y$j9T"), "{shown}");

@@ -357,16 +357,83 @@ fn write_identity(
     Ok(())
 }
 
-/// live-boot and live-config belong to the live medium only. Purging them leaves
-/// initramfs-tools' trigger pending (`--no-triggers`), and processing the pending triggers
-/// rebuilds the initrd once, without live-boot's scripts (letting each purge fire it would
-/// rebuild it once per package: minutes under emulation).
+/// Where the image keeps the installed system's initrd, made when the image was built
+/// (`hooks/0300-installed-initrd.hook.chroot`): `initrd.img-<release>` per kernel, made by the
+/// image's initramfs-tools without the live-* packages' hooks and scripts, with fsck for ext4.
+const PREBUILT_INITRD_DIR: &str = "usr/lib/truthdb/installed-initrd";
+/// update-initramfs's own settings; `update_initramfs=no` makes `-u` (what initramfs-tools'
+/// trigger runs) do nothing.
+const UPDATE_INITRAMFS_CONF: &str = "etc/initramfs-tools/update-initramfs.conf";
+
+/// Where the installed system's initrd comes from.
+#[derive(Debug, PartialEq, Eq)]
+enum InitrdSource {
+    /// Every kernel has an initrd made at image build: it is installed as is.
+    Prebuilt,
+    /// Some kernel has none (an image made before they were, or a kernel added without one):
+    /// initramfs-tools rebuilds the initrd in the installed system, as it always did.
+    Rebuild { missing: Vec<String> },
+}
+
+impl InitrdSource {
+    fn choose(releases: &[String], prebuilt_dir: &Path) -> InitrdSource {
+        let missing: Vec<String> =
+            releases.iter().filter(|r| !prebuilt_initrd(prebuilt_dir, r).is_file()).cloned().collect();
+        if releases.is_empty() || !missing.is_empty() {
+            InitrdSource::Rebuild { missing }
+        } else {
+            InitrdSource::Prebuilt
+        }
+    }
+}
+
+fn prebuilt_initrd(prebuilt_dir: &Path, release: &str) -> PathBuf {
+    prebuilt_dir.join(format!("initrd.img-{release}"))
+}
+
+/// live-boot and live-config belong to the live medium only, and so do their initramfs hooks.
+/// Purging them leaves initramfs-tools' trigger pending (`--no-triggers`: letting each purge
+/// fire it would rebuild the initrd once per package). The initrd made at image build is
+/// already what that trigger would make, so the trigger is processed with initrd updates
+/// switched off and the prebuilt initrd takes the live one's place; when the image has none
+/// for a kernel, the trigger rebuilds the initrd once (minutes under emulation).
 fn remove_live_packages(target: &Path, log: &Log) -> Result<()> {
+    let prebuilt_dir = target.join(PREBUILT_INITRD_DIR);
+    let releases = kernel_releases(target)?;
+    let source = InitrdSource::choose(&releases, &prebuilt_dir);
+    match &source {
+        InitrdSource::Prebuilt => log.line("initrd: prebuilt at image build"),
+        InitrdSource::Rebuild { missing } if missing.is_empty() => {
+            log.line("initrd: rebuilt in the installed system (no kernel in /boot)")
+        }
+        InitrdSource::Rebuild { missing } => log.line(&format!(
+            "initrd: rebuilt in the installed system (no initrd made at image build for {})",
+            missing.join(", ")
+        )),
+    }
     let installed = Tool::new("dpkg-query").args(["--show", "--showformat=${Package}\\n"]).in_root(target).run(log)?;
     let live: Vec<&str> = installed.lines().filter(|p| p.starts_with("live-")).collect();
-    if !live.is_empty() {
-        Tool::new("dpkg").args(["--purge", "--no-triggers"]).args(&live).in_root(target).run(log)?;
-        Tool::new("dpkg").args(["--triggers-only", "--pending"]).in_root(target).run(log)?;
+    let purge = || -> Result<()> {
+        if !live.is_empty() {
+            Tool::new("dpkg").args(["--purge", "--no-triggers"]).args(&live).in_root(target).run(log)?;
+            Tool::new("dpkg").args(["--triggers-only", "--pending"]).in_root(target).run(log)?;
+        }
+        Ok(())
+    };
+    match source {
+        InitrdSource::Prebuilt => {
+            with_initrd_updates_off(&target.join(UPDATE_INITRAMFS_CONF), purge)?;
+            for release in &releases {
+                let from = prebuilt_initrd(&prebuilt_dir, release);
+                let to = target.join(format!("boot/initrd.img-{release}"));
+                move_file(&from, &to)?;
+                log.line(&format!("initrd: /{PREBUILT_INITRD_DIR}/initrd.img-{release} -> /boot/initrd.img-{release}"));
+            }
+        }
+        InitrdSource::Rebuild { .. } => purge()?,
+    }
+    if prebuilt_dir.exists() {
+        std::fs::remove_dir_all(&prebuilt_dir).map_err(|e| io_error(&prebuilt_dir, e))?;
     }
     let leftover =
         Tool::new("dpkg-query").args(["--show", "--showformat=${Package} ${Status}\\n"]).in_root(target).run(log)?;
@@ -377,6 +444,57 @@ fn remove_live_packages(target: &Path, log: &Log) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Runs `work` with `update_initramfs=no` added at the end of update-initramfs.conf (a shell
+/// file: the last assignment wins), then puts the file back as it was: the original is renamed
+/// aside and renamed back (same inode, contents, mode and times), or the added file removed
+/// when there was none. Put back whether `work` succeeded or not.
+fn with_initrd_updates_off<T>(conf: &Path, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let aside = conf.with_extension("conf.truthdb-installer");
+    let original = match std::fs::read(conf) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_error(conf, e)),
+    };
+    if let Some(text) = &original {
+        std::fs::rename(conf, &aside).map_err(|e| io_error(conf, e))?;
+        let mut off = text.clone();
+        if !off.is_empty() && !off.ends_with(b"\n") {
+            off.push(b'\n');
+        }
+        off.extend_from_slice(
+            b"# truthdb-installer: the initrd made at image build is installed instead\nupdate_initramfs=no\n",
+        );
+        if let Err(e) = std::fs::write(conf, off) {
+            let _ = std::fs::rename(&aside, conf);
+            return Err(io_error(conf, e));
+        }
+    } else {
+        std::fs::write(conf, "update_initramfs=no\n").map_err(|e| io_error(conf, e))?;
+    }
+    let result = work();
+    let put_back = match original {
+        Some(_) => std::fs::rename(&aside, conf),
+        None => std::fs::remove_file(conf),
+    };
+    match (result, put_back) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(io_error(conf, e)),
+        (Ok(value), Ok(())) => Ok(value),
+    }
+}
+
+/// A rename, or a copy where `from` and `to` are on different file systems.
+fn move_file(from: &Path, to: &Path) -> Result<()> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            std::fs::copy(from, to).map_err(|e| io_error(to, e))?;
+            std::fs::remove_file(from).map_err(|e| io_error(from, e))
+        }
+        Err(e) => Err(io_error(from, e)),
+    }
 }
 
 /// Host keys made while the image was built would be shared by every appliance.
@@ -437,6 +555,17 @@ fn create_admin(target: &Path, config: &InstallConfig, log: &Log) -> Result<()> 
 
 /// The one kernel the image carries.
 fn kernel_release(target: &Path) -> Result<String> {
+    match kernel_releases(target)?.as_slice() {
+        [one] => Ok(one.clone()),
+        other => Err(Error::Tool {
+            command: format!("ls {}", target.join("boot").display()),
+            message: format!("expected exactly one kernel, found {other:?}"),
+        }),
+    }
+}
+
+/// The kernels in the target's /boot (`vmlinuz-<release>`), sorted.
+fn kernel_releases(target: &Path) -> Result<Vec<String>> {
     let boot = target.join("boot");
     let mut releases: Vec<String> = std::fs::read_dir(&boot)
         .map_err(|e| io_error(&boot, e))?
@@ -444,13 +573,7 @@ fn kernel_release(target: &Path) -> Result<String> {
         .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("vmlinuz-").map(str::to_owned))
         .collect();
     releases.sort();
-    match releases.as_slice() {
-        [one] => Ok(one.clone()),
-        other => Err(Error::Tool {
-            command: format!("ls {}", boot.display()),
-            message: format!("expected exactly one kernel, found {other:?}"),
-        }),
-    }
+    Ok(releases)
 }
 
 /// Puts the UKI at the fallback path of the (unmounted) ESP with mtools.
@@ -520,5 +643,89 @@ mod tests {
         let copy = target.join(LOG_PATH);
         assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(&copy).unwrap(), "the install\n");
+    }
+    fn releases(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn the_prebuilt_initrd_is_used_only_when_every_kernel_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let prebuilt = dir.path().join(PREBUILT_INITRD_DIR);
+        // An image made before the initrd was prebuilt: no directory at all.
+        assert_eq!(
+            InitrdSource::choose(&releases(&["6.12.117-truthdb"]), &prebuilt),
+            InitrdSource::Rebuild { missing: releases(&["6.12.117-truthdb"]) }
+        );
+        std::fs::create_dir_all(&prebuilt).unwrap();
+        std::fs::write(prebuilt.join("initrd.img-6.12.117-truthdb"), "initrd").unwrap();
+        assert_eq!(InitrdSource::choose(&releases(&["6.12.117-truthdb"]), &prebuilt), InitrdSource::Prebuilt);
+        // A second kernel without one: the rebuild, naming it.
+        assert_eq!(
+            InitrdSource::choose(&releases(&["6.12.117-truthdb", "6.13.1-truthdb"]), &prebuilt),
+            InitrdSource::Rebuild { missing: releases(&["6.13.1-truthdb"]) }
+        );
+        // No kernel in /boot: nothing to install, the old path (which then fails at the UKI).
+        assert_eq!(InitrdSource::choose(&[], &prebuilt), InitrdSource::Rebuild { missing: Vec::new() });
+        // A directory where the file should be is no initrd.
+        std::fs::create_dir_all(prebuilt.join("initrd.img-6.13.1-truthdb")).unwrap();
+        assert_eq!(
+            InitrdSource::choose(&releases(&["6.13.1-truthdb"]), &prebuilt),
+            InitrdSource::Rebuild { missing: releases(&["6.13.1-truthdb"]) }
+        );
+    }
+
+    /// What update-initramfs sees: it sources the file.
+    fn sourced_setting(conf: &Path, log: &Log) -> String {
+        Tool::new("sh")
+            .args(["-c", "update_initramfs=yes; . \"$1\"; echo \"$update_initramfs\"", "sh"])
+            .arg(conf.to_string_lossy())
+            .run(log)
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    #[test]
+    fn initrd_updates_are_off_while_the_work_runs_and_the_conf_is_put_back_exactly() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::create(&dir.path().join("log")).unwrap();
+        let conf = dir.path().join("update-initramfs.conf");
+        // As Debian ships it, but without the final newline, and a mode of its own.
+        let original = "# Configuration file for update-initramfs(8)\nupdate_initramfs=yes\nbackup_initramfs=no";
+        std::fs::write(&conf, original).unwrap();
+        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let before = std::fs::metadata(&conf).unwrap();
+        assert_eq!(sourced_setting(&conf, &log), "yes");
+
+        let seen = with_initrd_updates_off(&conf, || Ok(sourced_setting(&conf, &log))).unwrap();
+        assert_eq!(seen, "no");
+        let after = std::fs::metadata(&conf).unwrap();
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), original);
+        assert_eq!(
+            (after.ino(), after.mode(), after.mtime(), after.mtime_nsec()),
+            (before.ino(), before.mode(), before.mtime(), before.mtime_nsec())
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "only the conf and the log are left");
+
+        // A failing work: its error, and the file put back all the same.
+        let failed: Result<()> = with_initrd_updates_off(&conf, || {
+            assert_eq!(sourced_setting(&conf, &log), "no");
+            Err(Error::Tool { command: "dpkg --triggers-only --pending".into(), message: "failed".into() })
+        });
+        assert!(failed.unwrap_err().to_string().contains("dpkg --triggers-only"));
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), original);
+        assert_eq!(std::fs::metadata(&conf).unwrap().ino(), before.ino());
+    }
+
+    #[test]
+    fn without_an_update_initramfs_conf_one_is_made_for_the_work_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::create(&dir.path().join("log")).unwrap();
+        let conf = dir.path().join("update-initramfs.conf");
+        let seen = with_initrd_updates_off(&conf, || Ok(sourced_setting(&conf, &log))).unwrap();
+        assert_eq!(seen, "no");
+        assert!(!conf.exists());
     }
 }
