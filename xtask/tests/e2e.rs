@@ -1,6 +1,13 @@
 //! End-to-end: the real pipeline on this machine. Needs root, the Debian mirror, QEMU and
-//! about 15 minutes cold, so these are `#[ignore]`d in a plain `cargo test`;
-//! `cargo xtask test` runs them (one at a time, output shown).
+//! most of an hour (BENCHMARKS.md), so these are `#[ignore]`d in a plain `cargo test`.
+//!
+//! The tests are named `e2e_NN_...` in running order and share one ISO: `e2e_01` builds it
+//! into `target/truthdb-os/e2e-dist` and, when every check on it passed, records its sha256
+//! beside it; the tests that need the ISO take it through [`built_iso`], which fails at once
+//! ("no ISO: e2e_01 failed or did not run") rather than build another. `cargo xtask test`
+//! runs each one as its own `cargo test` in that order, so a failure hides nothing after it;
+//! by hand, run one with `--ignored --exact <name>`, or all with `--ignored --test-threads=1`
+//! (never in parallel: they share the ISO, the caches and the machine's cores).
 
 mod common;
 
@@ -39,11 +46,49 @@ fn no_mounts_below(dir: &Path) {
     assert!(leaked.is_empty(), "mounts left on the host below {}: {leaked:#?}", dir.display());
 }
 
+/// Written by `e2e_01` once the ISO it built passed every check on it: the ISO's sha256. Beside
+/// `e2e-dist`, not in it (the dist file set and the release rehearsal see no stranger).
+fn built_marker() -> PathBuf {
+    repo_root().join("target/truthdb-os/e2e-dist.ok")
+}
+
+/// What a test that needs `e2e_01`'s work says when it is not there; `cargo xtask test`
+/// reports such a test as skipped (test_suite.rs looks for these words).
+const NEEDS_E2E_01: &str = "e2e_01 failed or did not run";
+
+fn sha256_of(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut fs::File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The ISO `e2e_01` built and checked, if it is still there unchanged; otherwise fails at
+/// once (no rebuild: a later test must not stand in for the build test).
+fn built_iso() -> PathBuf {
+    let iso = dist_dir().join(iso_name());
+    let marker = built_marker();
+    let recorded = match fs::read_to_string(&marker) {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) => panic!("no ISO: {NEEDS_E2E_01} (no {}: {e})", marker.display()),
+    };
+    match sha256_of(&iso) {
+        Ok(sha256) if sha256 == recorded => iso,
+        Ok(sha256) => panic!(
+            "no ISO: {NEEDS_E2E_01} ({} has sha256 {sha256}, not the {recorded} e2e_01 recorded: it changed since)",
+            iso.display()
+        ),
+        Err(e) => panic!("no ISO: {NEEDS_E2E_01} (cannot read {}: {e})", iso.display()),
+    }
+}
+
 #[test]
-#[ignore = "needs root, the Debian mirror and QEMU; run by `cargo xtask test`"]
-fn iso_is_built_published_verified_and_boots_four_ways() {
+#[ignore = "needs root and the Debian mirror; run by `cargo xtask test`"]
+fn e2e_01_iso_build_and_publish() {
     let dist = dist_dir();
     let dist_arg = dist.to_str().unwrap();
+    // First: a failure below must leave no ISO for the later tests.
+    let _ = fs::remove_file(built_marker());
     let _ = fs::remove_dir_all(&dist);
 
     // Build for real (--force: a cached image in this dist must not stand in for a build).
@@ -68,11 +113,9 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
     );
     assert!(stdout(&built).contains("NOT a release signature"));
 
-    // No mount of the build may outlive it, nor of a command that fails in the build root.
+    // No mount of the build may outlive it (e2e_03 checks a failed and a killed command).
     no_mounts_below(&cache_dir());
     no_mounts_below(&repo_root().join("target/truthdb-os"));
-    a_failing_command_in_the_build_root_leaves_no_mount();
-    a_killed_build_leaves_no_mount_and_no_process();
 
     // The image is a hybrid ISO: an ISO 9660 volume with an MBR boot signature for USB sticks.
     let iso = fs::read(dist.join(iso_name())).unwrap();
@@ -93,6 +136,18 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
         .collect();
     assert_eq!(kernels.len(), 1, "expected exactly one kernel package: {kernels:?}");
     assert!(kernels[0].starts_with("linux-image-") && kernels[0].ends_with("-truthdb"), "{kernels:?}");
+
+    // Every check passed: the later tests may use this ISO.
+    fs::write(built_marker(), format!("{}\n", sha256_of(&dist.join(iso_name())).unwrap())).unwrap();
+}
+
+#[test]
+#[ignore = "needs root and the Debian mirror; run by `cargo xtask test`"]
+fn e2e_02_caches_verify_and_release_rehearsal() {
+    built_iso();
+    let dist = dist_dir();
+    let dist_arg = dist.to_str().unwrap();
+    let stem = iso_name().trim_end_matches(".hybrid.iso").to_owned();
 
     // The kernel is cached by its inputs: asking again compiles nothing.
     let kernel = xtask(&["kernel"]);
@@ -149,9 +204,24 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
     let again = xtask(&["iso", "--dist", dist_arg]);
     assert!(again.status.success());
     assert!(stdout(&again).contains("up to date"), "an unchanged rebuild did not skip");
+}
 
+#[test]
+#[ignore = "needs root and the build root e2e_01 made or reused; run by `cargo xtask test`"]
+fn e2e_03_build_leaves_no_mount_or_process() {
+    // Nothing the build and the commands since left mounted on the host...
+    no_mounts_below(&cache_dir());
+    no_mounts_below(&repo_root().join("target/truthdb-os"));
+    // ...nor does a command that fails in the build root, nor one whose xtask is SIGKILLed.
+    a_failing_command_in_the_build_root_leaves_no_mount();
+    a_killed_build_leaves_no_mount_and_no_process();
+}
+
+#[test]
+#[ignore = "needs root and QEMU; run by `cargo xtask test`"]
+fn e2e_04_boot_four_ways() {
+    let iso_path = built_iso();
     // Boot it: BIOS and UEFI, each as a CD and as a USB stick, through its own boot loaders.
-    let iso_path = dist.join(iso_name());
     let booted = xtask(&["boot-test", "--iso", iso_path.to_str().unwrap()]);
     assert!(booted.status.success(), "boot test failed");
     let report = stdout(&booted);
@@ -163,7 +233,12 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
         assert!(line.contains(&format!("version={}", env!("CARGO_PKG_VERSION"))), "{line}");
         assert!(line.contains("kernel=") && line.contains("-truthdb"), "not our kernel: {line}");
     }
+}
 
+#[test]
+#[ignore = "needs root and QEMU; run by `cargo xtask test`"]
+fn e2e_05_install_unattended_refusals_disk_image() {
+    let iso_path = built_iso();
     // Install it: unattended onto a blank disk, boot the disk, reach PostgreSQL and SSH from the
     // host; refusals leave a disk untouched; a `disk` image boots the same way.
     let installed = xtask(&["install-test", "--iso", iso_path.to_str().unwrap()]);
@@ -198,7 +273,12 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
     assert!(work_dirs.is_empty(), "the disk image's work directories were left: {work_dirs:?}");
     let loops = run(Command::new("losetup").arg("--list"));
     assert!(!stdout(&loops).contains("install-test"), "a loop device was left attached:\n{}", stdout(&loops));
+}
 
+#[test]
+#[ignore = "needs root and QEMU; run by `cargo xtask test`"]
+fn e2e_06_install_graphical() {
+    let iso_path = built_iso();
     // Install it as a person would: the graphical installer on -vga std, driven by key presses
     // over QMP, each screen captured and checked to be the installer's picture.
     let gui = xtask(&["gui-test", "--iso", iso_path.to_str().unwrap()]);
@@ -220,7 +300,7 @@ fn iso_is_built_published_verified_and_boots_four_ways() {
 
 #[test]
 #[ignore = "needs root and the Debian mirror; run by `cargo xtask test`"]
-fn unknown_package_is_named_and_dist_is_left_alone() {
+fn e2e_07_unknown_package_is_named_and_dist_is_left_alone() {
     let project = ProjectCopy::new();
     let line = project.append_line("packages.list", "truthdb-no-such-package");
     let dist = project.path("dist");
@@ -326,13 +406,15 @@ fn running(marker: &str) -> bool {
         .any(|e| fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).starts_with(marker)))
 }
 
-/// A complete build root from the cache (the build above made or reused one).
+/// A complete build root from the cache (`e2e_01`'s build made or reused one).
 fn build_root() -> PathBuf {
-    fs::read_dir(cache_dir().join("build-roots"))
-        .unwrap()
+    let roots = cache_dir().join("build-roots");
+    fs::read_dir(&roots)
+        .into_iter()
+        .flatten()
         .map(|e| e.unwrap().path())
         .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .expect("a build root in the cache")
+        .unwrap_or_else(|| panic!("no build root in {}: {NEEDS_E2E_01}", roots.display()))
 }
 
 fn cache_dir() -> PathBuf {
