@@ -4,16 +4,17 @@
 //!
 //! The marker comes from `truthdb-boot-marker.service` in `overlay/`:
 //! `TRUTHDB-OS-BOOTED version=<version> kernel=<uname -r>`. Headless: the serial console goes
-//! to a log file per mode, kept under `target/truthdb-os/boot-test/`.
+//! to a log file per mode, kept under `target/truthdb-os/boot-test/`. The machines are
+//! [`crate::qemu`]'s.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use crate::progress::{self, format_duration};
-use crate::run::{Cmd, tail};
+use crate::qemu::{AccelChoice, Accelerator, Firmware, KvmProbe, Vm, VmSpec, cdrom, line_from, usb_stick};
 
 pub const MARKER: &str = "TRUTHDB-OS-BOOTED";
 
@@ -47,26 +48,18 @@ impl fmt::Display for BootMode {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Accel {
-    /// Software emulation: works everywhere.
-    Tcg,
-    /// Hardware virtualisation, unconditionally.
-    Kvm,
-    /// Boot the first mode with KVM as a probe; if its marker does not show within the probe
-    /// time, use TCG for everything (a KVM guest can hang on some hosts).
-    Auto,
-}
-
 #[derive(Clone, Debug)]
 pub struct BootTestConfig {
     pub iso: PathBuf,
     pub modes: Vec<BootMode>,
-    pub accel: Accel,
+    pub accel: AccelChoice,
     pub timeout: Duration,
     pub memory_mib: u32,
     pub expected_version: String,
     pub log_dir: PathBuf,
+    /// Where the `auto` probe's result is recorded for `cargo xtask vm` (see
+    /// [`crate::qemu::record_kvm_probe`]).
+    pub kvm_probe_cache: PathBuf,
 }
 
 /// What one boot showed.
@@ -78,120 +71,34 @@ pub struct BootOutcome {
     pub accel: &'static str,
 }
 
-/// UEFI firmware files: (code, vars template). Debian 12/13 and Ubuntu 22.04+ ship the 4M pair.
-const OVMF_CANDIDATES: [(&str, &str); 2] = [
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
-];
-
-pub fn ovmf_files() -> Result<(PathBuf, PathBuf)> {
-    OVMF_CANDIDATES
-        .iter()
-        .find(|(code, vars)| Path::new(code).is_file() && Path::new(vars).is_file())
-        .map(|(code, vars)| (PathBuf::from(code), PathBuf::from(vars)))
-        .context("no OVMF firmware found (apt-get install ovmf)")
+/// The machine for one boot: always through the image's own boot loader (SeaBIOS or OVMF,
+/// the ISO as a CD or as a USB stick whose writes go to a temporary overlay).
+fn spec(config: &BootTestConfig, mode: BootMode, accel: Accelerator) -> VmSpec {
+    let firmware = if mode.is_uefi() { Firmware::Uefi } else { Firmware::Bios };
+    VmSpec::new(firmware, mode.to_string(), &config.log_dir)
+        .memory(config.memory_mib)
+        .accel(accel)
+        .media(if mode.is_usb() { usb_stick(&config.iso) } else { cdrom(&config.iso) })
 }
 
-/// The QEMU command line for one boot: always through the image's own boot loader.
-fn qemu_command(
-    mode: BootMode,
-    iso: &Path,
-    serial_log: &Path,
-    vars: Option<&Path>,
-    kvm: bool,
-    memory_mib: u32,
-) -> Result<Cmd> {
-    let mut cmd = Cmd::new("qemu-system-x86_64")
-        // Single-threaded TCG: with one host thread per vCPU (MTTCG) a guest kernel patching its
-        // own code (static keys, int3) while another vCPU runs it crashed here once in ~25 boots.
-        .args(["-machine", "q35", "-accel", if kvm { "kvm" } else { "tcg,thread=single" }])
-        .args(["-m", &memory_mib.to_string(), "-smp", "2"])
-        .args(["-display", "none", "-vga", "std", "-no-reboot", "-net", "none", "-monitor", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", serial_log.display()));
-    if mode.is_uefi() {
-        let (code, _) = ovmf_files()?;
-        let vars = vars.context("UEFI boot needs a writable OVMF vars file")?;
-        cmd = cmd
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-    }
-    // snapshot=on: the guest may write to the "stick"; the ISO on disk stays unchanged.
-    let iso = iso.display();
-    if mode.is_usb() {
-        cmd = cmd.arg("-drive").arg(format!("if=none,id=stick,format=raw,snapshot=on,file={iso}")).args([
-            "-device",
-            "qemu-xhci,id=xhci",
-            "-device",
-            "usb-storage,bus=xhci.0,drive=stick,bootindex=0",
-        ]);
-    } else {
-        cmd = cmd
-            .arg("-drive")
-            .arg(format!("if=none,id=cd,format=raw,media=cdrom,readonly=on,file={iso}"))
-            .args(["-device", "ide-cd,drive=cd,bootindex=0"]);
-    }
-    Ok(cmd)
+/// The boot marker's line on the serial console, if it is there yet.
+pub fn marker_line(serial: &str) -> Option<String> {
+    line_from(serial, MARKER)
+}
+
+/// Boots `spec` and waits up to `timeout` for the boot marker: its line, and how long it took.
+pub fn boot_to_marker(spec: &VmSpec, timeout: Duration) -> Result<(String, Duration)> {
+    let vm = Vm::start(spec)?;
+    let line = vm.wait_for("the boot marker", timeout, |serial, _| marker_line(serial).map(Ok))?;
+    vm.kill();
+    Ok((line, vm.elapsed()))
 }
 
 /// Boots once and waits up to `timeout` for the marker.
-fn boot_once(config: &BootTestConfig, mode: BootMode, kvm: bool, timeout: Duration) -> Result<BootOutcome> {
-    std::fs::create_dir_all(&config.log_dir)?;
-    let serial_log = config.log_dir.join(format!("{mode}.serial.log"));
-    let qemu_log = config.log_dir.join(format!("{mode}.qemu.log"));
-    let _ = std::fs::remove_file(&serial_log);
-    let vars_dir = tempfile::tempdir()?;
-    let vars = if mode.is_uefi() {
-        let (_, template) = ovmf_files()?;
-        let copy = vars_dir.path().join("OVMF_VARS.fd");
-        std::fs::copy(&template, &copy).with_context(|| format!("copying {}", template.display()))?;
-        Some(copy)
-    } else {
-        None
-    };
-    let cmd = qemu_command(mode, &config.iso, &serial_log, vars.as_deref(), kvm, config.memory_mib)?;
-    let start = Instant::now();
-    let qemu = cmd.start_logged(&qemu_log)?;
-    let outcome = loop {
-        let serial = std::fs::read(&serial_log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-        // The console may put terminal escapes before the marker on its line (getty resets).
-        if let Some(line) = serial.lines().find_map(|l| l.find(MARKER).map(|at| &l[at..])) {
-            break Ok(line.trim().to_owned());
-        }
-        // A panicked guest never prints the marker; say so now, not at the timeout.
-        if serial.contains("Kernel panic - not syncing") {
-            break Err(anyhow::anyhow!(
-                "the guest kernel panicked\nserial console ({}), last lines:\n{}",
-                serial_log.display(),
-                tail(&serial, 30)
-            ));
-        }
-        if let Some(output) = qemu.try_wait()? {
-            let said = std::fs::read_to_string(&qemu_log).unwrap_or_default();
-            break Err(anyhow::anyhow!(
-                "QEMU exited ({}) before the boot marker\nQEMU said:\n{}\nserial console ({}), last lines:\n{}",
-                crate::run::describe_status(output.status),
-                tail(&said, 10),
-                serial_log.display(),
-                tail(&serial, 30)
-            ));
-        }
-        if start.elapsed() > timeout {
-            break Err(anyhow::anyhow!(
-                "no boot marker after {} ({})\nserial console ({}), last lines:\n{}",
-                format_duration(timeout),
-                if kvm { "kvm" } else { "tcg" },
-                serial_log.display(),
-                tail(&serial, 30)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    let _ = qemu.kill();
-    let marker_line = outcome.with_context(|| format!("boot mode {mode}"))?;
-    Ok(BootOutcome { mode, marker_line, elapsed: start.elapsed(), accel: if kvm { "kvm" } else { "tcg" } })
+fn boot_once(config: &BootTestConfig, mode: BootMode, accel: Accelerator, timeout: Duration) -> Result<BootOutcome> {
+    let (marker_line, elapsed) =
+        boot_to_marker(&spec(config, mode, accel), timeout).with_context(|| format!("boot mode {mode}"))?;
+    Ok(BootOutcome { mode, marker_line, elapsed, accel: accel.name() })
 }
 
 /// Checks the marker names the expected version and a kernel release.
@@ -209,26 +116,50 @@ pub fn check_marker(line: &str, expected_version: &str) -> Result<()> {
 }
 
 /// How long the `auto` probe waits for a KVM boot before falling back to TCG.
-const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub fn run(config: &BootTestConfig) -> Result<Vec<BootOutcome>> {
     if !config.iso.is_file() {
         bail!("no ISO at {} (run `cargo xtask iso` first)", config.iso.display());
     }
-    let mut kvm = config.accel == Accel::Kvm;
+    let mut accel = if config.accel == AccelChoice::Kvm { Accelerator::Kvm } else { Accelerator::Tcg };
     let mut outcomes = Vec::new();
     let mut modes = config.modes.clone();
-    if config.accel == Accel::Auto && Path::new("/dev/kvm").exists() && !modes.is_empty() {
-        let first = modes[0];
-        match progress::stage("kvm probe", |_| boot_once(config, first, true, KVM_PROBE_TIMEOUT)) {
-            Ok(outcome) => {
-                kvm = true;
-                check_marker(&outcome.marker_line, &config.expected_version)?;
-                report(&outcome);
-                outcomes.push(outcome);
-                modes.remove(0);
+    if config.accel == AccelChoice::Auto && !modes.is_empty() {
+        match crate::qemu::kvm_usable() {
+            Err(why) => eprintln!("KVM not usable, using TCG: {why}"),
+            Ok(()) => {
+                let first = modes[0];
+                let probe =
+                    progress::stage("kvm probe", |_| boot_once(config, first, Accelerator::Kvm, KVM_PROBE_TIMEOUT));
+                let seen = match &probe {
+                    Ok(o) => KvmProbe {
+                        works: true,
+                        how: format!("boot-test: {first} marker in {}", format_duration(o.elapsed)),
+                    },
+                    Err(e) => KvmProbe {
+                        works: false,
+                        how: format!("boot-test: {first}: {}", format!("{e:#}").lines().next().unwrap_or("")),
+                    },
+                };
+                if let Err(e) =
+                    crate::qemu::record_kvm_probe(&config.kvm_probe_cache, &crate::qemu::kvm_probe_key(), &seen)
+                {
+                    eprintln!("note: the KVM probe's result was not recorded: {e:#}");
+                }
+                match probe {
+                    Ok(outcome) => {
+                        accel = Accelerator::Kvm;
+                        check_marker(&outcome.marker_line, &config.expected_version)?;
+                        report(&outcome);
+                        outcomes.push(outcome);
+                        modes.remove(0);
+                    }
+                    Err(e) => {
+                        eprintln!("KVM probe failed, using TCG: {}", format!("{e:#}").lines().next().unwrap_or(""))
+                    }
+                }
             }
-            Err(e) => eprintln!("KVM probe failed, using TCG: {}", format!("{e:#}").lines().next().unwrap_or("")),
         }
     }
     let mut failures = Vec::new();
@@ -236,8 +167,8 @@ pub fn run(config: &BootTestConfig) -> Result<Vec<BootOutcome>> {
     for batch in modes.chunks(at_once) {
         let names: Vec<String> = batch.iter().map(|m| m.to_string()).collect();
         let results = progress::stage("boot test", |stage| {
-            stage.set(&format!("{} ({}, {} at once)", names.join(" + "), if kvm { "kvm" } else { "tcg" }, batch.len()));
-            Ok(crate::qemu::in_parallel(batch, |&mode| boot_once(config, mode, kvm, config.timeout)))
+            stage.set(&format!("{} ({}, {} at once)", names.join(" + "), accel.name(), batch.len()));
+            Ok(crate::qemu::in_parallel(batch, |&mode| boot_once(config, mode, accel, config.timeout)))
         })?;
         for (&mode, result) in batch.iter().zip(results) {
             match result.and_then(|o| check_marker(&o.marker_line, &config.expected_version).map(|_| o)) {
@@ -281,14 +212,39 @@ mod tests {
 
     #[test]
     fn usb_modes_boot_from_a_usb_stick_and_cd_modes_from_a_cd() {
-        let dir = tempfile::tempdir().unwrap();
-        let iso = dir.path().join("x.iso");
-        let bios_usb =
-            qemu_command(BootMode::BiosUsb, &iso, &dir.path().join("s"), None, false, 1024).unwrap().to_string();
+        let config = BootTestConfig {
+            iso: "/x.iso".into(),
+            modes: BootMode::ALL.to_vec(),
+            accel: AccelChoice::Tcg,
+            timeout: Duration::from_secs(600),
+            memory_mib: 1024,
+            expected_version: "0.1.0".into(),
+            log_dir: "/logs".into(),
+            kvm_probe_cache: "/kvm-probe".into(),
+        };
+        let ovmf = (std::path::Path::new("/CODE.fd"), std::path::Path::new("/VARS.fd"));
+        let line = |mode: BootMode, accel| {
+            let spec = spec(&config, mode, accel);
+            spec.command(mode.is_uefi().then_some(ovmf)).unwrap().to_string()
+        };
+        let bios_usb = line(BootMode::BiosUsb, Accelerator::Tcg);
         assert!(bios_usb.contains("usb-storage") && !bios_usb.contains("media=cdrom") && !bios_usb.contains("pflash"));
-        let bios_cd =
-            qemu_command(BootMode::BiosCd, &iso, &dir.path().join("s"), None, false, 1024).unwrap().to_string();
+        assert!(bios_usb.contains("snapshot=on,file=/x.iso"), "the ISO must stay unchanged: {bios_usb}");
+        let bios_cd = line(BootMode::BiosCd, Accelerator::Tcg);
         assert!(bios_cd.contains("media=cdrom") && bios_cd.contains("-accel tcg") && !bios_cd.contains("-kernel"));
         assert!(bios_cd.contains("-accel tcg,thread=single"), "{bios_cd}");
+        assert!(bios_cd.contains("-serial file:/logs/bios-cd.serial.log") && bios_cd.contains("-m 1024"), "{bios_cd}");
+        let uefi_usb = line(BootMode::UefiUsb, Accelerator::Kvm);
+        assert!(uefi_usb.contains("usb-storage") && uefi_usb.contains("unit=1,file=/VARS.fd"), "{uefi_usb}");
+        assert!(uefi_usb.contains("-accel kvm "), "{uefi_usb}");
+        let uefi_cd = line(BootMode::UefiCd, Accelerator::Tcg);
+        assert!(uefi_cd.contains("media=cdrom") && uefi_cd.contains("readonly=on,file=/CODE.fd"), "{uefi_cd}");
+    }
+
+    #[test]
+    fn the_marker_is_found_after_terminal_escapes() {
+        let serial = "Welcome\n\x1b[H\x1b[JTRUTHDB-OS-BOOTED version=0.1.0 kernel=6.12 system=live\n";
+        assert_eq!(marker_line(serial).as_deref(), Some("TRUTHDB-OS-BOOTED version=0.1.0 kernel=6.12 system=live"));
+        assert_eq!(marker_line("still booting"), None);
     }
 }

@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::install_test::{self, ADMIN, Credentials, DISK_GIB, HOSTNAME, InstallTestConfig, TARGET_SERIAL};
 use crate::progress::{format_duration, stage};
-use crate::qemu::{Vm, VmSpec, cdrom, virtio_disk};
+use crate::qemu::{Vm, VmSpec, cdrom, installer_progress, virtio_disk};
 use crate::qmp::Qmp;
 
 /// What the serial console says when a screen comes up.
@@ -60,17 +60,13 @@ pub fn run(config: &GuiTestConfig) -> Result<()> {
 
     stage("gui test", |s| {
         s.set("booting the ISO (UEFI, -vga std, blank virtio disk)");
-        let mut storage = cdrom(&config.iso);
-        storage.extend(virtio_disk(&target, "raw", TARGET_SERIAL));
-        let vm = Vm::start(&VmSpec {
-            name: "gui-install".into(),
-            memory_mib: config.memory_mib,
-            storage,
-            forwards: vec![],
-            log_dir: dir.clone(),
-            qmp_socket: Some(socket.clone()),
-            graphics: true,
-        })?;
+        let vm = Vm::start(
+            &VmSpec::uefi("gui-install", dir)
+                .memory(config.memory_mib)
+                .media(cdrom(&config.iso))
+                .media(virtio_disk(&target, "raw", TARGET_SERIAL))
+                .qmp(&socket),
+        )?;
         let mut qmp = Qmp::connect(&socket, Duration::from_secs(30))?;
         let mut screen_no = 0;
         let mut shot = |qmp: &mut Qmp, name: &str| -> Result<String> {
@@ -124,11 +120,8 @@ pub fn run(config: &GuiTestConfig) -> Result<()> {
         let installing_since = vm.elapsed();
         let mut last = String::new();
         vm.wait_for("the done screen", config.timeout + installing_since, |serial, _| {
-            if let Some(progress) = serial.lines().rev().find_map(|l| l.split("truthdb-installer: [").nth(1))
-                && progress != last
-            {
-                last = progress.to_owned();
-                s.set(&format!("installing [{}", progress.trim()));
+            if let Some(progress) = installer_progress(serial, &mut last) {
+                s.set(&format!("installing {progress}"));
             }
             if let Some(line) = serial.lines().find(|l| l.contains("TRUTHDB-INSTALL-FAILED")) {
                 return Some(Err(anyhow::anyhow!("the install failed: {}", line.trim())));
@@ -170,15 +163,9 @@ pub fn run(config: &GuiTestConfig) -> Result<()> {
 /// unattended way, and its unit's failure must put the "installer has stopped" message out
 /// (tty1 would otherwise stay blank), not hang.
 fn no_display(config: &GuiTestConfig, dir: &Path) -> Result<()> {
-    let vm = Vm::start(&VmSpec {
-        name: "gui-no-display".into(),
-        memory_mib: config.memory_mib,
-        storage: cdrom(&config.iso),
-        forwards: vec![],
-        log_dir: dir.to_path_buf(),
-        qmp_socket: None,
-        graphics: false,
-    })?;
+    let vm = Vm::start(
+        &VmSpec::uefi("gui-no-display", dir).memory(config.memory_mib).media(cdrom(&config.iso)).no_graphics(),
+    )?;
     let said = vm.wait_for("the installer's no-display message", config.timeout, |serial, _| {
         let no_display = serial.lines().find(|l| l.contains("TRUTHDB-GUI-NO-DISPLAY"))?;
         serial

@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 use crate::progress::{format_duration, stage};
-use crate::qemu::{Vm, VmSpec, cdrom, free_port, usb_disk, usb_stick, virtio_disk};
+use crate::qemu::{Vm, VmSpec, cdrom, free_port, installer_progress, line_from, usb_disk, usb_stick, virtio_disk};
 use crate::run::Cmd;
 
 pub const TARGET_SERIAL: &str = "truthdb-target";
@@ -124,24 +124,12 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
         let iso = remaster(&config.iso, &good, dir, "unattended")?;
         blank_disk(&target, DISK_GIB)?;
         s.set("installing (UEFI, CD + blank virtio disk)");
-        let mut storage = cdrom(&iso);
-        storage.extend(virtio_disk(&target, "raw", TARGET_SERIAL));
-        let vm = Vm::start(&VmSpec {
-            name: "install".into(),
-            memory_mib: config.memory_mib,
-            storage,
-            forwards: vec![],
-            log_dir: dir.clone(),
-            qmp_socket: None,
-            graphics: true,
-        })?;
+        let storage = [cdrom(&iso), virtio_disk(&target, "raw", TARGET_SERIAL)].concat();
+        let vm = Vm::start(&VmSpec::uefi("install", dir).memory(config.memory_mib).media(storage))?;
         let mut last = String::new();
         vm.wait_for("the unattended install to finish and power off", config.timeout, |serial, exited| {
-            if let Some(progress) = serial.lines().rev().find_map(|l| l.split("truthdb-installer: [").nth(1))
-                && progress != last
-            {
-                last = progress.to_owned();
-                s.set(&format!("[{}", progress.trim()));
+            if let Some(progress) = installer_progress(serial, &mut last) {
+                s.set(&progress);
             }
             if let Some(line) =
                 serial.lines().find(|l| l.contains("TRUTHDB-INSTALL-FAILED") || l.contains("TRUTHDB-INSTALL-REFUSED"))
@@ -259,21 +247,17 @@ pub fn check_appliance(
     admin_password: Option<&str>,
 ) -> Result<()> {
     let (pg_port, ssh_port) = (free_port()?, free_port()?);
-    let vm = Vm::start(&VmSpec {
-        name: format!("{name}-boot"),
-        memory_mib: config.memory_mib,
-        storage: virtio_disk(disk, format, TARGET_SERIAL),
-        forwards: vec![(pg_port, 5432), (ssh_port, 22)],
-        log_dir: config.work_dir.clone(),
-        qmp_socket: None,
-        graphics: true,
-    })?;
-    let find =
-        |serial: &str, prefix: &str| serial.lines().find_map(|l| l.find(prefix).map(|at| l[at..].trim().to_owned()));
+    let vm = Vm::start(
+        &VmSpec::uefi(format!("{name}-boot"), &config.work_dir)
+            .memory(config.memory_mib)
+            .media(virtio_disk(disk, format, TARGET_SERIAL))
+            .forward(pg_port, 5432)
+            .forward(ssh_port, 22),
+    )?;
     // The boot marker prints the certificate's fingerprint just before its own line.
     let (marker, tls_line) = vm.wait_for("the installed system's boot marker", config.timeout, |serial, _| {
-        let line = find(serial, crate::boot_test::MARKER)?;
-        Some(Ok((line, find(serial, TLS_MARKER))))
+        let line = crate::boot_test::marker_line(serial)?;
+        Some(Ok((line, line_from(serial, TLS_MARKER))))
     })?;
     let booted_in = vm.elapsed();
     crate::boot_test::check_marker(&marker, &config.expected_version)?;
@@ -513,15 +497,7 @@ fn check_refusal(
             (overlay, String::new())
         }
     };
-    let vm = Vm::start(&VmSpec {
-        name: name.into(),
-        memory_mib: config.memory_mib,
-        storage,
-        forwards: vec![],
-        log_dir: dir.clone(),
-        qmp_socket: None,
-        graphics: true,
-    })?;
+    let vm = Vm::start(&VmSpec::uefi(name, dir).memory(config.memory_mib).media(storage))?;
     let refusal = vm.wait_for("the installer's refusal", config.timeout, |serial, _| {
         if serial.contains("TRUTHDB-INSTALL-DONE") {
             return Some(Err(anyhow::anyhow!("the installer installed instead of refusing")));

@@ -30,6 +30,7 @@ mod run;
 mod sandbox;
 mod signing;
 mod test_suite;
+mod vm_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,9 +88,11 @@ enum Command {
         /// Boot modes to test (default: all four).
         #[arg(long = "mode", value_enum)]
         modes: Vec<boot_test::BootMode>,
-        /// CPU emulation: tcg (default), kvm, or auto (probe KVM with a real boot first).
+        /// CPU emulation: tcg (default), kvm, or auto (boot the first mode with KVM as the probe:
+        /// if its marker does not show within 90 s, TCG for everything; the result is recorded
+        /// for `vm`).
         #[arg(long, value_enum, default_value = "tcg")]
-        accel: boot_test::Accel,
+        accel: qemu::AccelChoice,
         /// Seconds to wait for the marker in each mode.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -119,6 +122,10 @@ enum Command {
         #[command(flatten)]
         vm: InstallVmArgs,
     },
+    /// Boot the ISO (default: dist/'s) or a disk image in QEMU to look at: a window, or VNC on
+    /// 127.0.0.1 without a desktop; the serial console on this terminal (Ctrl-A X quits); SSH
+    /// and PostgreSQL forwarded to free ports on 127.0.0.1, printed before it boots.
+    Vm(vm_cmd::VmArgs),
     /// Build a ready-to-boot appliance disk image (raw or qcow2) by running the installer
     /// engine on a loop device (needs root).
     Disk(disk::DiskArgs),
@@ -208,6 +215,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 memory_mib: memory,
                 expected_version: project.version.clone(),
                 log_dir: project.work_dir().join("boot-test"),
+                kvm_probe_cache: project.kvm_probe_file(),
             };
             boot_test::run(&config)?;
         }
@@ -244,6 +252,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 expected_version: project.version.clone(),
             };
             gui_test::run(&config)?;
+        }
+        Command::Vm(args) => {
+            let project = project()?;
+            doctor::ensure(&[doctor::Purpose::BootTest])?;
+            vm_cmd::run(&project, &args)?;
         }
         Command::Disk(args) => {
             let project = project()?;

@@ -72,6 +72,14 @@ impl Project {
     pub fn logs_dir(&self) -> PathBuf {
         self.work_dir().join("logs")
     }
+    /// The last KVM probe's result (`boot-test --accel auto` and `vm` record and read it).
+    pub fn kvm_probe_file(&self) -> PathBuf {
+        self.work_dir().join("kvm-probe")
+    }
+    /// `cargo xtask vm`'s files: its scratch disk, its KVM probe's serial log.
+    pub fn vm_dir(&self) -> PathBuf {
+        self.work_dir().join("vm")
+    }
     pub fn default_dist_dir(&self) -> PathBuf {
         self.root.join("dist")
     }

@@ -1,20 +1,92 @@
-//! A QEMU virtual machine for the install test: UEFI (OVMF, a private copy of its variables),
-//! single-threaded TCG, serial console to a log file, optional user networking with ports
-//! forwarded from 127.0.0.1, and a way to wait for what the serial console says.
+//! The one QEMU harness. Every virtual machine xtask starts is a [`VmSpec`]: the boot test's,
+//! the install and GUI tests', and `cargo xtask vm`'s. A spec says the firmware (SeaBIOS, or
+//! OVMF with a private copy of its variables), the boot media and disks (built with [`cdrom`],
+//! [`usb_stick`], [`virtio_disk`], [`usb_disk`]), where the serial console goes (a log file for
+//! the tests, the terminal for a person), QMP, ports forwarded from 127.0.0.1, graphics and
+//! display, and the accelerator (single-threaded TCG, or KVM). [`Vm`] starts one and waits for
+//! what its serial console says; [`Vm::run_interactive`] gives it the terminal.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::progress::format_duration;
 use crate::run::{Cmd, tail};
 
+/// The firmware the machine starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default: no pflash drives.
+    Bios,
+    /// OVMF: its code read-only, its variables a private copy per machine.
+    Uefi,
+}
+
+/// How the guest's CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accelerator {
+    /// Software emulation, single-threaded (`-accel tcg,thread=single`): with one host thread
+    /// per vCPU (MTTCG) a guest kernel patching its own code (static keys, int3) while another
+    /// vCPU runs it crashed here once in ~25 boots.
+    Tcg,
+    /// Hardware virtualisation (`/dev/kvm`).
+    Kvm,
+}
+
+impl Accelerator {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accelerator::Tcg => "tcg",
+            Accelerator::Kvm => "kvm",
+        }
+    }
+}
+
+/// What a command's `--accel` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelChoice {
+    /// Software emulation: works everywhere.
+    Tcg,
+    /// Hardware virtualisation, unconditionally.
+    Kvm,
+    /// KVM only when /dev/kvm is usable and a probe boot shows a KVM guest runs here (a KVM
+    /// guest can hang on some hosts); TCG otherwise.
+    Auto,
+}
+
+/// Where the machine's screen goes (its graphics adapter is [`VmSpec::graphics`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Display {
+    /// Nowhere (`-display none`): the tests, which take QMP screendumps if they look at all.
+    None,
+    /// A window on the person's desktop: QEMU's `gtk` or `sdl` display.
+    Window(&'static str),
+    /// A VNC server on 127.0.0.1, display number `n` (TCP port 5900 + n).
+    Vnc(u16),
+}
+
+/// Where the serial console goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serial {
+    /// `<log_dir>/<name>.serial.log`, read by [`Vm::wait_for`].
+    LogFile,
+    /// This terminal, multiplexed with QEMU's monitor (`-serial mon:stdio`: Ctrl-A X quits,
+    /// Ctrl-A C switches to the monitor).
+    Terminal,
+}
+
+/// A machine to start. [`VmSpec::new`] and [`VmSpec::uefi`] give the defaults (2 GiB,
+/// single-threaded TCG, `-vga std` shown nowhere, serial console to a log file, no network,
+/// `-no-reboot`); the builder methods change them.
+#[derive(Clone, Debug)]
 pub struct VmSpec {
     /// Names the log files: `<name>.serial.log`, `<name>.qemu.log`.
     pub name: String,
+    pub firmware: Firmware,
+    pub accel: Accelerator,
     pub memory_mib: u32,
-    /// `-drive`/`-device` arguments for the machine's disks.
+    /// `-drive`/`-device` arguments for the machine's boot media and disks.
     pub storage: Vec<String>,
     /// (host port on 127.0.0.1, guest port) pairs; none: no network card.
     pub forwards: Vec<(u16, u16)>,
@@ -22,16 +94,186 @@ pub struct VmSpec {
     /// A QMP control socket (screendump, key presses), for the graphical installer's test.
     pub qmp_socket: Option<PathBuf>,
     /// A standard VGA adapter (`-vga std`: the firmware's framebuffer, then bochs-drm); without
-    /// one the machine has no display at all.
+    /// one the machine has no display adapter at all.
     pub graphics: bool,
+    pub display: Display,
+    pub serial: Serial,
+    /// A guest reboot ends QEMU (`-no-reboot`), as the tests want; off, it reboots.
+    pub no_reboot: bool,
 }
 
+impl VmSpec {
+    pub fn new(firmware: Firmware, name: impl Into<String>, log_dir: impl Into<PathBuf>) -> VmSpec {
+        VmSpec {
+            name: name.into(),
+            firmware,
+            accel: Accelerator::Tcg,
+            memory_mib: 2048,
+            storage: Vec::new(),
+            forwards: Vec::new(),
+            log_dir: log_dir.into(),
+            qmp_socket: None,
+            graphics: true,
+            display: Display::None,
+            serial: Serial::LogFile,
+            no_reboot: true,
+        }
+    }
+
+    /// A UEFI machine (OVMF) with the defaults.
+    pub fn uefi(name: impl Into<String>, log_dir: impl Into<PathBuf>) -> VmSpec {
+        VmSpec::new(Firmware::Uefi, name, log_dir)
+    }
+
+    pub fn memory(mut self, mib: u32) -> VmSpec {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Adds drives and devices (see [`cdrom`], [`usb_stick`], [`virtio_disk`], [`usb_disk`]).
+    pub fn media(mut self, args: Vec<String>) -> VmSpec {
+        self.storage.extend(args);
+        self
+    }
+
+    /// Forwards `host` on 127.0.0.1 to the guest's TCP port `guest` (adds a network card).
+    pub fn forward(mut self, host: u16, guest: u16) -> VmSpec {
+        self.forwards.push((host, guest));
+        self
+    }
+
+    pub fn qmp(mut self, socket: impl Into<PathBuf>) -> VmSpec {
+        self.qmp_socket = Some(socket.into());
+        self
+    }
+
+    /// No display adapter at all (`-vga none`).
+    pub fn no_graphics(mut self) -> VmSpec {
+        self.graphics = false;
+        self
+    }
+
+    pub fn accel(mut self, accel: Accelerator) -> VmSpec {
+        self.accel = accel;
+        self
+    }
+
+    pub fn display(mut self, display: Display) -> VmSpec {
+        self.display = display;
+        self
+    }
+
+    /// The serial console on this terminal (see [`Serial::Terminal`]), for a person.
+    pub fn serial_on_terminal(mut self) -> VmSpec {
+        self.serial = Serial::Terminal;
+        self
+    }
+
+    /// A guest reboot reboots the machine instead of ending QEMU.
+    pub fn allow_reboot(mut self) -> VmSpec {
+        self.no_reboot = false;
+        self
+    }
+
+    pub fn serial_log(&self) -> PathBuf {
+        self.log_dir.join(format!("{}.serial.log", self.name))
+    }
+
+    pub fn qemu_log(&self) -> PathBuf {
+        self.log_dir.join(format!("{}.qemu.log", self.name))
+    }
+
+    /// The QEMU command line. `ovmf`: the firmware's code and this machine's private copy of
+    /// its variables, which a UEFI machine needs and a BIOS machine must not have.
+    pub fn command(&self, ovmf: Option<(&Path, &Path)>) -> Result<Cmd> {
+        let accel = match self.accel {
+            Accelerator::Tcg => "tcg,thread=single",
+            Accelerator::Kvm => "kvm",
+        };
+        let mut cmd = Cmd::new("qemu-system-x86_64")
+            .args(["-machine", "q35", "-accel", accel, "-smp", "2"])
+            .args(["-m", &self.memory_mib.to_string()])
+            .args(["-vga", if self.graphics { "std" } else { "none" }]);
+        cmd = match &self.display {
+            Display::None => cmd.args(["-display", "none"]),
+            Display::Window(kind) => cmd.args(["-display", kind]),
+            Display::Vnc(n) => cmd.args(["-display", "none", "-vnc"]).arg(format!("127.0.0.1:{n}")),
+        };
+        cmd = cmd.args(["-monitor", "none"]).arg("-serial");
+        cmd = match self.serial {
+            Serial::LogFile => cmd.arg(format!("file:{}", self.serial_log().display())),
+            Serial::Terminal => cmd.arg("mon:stdio"),
+        };
+        if self.no_reboot {
+            cmd = cmd.arg("-no-reboot");
+        }
+        match (self.firmware, ovmf) {
+            (Firmware::Uefi, Some((code, vars))) => {
+                cmd = cmd
+                    .arg("-drive")
+                    .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
+                    .arg("-drive")
+                    .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+            }
+            (Firmware::Uefi, None) => bail!("a UEFI machine needs OVMF's code and a writable copy of its variables"),
+            (Firmware::Bios, Some(_)) => bail!("a BIOS machine takes no OVMF firmware"),
+            (Firmware::Bios, None) => {}
+        }
+        cmd = cmd.args(&self.storage);
+        if let Some(socket) = &self.qmp_socket {
+            cmd = cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", socket.display()));
+        }
+        if self.forwards.is_empty() {
+            cmd = cmd.args(["-net", "none"]);
+        } else {
+            let forwards: Vec<String> =
+                self.forwards.iter().map(|(host, guest)| format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}")).collect();
+            cmd = cmd
+                .arg("-netdev")
+                .arg(format!("user,id=net0{}", forwards.concat()))
+                .args(["-device", "virtio-net-pci,netdev=net0"]);
+        }
+        Ok(cmd)
+    }
+
+    /// The command line with its firmware in place: for UEFI, a private copy of OVMF's
+    /// variables in a temporary directory that must live as long as the machine.
+    fn prepare(&self) -> Result<(Cmd, Option<tempfile::TempDir>)> {
+        match self.firmware {
+            Firmware::Bios => Ok((self.command(None)?, None)),
+            Firmware::Uefi => {
+                let (code, template) = ovmf_files()?;
+                let dir = tempfile::tempdir()?;
+                let vars = dir.path().join("OVMF_VARS.fd");
+                std::fs::copy(&template, &vars).with_context(|| format!("copying {}", template.display()))?;
+                Ok((self.command(Some((&code, &vars)))?, Some(dir)))
+            }
+        }
+    }
+}
+
+/// UEFI firmware files: (code, vars template). Debian 12/13 and Ubuntu 22.04+ ship the 4M pair.
+const OVMF_CANDIDATES: [(&str, &str); 2] = [
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+];
+
+pub fn ovmf_files() -> Result<(PathBuf, PathBuf)> {
+    OVMF_CANDIDATES
+        .iter()
+        .find(|(code, vars)| Path::new(code).is_file() && Path::new(vars).is_file())
+        .map(|(code, vars)| (PathBuf::from(code), PathBuf::from(vars)))
+        .context("no OVMF firmware found (apt-get install ovmf)")
+}
+
+/// A running machine whose serial console goes to a log file.
 pub struct Vm {
     handle: duct::Handle,
     pub serial_log: PathBuf,
     qemu_log: PathBuf,
     started: Instant,
-    _vars: tempfile::TempDir,
+    pub accel: Accelerator,
+    _vars: Option<tempfile::TempDir>,
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; QEMU binds it right after).
@@ -41,44 +283,36 @@ pub fn free_port() -> Result<u16> {
 }
 
 impl Vm {
+    /// Starts the machine in the background; it dies with xtask.
     pub fn start(spec: &VmSpec) -> Result<Vm> {
+        if spec.serial != Serial::LogFile {
+            bail!("Vm::start reads the serial console from its log file; use Vm::run_interactive");
+        }
         std::fs::create_dir_all(&spec.log_dir)?;
-        let serial_log = spec.log_dir.join(format!("{}.serial.log", spec.name));
-        let qemu_log = spec.log_dir.join(format!("{}.qemu.log", spec.name));
+        let (serial_log, qemu_log) = (spec.serial_log(), spec.qemu_log());
         let _ = std::fs::remove_file(&serial_log);
-        let vars_dir = tempfile::tempdir()?;
-        let (code, template) = crate::boot_test::ovmf_files()?;
-        let vars = vars_dir.path().join("OVMF_VARS.fd");
-        std::fs::copy(&template, &vars).with_context(|| format!("copying {}", template.display()))?;
-        let mut cmd = Cmd::new("qemu-system-x86_64")
-            // Single-threaded TCG, as in the boot test (see boot_test.rs for why).
-            .args(["-machine", "q35", "-accel", "tcg,thread=single", "-smp", "2"])
-            .args(["-m", &spec.memory_mib.to_string()])
-            .args(["-display", "none", "-vga", if spec.graphics { "std" } else { "none" }])
-            .args(["-monitor", "none", "-no-reboot"])
-            .arg("-serial")
-            .arg(format!("file:{}", serial_log.display()))
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
-            .args(&spec.storage);
         if let Some(socket) = &spec.qmp_socket {
             let _ = std::fs::remove_file(socket);
-            cmd = cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", socket.display()));
         }
-        if spec.forwards.is_empty() {
-            cmd = cmd.args(["-net", "none"]);
-        } else {
-            let forwards: Vec<String> =
-                spec.forwards.iter().map(|(host, guest)| format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}")).collect();
-            cmd = cmd
-                .arg("-netdev")
-                .arg(format!("user,id=net0{}", forwards.concat()))
-                .args(["-device", "virtio-net-pci,netdev=net0"]);
-        }
+        let (cmd, vars) = spec.prepare()?;
         let handle = cmd.start_logged(&qemu_log)?;
-        Ok(Vm { handle, serial_log, qemu_log, started: Instant::now(), _vars: vars_dir })
+        Ok(Vm { handle, serial_log, qemu_log, started: Instant::now(), accel: spec.accel, _vars: vars })
+    }
+
+    /// Runs the machine with this terminal as its serial console until QEMU ends (the guest
+    /// powers off, or Ctrl-A X). QEMU dies with xtask.
+    pub fn run_interactive(spec: &VmSpec, env: &[(String, String)]) -> Result<()> {
+        if spec.serial != Serial::Terminal {
+            bail!("Vm::run_interactive gives the machine this terminal; set VmSpec::serial_on_terminal");
+        }
+        if let Some(socket) = &spec.qmp_socket {
+            let _ = std::fs::remove_file(socket);
+        }
+        let (mut cmd, _vars) = spec.prepare()?;
+        for (key, value) in env {
+            cmd = cmd.env(key, value);
+        }
+        cmd.die_with_parent().run_inherit()
     }
 
     pub fn serial(&self) -> String {
@@ -90,7 +324,8 @@ impl Vm {
     }
 
     /// Polls the serial console until `check(serial, exited)` decides. Fails at once on a
-    /// guest kernel panic, when QEMU exits and `check` does not accept that, or at `timeout`.
+    /// guest kernel panic, when QEMU exits and `check` does not accept that, or at `timeout`
+    /// after the machine started.
     pub fn wait_for<T>(
         &self,
         what: &str,
@@ -98,18 +333,24 @@ impl Vm {
         mut check: impl FnMut(&str, bool) -> Option<Result<T>>,
     ) -> Result<T> {
         loop {
-            let exited = self.handle.try_wait()?.is_some();
+            let status = self.handle.try_wait()?.map(|output| output.status);
             let serial = self.serial();
-            if let Some(decided) = check(&serial, exited) {
+            if let Some(decided) = check(&serial, status.is_some()) {
                 return decided.with_context(|| self.context(what, &serial));
             }
+            // A panicked guest never gets there; say so now, not at the timeout.
             let failure = if serial.contains("Kernel panic - not syncing") {
                 Some("the guest kernel panicked".to_owned())
-            } else if exited {
+            } else if let Some(status) = status {
                 let said = std::fs::read_to_string(&self.qemu_log).unwrap_or_default();
-                Some(format!("QEMU exited first; it said:\n{}", tail(&said, 10)))
+                Some(format!(
+                    "QEMU exited first ({}); it said ({}):\n{}",
+                    crate::run::describe_status(status),
+                    self.qemu_log.display(),
+                    tail(&said, 10)
+                ))
             } else if self.started.elapsed() > timeout {
-                Some(format!("nothing after {}", format_duration(timeout)))
+                Some(format!("nothing after {} ({})", format_duration(timeout), self.accel.name()))
             } else {
                 None
             };
@@ -121,7 +362,7 @@ impl Vm {
     }
 
     fn context(&self, what: &str, serial: &str) -> String {
-        format!("waiting for {what}; serial console ({}), last lines:\n{}", self.serial_log.display(), tail(serial, 25))
+        format!("waiting for {what}; serial console ({}), last lines:\n{}", self.serial_log.display(), tail(serial, 30))
     }
 
     /// Stops the machine and reaps QEMU.
@@ -137,14 +378,81 @@ impl Drop for Vm {
     }
 }
 
-/// A virtio disk with a serial number (how install configs select it).
-pub fn virtio_disk(file: &Path, format: &str, serial: &str) -> Vec<String> {
-    vec![
-        "-drive".into(),
-        format!("if=none,id={serial},format={format},file={}", file.display()),
-        "-device".into(),
-        format!("virtio-blk-pci,drive={serial},serial={serial}"),
-    ]
+/// The first serial console line holding `marker`, from the marker on, trimmed. (The console
+/// may put terminal escapes before a marker on its line: getty resets.)
+pub fn line_from(serial: &str, marker: &str) -> Option<String> {
+    serial.lines().find_map(|l| l.find(marker).map(|at| l[at..].trim().to_owned()))
+}
+
+/// The installer's latest progress on the serial console (`truthdb-installer: [3/9] ...`),
+/// from the `[` on, when it differs from `last` (which it then becomes).
+pub fn installer_progress(serial: &str, last: &mut String) -> Option<String> {
+    let progress = serial.lines().rev().find_map(|l| l.split("truthdb-installer: [").nth(1))?;
+    if progress == last {
+        return None;
+    }
+    progress.clone_into(last);
+    Some(format!("[{}", progress.trim()))
+}
+
+/// Whether this user can use KVM: `/dev/kvm` opens for reading and writing. Err says why not.
+pub fn kvm_usable() -> std::result::Result<(), String> {
+    match std::fs::File::options().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("this host has no /dev/kvm".to_owned()),
+        Err(e) => Err(format!("/dev/kvm is not usable by this user ({e})")),
+    }
+}
+
+/// What a KVM probe's result holds for: this QEMU on this host kernel.
+pub fn kvm_probe_key() -> String {
+    let qemu = Cmd::new("qemu-system-x86_64").arg("--version").read().unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "qemu={}\nhost-kernel={}",
+        qemu.lines().next().unwrap_or("unknown").trim(),
+        kernel.trim().lines().next().unwrap_or("unknown")
+    )
+}
+
+/// A KVM probe's result: whether a KVM guest ran, and how that was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvmProbe {
+    pub works: bool,
+    pub how: String,
+}
+
+/// The probe result recorded in `cache` for `key` (see [`kvm_probe_key`]), if any.
+pub fn cached_kvm_probe(cache: &Path, key: &str) -> Option<KvmProbe> {
+    parse_kvm_probe(&std::fs::read_to_string(cache).ok()?, key)
+}
+
+fn parse_kvm_probe(text: &str, key: &str) -> Option<KvmProbe> {
+    let (recorded_key, rest) = text.split_once("\nkvm=")?;
+    if recorded_key != key {
+        return None;
+    }
+    let (result, how) = rest.split_once("\nhow=")?;
+    let works = match result {
+        "works" => true,
+        "hangs" => false,
+        _ => return None,
+    };
+    Some(KvmProbe { works, how: how.trim().to_owned() })
+}
+
+fn format_kvm_probe(key: &str, probe: &KvmProbe) -> String {
+    format!("{key}\nkvm={}\nhow={}\n", if probe.works { "works" } else { "hangs" }, probe.how.replace('\n', " "))
+}
+
+/// Records a probe's result for `key` (written beside and renamed: boot-test and vm share it).
+pub fn record_kvm_probe(cache: &Path, key: &str, probe: &KvmProbe) -> Result<()> {
+    if let Some(dir) = cache.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let partial = cache.with_extension(format!("partial.{}", std::process::id()));
+    std::fs::write(&partial, format_kvm_probe(key, probe)).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, cache).with_context(|| format!("writing {}", cache.display()))
 }
 
 /// How many VMs the tests run side by side: single-threaded TCG keeps one host core busy per
@@ -164,6 +472,36 @@ pub fn in_parallel<T: Sync, R: Send>(items: &[T], job: impl Fn(&T) -> Result<R> 
             .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a VM's thread panicked"))))
             .collect()
     })
+}
+
+/// What the guest's writes to a disk do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writes {
+    /// They go to the file.
+    ToFile,
+    /// They go to a temporary overlay, dropped when QEMU ends (`snapshot=on`).
+    Discarded,
+}
+
+/// A virtio disk with a serial number (how install configs select it).
+pub fn virtio_disk(file: &Path, format: &str, serial: &str) -> Vec<String> {
+    virtio_drive(file, format, serial, Writes::ToFile, None)
+}
+
+/// A virtio disk the machine boots from first.
+pub fn virtio_boot_disk(file: &Path, format: &str, serial: &str, writes: Writes) -> Vec<String> {
+    virtio_drive(file, format, serial, writes, Some(0))
+}
+
+fn virtio_drive(file: &Path, format: &str, serial: &str, writes: Writes, bootindex: Option<u8>) -> Vec<String> {
+    let snapshot = if writes == Writes::Discarded { ",snapshot=on" } else { "" };
+    let bootindex = bootindex.map(|i| format!(",bootindex={i}")).unwrap_or_default();
+    vec![
+        "-drive".into(),
+        format!("if=none,id={serial},format={format}{snapshot},file={}", file.display()),
+        "-device".into(),
+        format!("virtio-blk-pci,drive={serial},serial={serial}{bootindex}"),
+    ]
 }
 
 /// A disk on a USB bus (what `largest` must never pick unless it is named).
@@ -188,7 +526,7 @@ pub fn cdrom(iso: &Path) -> Vec<String> {
     ]
 }
 
-/// The ISO written to a USB stick (writes go to a temporary overlay).
+/// The ISO written to a USB stick (writes go to a temporary overlay: the ISO stays unchanged).
 pub fn usb_stick(iso: &Path) -> Vec<String> {
     vec![
         "-drive".into(),
@@ -198,4 +536,132 @@ pub fn usb_stick(iso: &Path) -> Vec<String> {
         "-device".into(),
         "usb-storage,bus=xhci.0,drive=stick,bootindex=0".into(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(spec: &VmSpec) -> String {
+        let ovmf = (spec.firmware == Firmware::Uefi).then_some((Path::new("/fw/CODE.fd"), Path::new("/tmp/VARS.fd")));
+        spec.command(ovmf).unwrap().to_string()
+    }
+
+    #[test]
+    fn bios_has_no_pflash_and_uefi_has_the_code_read_only_and_a_private_vars_copy() {
+        let bios = line(&VmSpec::new(Firmware::Bios, "b", "/logs").media(cdrom(Path::new("/x.iso"))));
+        assert!(!bios.contains("pflash"), "{bios}");
+        let uefi = line(&VmSpec::uefi("u", "/logs"));
+        assert!(uefi.contains("-drive if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd"), "{uefi}");
+        assert!(uefi.contains("-drive if=pflash,format=raw,unit=1,file=/tmp/VARS.fd"), "{uefi}");
+        // Firmware files must match the firmware.
+        assert!(VmSpec::uefi("u", "/logs").command(None).is_err());
+        assert!(VmSpec::new(Firmware::Bios, "b", "/logs").command(Some((Path::new("/a"), Path::new("/b")))).is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_tests_machine() {
+        let spec = VmSpec::uefi("install", "/logs");
+        let cmd = line(&spec);
+        for part in [
+            "-machine q35 -accel tcg,thread=single -smp 2",
+            "-m 2048",
+            "-vga std",
+            "-display none",
+            "-monitor none",
+            "-serial file:/logs/install.serial.log",
+            "-no-reboot",
+            "-net none",
+        ] {
+            assert!(cmd.contains(part), "{part:?} missing: {cmd}");
+        }
+        assert!(!cmd.contains("-qmp") && !cmd.contains("-vnc") && !cmd.contains("hostfwd"), "{cmd}");
+        assert_eq!(spec.qemu_log(), Path::new("/logs/install.qemu.log"));
+    }
+
+    #[test]
+    fn builder_methods_change_what_they_say() {
+        let spec = VmSpec::new(Firmware::Bios, "look", "/logs")
+            .memory(4096)
+            .accel(Accelerator::Kvm)
+            .forward(2222, 22)
+            .forward(5433, 5432)
+            .qmp("/run/q.sock")
+            .no_graphics()
+            .display(Display::Vnc(3))
+            .serial_on_terminal()
+            .allow_reboot();
+        let cmd = line(&spec);
+        assert!(cmd.contains("-accel kvm ") && !cmd.contains("tcg"), "{cmd}");
+        assert!(cmd.contains("-m 4096") && cmd.contains("-vga none"), "{cmd}");
+        assert!(cmd.contains("-display none -vnc 127.0.0.1:3"), "{cmd}");
+        assert!(cmd.contains("-serial mon:stdio") && !cmd.contains("serial.log"), "{cmd}");
+        assert!(!cmd.contains("-no-reboot"), "{cmd}");
+        assert!(cmd.contains("-qmp unix:/run/q.sock,server=on,wait=off"), "{cmd}");
+        assert!(
+            cmd.contains("-netdev user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:5433-:5432"),
+            "{cmd}"
+        );
+        assert!(!cmd.contains("-net none"), "{cmd}");
+        let window = line(&VmSpec::uefi("w", "/logs").display(Display::Window("gtk")));
+        assert!(window.contains("-display gtk") && !window.contains("-display none"), "{window}");
+    }
+
+    #[test]
+    fn the_tests_vm_must_log_its_serial_console_and_a_person_s_must_not() {
+        let interactive = VmSpec::new(Firmware::Bios, "x", "/nonexistent").serial_on_terminal();
+        assert!(format!("{:#}", Vm::start(&interactive).err().unwrap()).contains("run_interactive"));
+        let logged = VmSpec::new(Firmware::Bios, "x", "/nonexistent");
+        assert!(format!("{:#}", Vm::run_interactive(&logged, &[]).unwrap_err()).contains("serial_on_terminal"));
+    }
+
+    #[test]
+    fn disks_keep_or_discard_writes_as_asked() {
+        let kept = virtio_boot_disk(Path::new("/d.qcow2"), "qcow2", "disk", Writes::ToFile).join(" ");
+        assert!(!kept.contains("snapshot") && kept.contains("bootindex=0"), "{kept}");
+        let discarded = virtio_boot_disk(Path::new("/d.raw"), "raw", "disk", Writes::Discarded).join(" ");
+        assert!(discarded.contains("format=raw,snapshot=on,file=/d.raw"), "{discarded}");
+        let plain = virtio_disk(Path::new("/t.raw"), "raw", "truthdb-target").join(" ");
+        assert_eq!(
+            plain,
+            "-drive if=none,id=truthdb-target,format=raw,file=/t.raw \
+             -device virtio-blk-pci,drive=truthdb-target,serial=truthdb-target"
+        );
+        assert!(usb_stick(Path::new("/x.iso")).join(" ").contains("snapshot=on"));
+        assert!(cdrom(Path::new("/x.iso")).join(" ").contains("readonly=on"));
+    }
+
+    #[test]
+    fn markers_and_progress_are_found_on_the_serial_console() {
+        let serial = "boot\n\x1b[0mTRUTHDB-OS-BOOTED version=1 kernel=6  \nTRUTHDB-OS-BOOTED version=2\n";
+        assert_eq!(line_from(serial, "TRUTHDB-OS-BOOTED").as_deref(), Some("TRUTHDB-OS-BOOTED version=1 kernel=6"));
+        assert_eq!(line_from(serial, "TRUTHDB-NOTHING"), None);
+
+        let mut last = String::new();
+        let serial = "truthdb-installer: [1/3] partitioning\nnoise\ntruthdb-installer: [2/3] copying \n";
+        assert_eq!(installer_progress(serial, &mut last).as_deref(), Some("[2/3] copying"));
+        assert_eq!(installer_progress(serial, &mut last), None, "unchanged progress is not news");
+        assert_eq!(installer_progress("nothing yet", &mut last), None);
+    }
+
+    #[test]
+    fn a_kvm_probe_is_reused_only_for_the_same_qemu_and_host_kernel() {
+        let key = "qemu=QEMU emulator version 7.2.22\nhost-kernel=6.1.0-40-amd64";
+        let probe = KvmProbe { works: false, how: "no kernel\nmessage in 60 s".into() };
+        let text = format_kvm_probe(key, &probe);
+        assert_eq!(
+            parse_kvm_probe(&text, key),
+            Some(KvmProbe { works: false, how: "no kernel message in 60 s".into() })
+        );
+        assert_eq!(parse_kvm_probe(&text, "qemu=QEMU emulator version 8.2.2\nhost-kernel=6.1.0-40-amd64"), None);
+        assert_eq!(parse_kvm_probe("garbage", key), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("kvm-probe");
+        assert_eq!(cached_kvm_probe(&cache, key), None);
+        let works = KvmProbe { works: true, how: "marker in 20 s".into() };
+        record_kvm_probe(&cache, key, &works).unwrap();
+        assert_eq!(cached_kvm_probe(&cache, key), Some(works));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no partial file left");
+    }
 }
