@@ -41,7 +41,7 @@ pub struct VmArgs {
     #[arg(long, value_name = "GIB", value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub scratch_disk: Option<u64>,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, value_name = "MIB", default_value_t = 2048)]
     pub memory: u32,
     /// CPU emulation: auto (KVM only if a probe boot shows a KVM guest runs on this host; the
     /// result is kept per QEMU version and host kernel), kvm, or tcg.
