@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::install_test::{self, ADMIN, Credentials, DISK_GIB, HOSTNAME, InstallTestConfig, TARGET_SERIAL};
 use crate::progress::{format_duration, stage};
-use crate::qemu::{Vm, VmSpec, cdrom, installer_progress, virtio_disk};
+use crate::qemu::{Vm, VmSpec, cdrom, installer_progress, line_from, virtio_disk};
 use crate::qmp::Qmp;
 
 /// What the serial console says when a screen comes up.
@@ -167,10 +167,8 @@ fn no_display(config: &GuiTestConfig, dir: &Path) -> Result<()> {
         &VmSpec::uefi("gui-no-display", dir).memory(config.memory_mib).media(cdrom(&config.iso)).no_graphics(),
     )?;
     let said = vm.wait_for("the installer's no-display message", config.timeout, |serial, _| {
-        let no_display = serial.lines().find(|l| l.contains("TRUTHDB-GUI-NO-DISPLAY"))?;
-        serial
-            .contains("TRUTHDB-GUI-GAVE-UP")
-            .then(|| Ok(no_display[no_display.find("TRUTHDB").unwrap_or(0)..].trim().to_owned()))
+        let no_display = line_from(serial, "TRUTHDB-GUI-NO-DISPLAY")?;
+        serial.contains("TRUTHDB-GUI-GAVE-UP").then_some(Ok(no_display))
     })?;
     println!("PASS no display: {said}, then TRUTHDB-GUI-GAVE-UP after {}", format_duration(vm.elapsed()));
     Ok(())
