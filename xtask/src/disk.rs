@@ -167,7 +167,10 @@ pub fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
     let iso = match &args.iso {
         Some(iso) => iso.clone(),
         None => {
-            crate::iso::run(project, &crate::iso::IsoArgs { force: false, dist: None })?;
+            crate::iso::run(
+                project,
+                &crate::iso::IsoArgs { force: false, dist: None, compression: Default::default(), fresh_chroot: false },
+            )?;
             project.default_dist_dir().join(project.iso_file_name())
         }
     };

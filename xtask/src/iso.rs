@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::build_root::{self, BuildRoot, BuildRootSpec};
+use crate::chroot_cache::ChrootCache;
 use crate::digest::Hasher;
 use crate::doctor::{self, Purpose};
 use crate::installer_build::{self, InstallerBuildInputs};
 use crate::kernel::{self, KernelInputs, KernelPackage};
-use crate::lb_build::{self, LbBuildInputs};
+use crate::lb_build::{self, ChrootSource, Compression, LbBuildInputs};
 use crate::payload_debs;
 use crate::progress::{self, stage};
 use crate::project::{self, Project};
@@ -32,6 +33,14 @@ pub struct IsoArgs {
     /// Where to publish (default: `dist/` in the project).
     #[arg(long)]
     pub dist: Option<PathBuf>,
+    /// Squashfs compression of the live system: xz for releases; zstd or lz4 build (and
+    /// boot) faster, for development. Named in the build info.
+    #[arg(long, value_enum, default_value_t = Compression::Xz)]
+    pub compression: Compression,
+    /// Install the packages into a fresh chroot even if a cached one was made from the same
+    /// inputs (the cache entry is replaced).
+    #[arg(long)]
+    pub fresh_chroot: bool,
 }
 
 /// Everything the image depends on, in one digest: what live-build is given, the build root
@@ -45,6 +54,7 @@ pub struct ImageInputs<'a> {
     pub payload_debs_digest: &'a str,
     pub epoch: u64,
     pub version: &'a str,
+    pub compression: Compression,
 }
 
 impl ImageInputs<'_> {
@@ -57,6 +67,7 @@ impl ImageInputs<'_> {
             .field("payload-debs", self.payload_debs_digest)
             .field("source-date-epoch", self.epoch.to_string())
             .field("version", self.version)
+            .field("squashfs-compression", self.compression.name())
             .hex()
     }
 }
@@ -178,6 +189,7 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
         payload_debs_digest: &payload_debs_digest,
         epoch,
         version: &project.version,
+        compression: args.compression,
     }
     .digest();
     if !args.force && is_published(&dist, &stem, &digest, &key_source)? {
@@ -227,14 +239,27 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
             installer: installer.engine.clone(),
             installer_gui: installer.gui.clone(),
             version: project.version.clone(),
+            compression: args.compression,
+            chroot_cache: Some(ChrootCache::new(&cx.cache)),
+            fresh_chroot: args.fresh_chroot,
         };
-        lb_build::build(&inputs, &mut |lb_stage, helper| {
+        let built = lb_build::build(&inputs, &mut |lb_stage, helper| {
             let at = progress::format_duration(phase_start.elapsed());
             match helper {
                 None => s.set(&format!("lb {lb_stage} [{at}]")),
                 Some(helper) => s.set_detail(&format!("lb {lb_stage} > {helper} [{at}]")),
             }
-        })
+        })?;
+        let key = &built.packages_key[..16];
+        match &built.chroot {
+            ChrootSource::Cached => {
+                println!(
+                    "lb build: chroot with its packages cached (key {key}); ran includes, hooks and the binary stage"
+                )
+            }
+            ChrootSource::Built(why) => println!("lb build: chroot with its packages built (key {key}): {why}"),
+        }
+        Ok(built)
     })?;
 
     let signer = stage("publish", |s| {
@@ -251,6 +276,8 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
             build_root_key: root.key.clone(),
             kernel_release: kernel.release.clone(),
             kernel_key: kernel.key.clone(),
+            squashfs_compression: args.compression.name().to_owned(),
+            packages_key: built.packages_key.clone(),
             signing_key: signer.fingerprint.clone(),
             development_signature: signer.is_development,
         };

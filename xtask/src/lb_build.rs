@@ -4,6 +4,11 @@
 //! runs (`cache/`); everything else in it is recreated from the rendered config each time, so
 //! no state from an earlier, perhaps failed, build leaks into this one. The directory is bind
 //! mounted at `/build` in the build root's private namespace (see [`crate::sandbox`]).
+//!
+//! `lb build` runs as its stages and helpers in live-build's own order, split in two where the
+//! package set is complete: the chroot at that point is cached by its inputs
+//! ([`crate::chroot_cache`]), so a change to the overlay, a hook or the installer re-runs only
+//! the customisation and the binary stage.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,6 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::build_root::BuildRoot;
+use crate::chroot_cache::{self, ChrootCache, PackagesKey, Restored};
 use crate::fsx;
 use crate::render::RenderedConfig;
 use crate::sandbox::RootCommand;
@@ -36,6 +42,56 @@ pub struct LbBuildInputs<'a> {
     pub installer_gui: PathBuf,
     /// The version the installer must report when run inside the image.
     pub version: String,
+    /// The live system's squashfs compression.
+    pub compression: Compression,
+    /// Where cached chroots are kept (`None`: always build the chroot, keep nothing).
+    pub chroot_cache: Option<ChrootCache>,
+    /// Build the chroot even when the cache has one for these inputs (and replace it).
+    pub fresh_chroot: bool,
+}
+
+/// The squashfs compression of the live system (`lb config --chroot-squashfs-compression-*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    /// xz, live-build's default: the smallest image. Release builds use it.
+    #[default]
+    Xz,
+    /// zstd at level 3: much faster to build and to read at boot, a somewhat bigger image.
+    /// For development builds.
+    Zstd,
+    /// lz4: the fastest to build, the biggest image. For development builds.
+    Lz4,
+}
+
+impl Compression {
+    /// How the build info and the progress name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Xz => "xz",
+            Compression::Zstd => "zstd-3",
+            Compression::Lz4 => "lz4",
+        }
+    }
+
+    fn lb_config_args(self) -> Vec<&'static str> {
+        match self {
+            // live-build's default; passing nothing keeps `lb config` exactly as rendered.
+            Compression::Xz => vec![],
+            Compression::Zstd => {
+                vec!["--chroot-squashfs-compression-type", "zstd", "--chroot-squashfs-compression-level", "3"]
+            }
+            Compression::Lz4 => vec!["--chroot-squashfs-compression-type", "lz4"],
+        }
+    }
+}
+
+/// How the chroot with its packages was had.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChrootSource {
+    /// Restored from the cache.
+    Cached,
+    /// Built; the reason it was not in the cache.
+    Built(String),
 }
 
 /// What live-build produced.
@@ -44,6 +100,9 @@ pub struct BuiltImage {
     pub iso: PathBuf,
     /// live-build's list of the packages installed in the image (`dpkg -l` style).
     pub package_manifest: PathBuf,
+    pub chroot: ChrootSource,
+    /// The key of the chroot's packages (see [`crate::chroot_cache`]).
+    pub packages_key: String,
 }
 
 /// live-build's top-level stages, in order.
@@ -85,6 +144,7 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
             .with_context(|| format!("copying {} into config/includes.chroot", binary.display()))?;
         fs::set_permissions(bin.join(name), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
+    let packages_key = PackagesKey::of(&inputs.build_dir, &inputs.root.key)?;
     let epoch = inputs.source_date_epoch.to_string();
     let lb = |argv: &[&str]| {
         RootCommand::new(&inputs.root.path, argv)
@@ -94,18 +154,49 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
             .to_cmd()
     };
     // Helpers of one stage run inside another (binary installs tools with chroot_* helpers),
-    // so the stage is taken from the stage lines only.
+    // so the stage is taken from the stage lines, except that the split scripts run lb
+    // chroot's helpers without its stage line: its first helper starts it.
     let mut stage = String::new();
     let mut on_line = |line: &str| match phase_of(line) {
         Some((new_stage, None)) => {
             stage = new_stage.to_owned();
             on_progress(&stage, None);
         }
-        Some((_, Some(helper))) if !stage.is_empty() => on_progress(&stage, Some(helper)),
-        _ => {}
+        Some((helper_stage, Some(helper))) => {
+            if helper_stage == "chroot" && (stage.is_empty() || stage == "bootstrap") {
+                stage = "chroot".to_owned();
+                on_progress(&stage, None);
+            }
+            if !stage.is_empty() {
+                on_progress(&stage, Some(helper));
+            }
+        }
+        None => {}
     };
-    lb(&["lb", "config"])?.run_logged(&inputs.log, &mut on_line).context("lb config failed")?;
-    lb(&["lb", "build"])?.run_logged(&inputs.log, &mut on_line).context("lb build failed")?;
+    let mut config = vec!["lb", "config"];
+    config.extend(inputs.compression.lb_config_args());
+    lb(&config)?.run_logged(&inputs.log, &mut on_line).context("lb config failed")?;
+
+    let restored = match &inputs.chroot_cache {
+        Some(_) if inputs.fresh_chroot => Restored::Miss("--fresh-chroot".to_owned()),
+        Some(cache) => cache.restore(&packages_key, &inputs.build_dir)?,
+        None => Restored::Miss("the chroot cache is off".to_owned()),
+    };
+    let chroot = match restored {
+        Restored::Hit => ChrootSource::Cached,
+        Restored::Miss(why) => {
+            lb(&["sh", "-c", chroot_cache::PACKAGES_SCRIPT])?
+                .run_logged(&inputs.log, &mut on_line)
+                .context("lb build failed while installing the packages")?;
+            if let Some(cache) = &inputs.chroot_cache {
+                cache.save(&packages_key, &inputs.build_dir).context("saving the chroot to the cache")?;
+            }
+            ChrootSource::Built(why)
+        }
+    };
+    lb(&["sh", "-c", chroot_cache::CUSTOMISE_SCRIPT])?
+        .run_logged(&inputs.log, &mut on_line)
+        .context("lb build failed")?;
 
     let iso = inputs.build_dir.join(format!("{}.hybrid.iso", inputs.image_stem));
     let package_manifest = inputs.build_dir.join(format!("{}.packages", inputs.image_stem));
@@ -125,7 +216,7 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
             bail!("{name} in the image reports {:?}, expected version {}", said.trim(), inputs.version);
         }
     }
-    Ok(BuiltImage { iso, package_manifest })
+    Ok(BuiltImage { iso, package_manifest, chroot, packages_key: packages_key.hex })
 }
 
 /// live-build only warns when the initrd is missing; an image without one cannot boot. Also

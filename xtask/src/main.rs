@@ -4,6 +4,7 @@
 mod boot_test;
 mod build_root;
 mod checksums;
+mod chroot_cache;
 mod digest;
 mod disk;
 mod doctor;

@@ -39,6 +39,10 @@ pub struct BuildInfo {
     /// `uname -r` of the image's kernel, and the cache key it was built under.
     pub kernel_release: String,
     pub kernel_key: String,
+    /// The live system's squashfs compression (`iso --compression`).
+    pub squashfs_compression: String,
+    /// The key of the chroot's package set (see `chroot_cache`).
+    pub packages_key: String,
     /// Fingerprint of the key that signed the sums.
     pub signing_key: String,
     pub development_signature: bool,
@@ -270,6 +274,8 @@ mod tests {
             build_root_key: "0123".into(),
             kernel_release: "6.12.117-truthdb".into(),
             kernel_key: "4567".into(),
+            squashfs_compression: "xz".into(),
+            packages_key: "89ab".into(),
             signing_key: String::new(),
             development_signature: true,
         }
