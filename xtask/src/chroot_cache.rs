@@ -73,6 +73,42 @@ lb source
 pub const AFTER_PACKAGES: [&str; 5] =
     ["includes.chroot", "includes.chroot_after_packages", "hooks", "includes.binary", "bootloaders"];
 
+/// `lb config` options only live-build's binary stage reads (boot menus, ISO labels; checked
+/// against live-build 1:20250505: only `binary_*` and `source_iso` use them). Left out of the
+/// key, so a new version (in the volume id) or kernel parameter reuses the chroot.
+pub const BINARY_ONLY_OPTIONS: [&str; 4] =
+    ["--bootappend-live", "--iso-volume", "--iso-publisher", "--iso-application"];
+
+/// The digest of `auto/`, with the lines of `auto/config` that set a [`BINARY_ONLY_OPTIONS`]
+/// option left out (the rendered script gives each option a line of its own), and its comments
+/// (the header names the version).
+fn auto_digest(auto: &Path) -> Result<String> {
+    let mut hasher = Hasher::new();
+    let mut names: Vec<_> =
+        fs::read_dir(auto).with_context(|| format!("reading {}", auto.display()))?.collect::<Result<_, _>>()?;
+    names.sort_by_key(|e| e.file_name());
+    for entry in names {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "config" && entry.file_type()?.is_file() {
+            let text =
+                fs::read_to_string(entry.path()).with_context(|| format!("reading {}", entry.path().display()))?;
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    !l.split_whitespace()
+                        .next()
+                        .is_some_and(|word| word.starts_with('#') || BINARY_ONLY_OPTIONS.contains(&word))
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            hasher.field("auto/config", kept);
+        } else {
+            hasher.tree(&name, &entry.path())?;
+        }
+    }
+    Ok(hasher.hex())
+}
+
 /// What one cached chroot was made from: a digest per input, and one over all of them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PackagesKey {
@@ -87,7 +123,7 @@ impl PackagesKey {
         let mut parts = BTreeMap::new();
         parts.insert("build root".to_owned(), build_root_key.to_owned());
         parts.insert("split script".to_owned(), Hasher::new().field("script", PACKAGES_SCRIPT).hex());
-        parts.insert("auto/".to_owned(), crate::digest::tree_digest(&build_dir.join("auto"))?);
+        parts.insert("auto/".to_owned(), auto_digest(&build_dir.join("auto"))?);
         let config = build_dir.join("config");
         for entry in fs::read_dir(&config).with_context(|| format!("reading {}", config.display()))? {
             let entry = entry?;
@@ -305,6 +341,34 @@ mod tests {
         fs::create_dir_all(dir.path().join("config/preseed")).unwrap();
         fs::write(dir.path().join("config/preseed/a.cfg.chroot"), "d-i x").unwrap();
         assert_eq!(key(dir.path()).changed_since(&before.parts), ["config/preseed".to_owned()]);
+    }
+
+    #[test]
+    fn binary_only_options_keep_the_key_and_others_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        tree(dir.path());
+        // The header comment names the version, as the rendered one does.
+        let config = |lines: &str| {
+            let version = if lines.contains("0.2.0") { "0.2.0" } else { "0.1.0" };
+            let script = format!("#!/bin/sh\n# TruthDB OS {version}\nlb config noauto \\\n{lines}\t\"${{@}}\"\n");
+            fs::write(dir.path().join("auto/config"), script).unwrap();
+            key(dir.path())
+        };
+        let base = config(
+            "\t--distribution trixie \\\n\t--iso-volume 'TruthDB 0.1.0' \\\n\t--bootappend-live 'boot=live quiet' \\\n",
+        );
+        let new_version = config(
+            "\t--distribution trixie \\\n\t--iso-volume 'TruthDB 0.2.0' \\\n\t--bootappend-live 'boot=live quiet' \\\n",
+        );
+        let new_params = config(
+            "\t--distribution trixie \\\n\t--iso-volume 'TruthDB 0.1.0' \\\n\t--bootappend-live 'boot=live' \\\n",
+        );
+        assert_eq!(base, new_version);
+        assert_eq!(base, new_params);
+        let new_suite = config(
+            "\t--distribution forky \\\n\t--iso-volume 'TruthDB 0.1.0' \\\n\t--bootappend-live 'boot=live quiet' \\\n",
+        );
+        assert_ne!(base, new_suite);
     }
 
     #[test]
