@@ -336,7 +336,7 @@ impl Vm {
             let status = self.handle.try_wait()?.map(|output| output.status);
             let serial = self.serial();
             if let Some(decided) = check(&serial, status.is_some()) {
-                return decided.with_context(|| self.context(what, &serial));
+                return decided.map_err(|e| self.failure(what, &serial, &format!("{e:#}")));
             }
             // A panicked guest never gets there; say so now, not at the timeout.
             let failure = if serial.contains("Kernel panic - not syncing") {
@@ -355,14 +355,16 @@ impl Vm {
                 None
             };
             if let Some(failure) = failure {
-                return Err(anyhow!("{failure}")).with_context(|| self.context(what, &serial));
+                return Err(self.failure(what, &serial, &failure));
             }
             std::thread::sleep(Duration::from_millis(500));
         }
     }
 
-    fn context(&self, what: &str, serial: &str) -> String {
-        format!("waiting for {what}; serial console ({}), last lines:\n{}", self.serial_log.display(), tail(serial, 30))
+    /// "waiting for <what>: <why>" first (a one-line summary), then the serial console's end.
+    fn failure(&self, what: &str, serial: &str, why: &str) -> anyhow::Error {
+        anyhow!("{why}\nserial console ({}), last lines:\n{}", self.serial_log.display(), tail(serial, 30))
+            .context(format!("waiting for {what}"))
     }
 
     /// Stops the machine and reaps QEMU.
@@ -613,6 +615,53 @@ mod tests {
         assert!(format!("{:#}", Vm::start(&interactive).err().unwrap()).contains("run_interactive"));
         let logged = VmSpec::new(Firmware::Bios, "x", "/nonexistent");
         assert!(format!("{:#}", Vm::run_interactive(&logged, &[]).unwrap_err()).contains("serial_on_terminal"));
+    }
+
+    /// A stand-in for QEMU: a shell that writes `serial` to the serial log, then runs `then`.
+    fn fake_vm(dir: &Path, serial: &str, then: &str) -> Vm {
+        let name = std::fs::read_dir(dir).unwrap().count();
+        let serial_log = dir.join(format!("{name}.serial.log"));
+        let qemu_log = dir.join(format!("{name}.qemu.log"));
+        let script = format!("printf '%s' \"$1\" > \"$2\"; {then}");
+        let handle =
+            Cmd::new("sh").args(["-c", &script, "fake"]).arg(serial).arg(&serial_log).start_logged(&qemu_log).unwrap();
+        Vm { handle, serial_log, qemu_log, started: Instant::now(), accel: Accelerator::Tcg, _vars: None }
+    }
+
+    #[test]
+    fn waiting_fails_first_line_first_with_the_serial_console_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = |serial: &str, _| line_from(serial, "MARKER").map(Ok);
+
+        let vm = fake_vm(dir.path(), "booting\nx MARKER version=1\n", "sleep 30");
+        assert_eq!(vm.wait_for("the marker", Duration::from_secs(20), marker).unwrap(), "MARKER version=1");
+
+        let vm = fake_vm(dir.path(), "booting\n", "sleep 30");
+        let err = format!("{:#}", vm.wait_for("the marker", Duration::from_secs(1), marker).unwrap_err());
+        assert!(err.starts_with("waiting for the marker: nothing after 1.0s (tcg)\nserial console ("), "{err}");
+        assert!(err.ends_with("last lines:\nbooting"), "{err}");
+
+        let vm = fake_vm(dir.path(), "booting\n", "echo no such drive >&2; exit 3");
+        let err = format!("{:#}", vm.wait_for("the marker", Duration::from_secs(20), marker).unwrap_err());
+        assert!(err.starts_with("waiting for the marker: QEMU exited first (exit code 3)"), "{err}");
+        assert!(err.contains("no such drive") && err.contains("booting"), "{err}");
+
+        let vm = fake_vm(dir.path(), "Kernel panic - not syncing: VFS\n", "sleep 30");
+        let err = format!("{:#}", vm.wait_for("the marker", Duration::from_secs(20), marker).unwrap_err());
+        assert!(err.starts_with("waiting for the marker: the guest kernel panicked\n"), "{err}");
+
+        // What the check itself decides keeps its words, and the serial console follows.
+        let vm = fake_vm(dir.path(), "TRUTHDB-INSTALL-FAILED: no disk\n", "sleep 30");
+        let err = vm
+            .wait_for("the install", Duration::from_secs(20), |serial, _| -> Option<Result<()>> {
+                line_from(serial, "TRUTHDB-INSTALL-FAILED").map(|l| Err(anyhow!("the installer failed: {l}")))
+            })
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.starts_with("waiting for the install: the installer failed: TRUTHDB-INSTALL-FAILED: no disk\n"),
+            "{err}"
+        );
     }
 
     #[test]
