@@ -23,7 +23,8 @@ impl ProjectCopy {
         fs::copy(root.join("Cargo.toml"), dir.path().join("Cargo.toml")).unwrap();
         fs::copy(root.join("packages.list"), dir.path().join("packages.list")).unwrap();
         fs::copy(root.join("Cargo.lock"), dir.path().join("Cargo.lock")).unwrap();
-        for sub in ["lb-config", "hooks", "overlay", "kernel", "installer"] {
+        // The whole workspace (cargo needs every member to build the installer), less target/.
+        for sub in ["lb-config", "hooks", "overlay", "kernel", "installer", "xtask"] {
             copy_dir(&root.join(sub), &dir.path().join(sub));
         }
         ProjectCopy { dir }
