@@ -358,7 +358,7 @@ fn write_identity(
 }
 
 /// Where the image keeps the installed system's initrd, made when the image was built
-/// (`hooks/0300-installed-initrd.hook.chroot`): `initrd.img-<release>` per kernel, made by the
+/// (`hooks/9900-installed-initrd.hook.chroot`): `initrd.img-<release>` per kernel, made by the
 /// image's initramfs-tools without the live-* packages' hooks and scripts, with fsck for ext4.
 const PREBUILT_INITRD_DIR: &str = "usr/lib/truthdb/installed-initrd";
 /// update-initramfs's own settings; `update_initramfs=no` makes `-u` (what initramfs-tools'
