@@ -220,9 +220,9 @@ fn choose_accel(
                 None => (probe(), "probe"),
             };
             Ok(if result.works {
-                (Accelerator::Kvm, format!("auto: /dev/kvm usable and a KVM guest booted ({when}: {})", result.how))
+                (Accelerator::Kvm, format!("auto: /dev/kvm usable and a KVM guest boots here; {when}: {}", result.how))
             } else {
-                (Accelerator::Tcg, format!("auto: a KVM guest does not boot here ({when}: {})", result.how))
+                (Accelerator::Tcg, format!("auto: a KVM guest does not boot here; {when}: {}", result.how))
             })
         }
     }
