@@ -341,6 +341,8 @@ impl Vm {
             // A panicked guest never gets there; say so now, not at the timeout.
             let failure = if serial.contains("Kernel panic - not syncing") {
                 Some("the guest kernel panicked".to_owned())
+            } else if let Some(error) = self.kvm_stopped() {
+                Some(error)
             } else if let Some(status) = status {
                 let said = std::fs::read_to_string(&self.qemu_log).unwrap_or_default();
                 Some(format!(
@@ -359,6 +361,18 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// A KVM guest QEMU stopped on a KVM internal error (an instruction the host's KVM cannot
+    /// emulate, as nested KVM on some hosts): QEMU keeps running a guest that never resumes.
+    fn kvm_stopped(&self) -> Option<String> {
+        if self.accel != Accelerator::Kvm {
+            return None;
+        }
+        let said = std::fs::read_to_string(&self.qemu_log).ok()?;
+        let line = said.lines().find(|l| l.starts_with("KVM internal error"))?;
+        let kind = if said.contains("emulation failure") { " (emulation failure)" } else { "" };
+        Some(format!("QEMU stopped the guest: {}{kind} ({})", line.trim(), self.qemu_log.display()))
     }
 
     /// "waiting for <what>: <why>" first (a one-line summary), then the serial console's end.
@@ -619,13 +633,17 @@ mod tests {
 
     /// A stand-in for QEMU: a shell that writes `serial` to the serial log, then runs `then`.
     fn fake_vm(dir: &Path, serial: &str, then: &str) -> Vm {
+        fake_vm_on(dir, serial, then, Accelerator::Tcg)
+    }
+
+    fn fake_vm_on(dir: &Path, serial: &str, then: &str, accel: Accelerator) -> Vm {
         let name = std::fs::read_dir(dir).unwrap().count();
         let serial_log = dir.join(format!("{name}.serial.log"));
         let qemu_log = dir.join(format!("{name}.qemu.log"));
         let script = format!("printf '%s' \"$1\" > \"$2\"; {then}");
         let handle =
             Cmd::new("sh").args(["-c", &script, "fake"]).arg(serial).arg(&serial_log).start_logged(&qemu_log).unwrap();
-        Vm { handle, serial_log, qemu_log, started: Instant::now(), accel: Accelerator::Tcg, _vars: None }
+        Vm { handle, serial_log, qemu_log, started: Instant::now(), accel, _vars: None }
     }
 
     #[test]
@@ -649,6 +667,18 @@ mod tests {
         let vm = fake_vm(dir.path(), "Kernel panic - not syncing: VFS\n", "sleep 30");
         let err = format!("{:#}", vm.wait_for("the marker", Duration::from_secs(20), marker).unwrap_err());
         assert!(err.starts_with("waiting for the marker: the guest kernel panicked\n"), "{err}");
+
+        // A KVM guest stopped by a KVM internal error is said at once, not at the timeout.
+        let stopped = "echo 'KVM internal error. Suberror: 1' >&2; echo 'emulation failure' >&2; sleep 30";
+        let vm = fake_vm_on(dir.path(), "", stopped, Accelerator::Kvm);
+        let err = format!("{:#}", vm.wait_for("the marker", Duration::from_secs(20), marker).unwrap_err());
+        assert!(
+            err.starts_with(
+                "waiting for the marker: QEMU stopped the guest: KVM internal error. Suberror: 1 (emulation failure)"
+            ),
+            "{err}"
+        );
+        assert!(vm.elapsed() < Duration::from_secs(10), "{:?}", vm.elapsed());
 
         // What the check itself decides keeps its words, and the serial console follows.
         let vm = fake_vm(dir.path(), "TRUTHDB-INSTALL-FAILED: no disk\n", "sleep 30");
