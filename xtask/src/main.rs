@@ -142,8 +142,10 @@ enum Command {
         #[arg(long)]
         install: bool,
     },
-    /// Run the whole test suite: unit and golden tests, then the end-to-end ISO build and
-    /// four-way boot test. Installs missing host tools first.
+    /// Run the whole test suite: unit, golden and other fast tests, then each end-to-end test
+    /// on its own (ISO build, verify and release rehearsal, four-way boot, unattended and
+    /// graphical install, bad input, incremental rebuild), ending with a table of results and
+    /// times. Installs missing host tools first.
     Test {
         /// Only the fast tests (no root, no network, no QEMU).
         #[arg(long)]
