@@ -432,7 +432,8 @@ fn e2e_08_overlay_change_reuses_the_cached_chroot() {
     project.write("overlay/etc/truthdb-e2e-incremental", &stamp);
     let dist = project.path("dist");
     let started = std::time::Instant::now();
-    let out = project.xtask(&["iso", "--dist", dist.to_str().unwrap()]);
+    // zstd: the development compression (a minute where xz takes several), checked below too.
+    let out = project.xtask(&["iso", "--compression", "zstd", "--dist", dist.to_str().unwrap()]);
     eprintln!("{}{}", stderr(&out), stdout(&out));
     assert!(out.status.success(), "the incremental build failed");
     let report = stdout(&out);
@@ -450,6 +451,12 @@ fn e2e_08_overlay_change_reuses_the_cached_chroot() {
         .arg(dist.join(iso_name()))
         .args(["-extract", "/live/filesystem.squashfs"])
         .arg(&squashfs));
+    // The squashfs superblock's compression id (u16 at byte 20): 6 is zstd; the build info says so.
+    let mut superblock = [0u8; 22];
+    std::io::Read::read_exact(&mut fs::File::open(&squashfs).unwrap(), &mut superblock).unwrap();
+    assert_eq!(u16::from_le_bytes([superblock[20], superblock[21]]), 6, "the squashfs is not zstd-compressed");
+    let info = fs::read_to_string(dist.join(iso_name().replace(".hybrid.iso", ".build-info.json"))).unwrap();
+    assert!(info.contains("\"squashfs_compression\": \"zstd-3\""), "{info}");
     let cat = |path: &str| run(Command::new("unsquashfs").arg("-cat").arg(&squashfs).arg(path));
     assert_eq!(stdout(&cat("etc/truthdb-e2e-incremental")), stamp, "the ISO does not carry the changed overlay");
     // ...and what the hooks made after the includes (the identity hook writes the banner).
