@@ -52,14 +52,32 @@ impl ProjectCopy {
 
     /// Runs `xtask --project <copy> args...` with a fixed SOURCE_DATE_EPOCH (no git here).
     pub fn xtask(&self, args: &[&str]) -> Output {
+        self.xtask_at_epoch(args, 1_767_225_600)
+    }
+
+    /// Runs xtask in the copy with SOURCE_DATE_EPOCH `epoch`. The kernel's cache key holds its
+    /// timestamp: a build that must find the repository's kernel in the cache passes
+    /// [`kernel_epoch`], or it compiles a kernel (18 minutes) for the copy.
+    pub fn xtask_at_epoch(&self, args: &[&str], epoch: u64) -> Output {
         Command::new(env!("CARGO_BIN_EXE_xtask"))
             .arg("--project")
             .arg(self.dir.path())
             .args(args)
-            .env("SOURCE_DATE_EPOCH", "1767225600")
+            .env("SOURCE_DATE_EPOCH", epoch.to_string())
             .output()
             .unwrap()
     }
+}
+
+/// The repository's kernel timestamp: the last commit touching `kernel/` (what `iso` and
+/// `kernel` use when SOURCE_DATE_EPOCH is not set).
+pub fn kernel_epoch() -> u64 {
+    let out = Command::new("git")
+        .args(["-c", "safe.directory=*", "log", "-1", "--format=%ct", "--", "kernel"])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("the repository has a commit touching kernel/")
 }
 
 fn copy_dir(src: &Path, dest: &Path) {
