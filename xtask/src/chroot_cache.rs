@@ -176,7 +176,8 @@ pub enum Restored {
 /// ones, so switching between two branches stays fast.
 const KEEP: usize = 2;
 
-/// Stage files the packages script leaves that the customisation must not see as done.
+/// Files the packages script leaves beside the chroot that later stages read (binary_manifest
+/// lists the packages of the install pass from it): saved and restored with the chroot.
 const FILES: [&str; 1] = ["chroot.packages.install"];
 
 impl ChrootCache {
