@@ -22,6 +22,9 @@ pub enum Purpose {
     /// `cargo test --workspace` compiles the graphical installer on the host (its C
     /// libraries' headers) and its keyboard tests compile real xkb layouts.
     WorkspaceTests,
+    /// The suite's container build (`--container` with Podman; runc: crun refuses hybrid
+    /// cgroups, see container.rs).
+    ContainerTest,
 }
 
 struct HostTool {
@@ -69,6 +72,8 @@ const HOST_TOOLS: &[HostTool] = &[
     HostTool { probe: "psql", package: "postgresql-client", purpose: Purpose::InstallTest },
     HostTool { probe: "ssh", package: "openssh-client", purpose: Purpose::InstallTest },
     HostTool { probe: "ssh-keygen", package: "openssh-client", purpose: Purpose::InstallTest },
+    HostTool { probe: "podman", package: "podman", purpose: Purpose::ContainerTest },
+    HostTool { probe: "runc", package: "runc", purpose: Purpose::ContainerTest },
     HostTool { probe: "cc", package: "gcc", purpose: Purpose::WorkspaceTests },
     HostTool { probe: "pkg-config", package: "pkg-config", purpose: Purpose::WorkspaceTests },
     HostTool { probe: "/usr/include/libinput.h", package: "libinput-dev", purpose: Purpose::WorkspaceTests },

@@ -8,6 +8,11 @@
 //! cargo registry, fetched beforehand, so the root needs no network for it. The lb build stage
 //! then runs both binaries inside the finished image.
 //!
+//! In the builder image (`--container`, see container.rs) there is no rustup toolchain to bind
+//! in: the compiler is Debian's own (rustc-web), which links against the builder's libraries.
+//! The builder is made of the image's Debian release, so there the installer is compiled in the
+//! builder itself, against the same glibc and libraries the build root would have.
+//!
 //! [`build`] compiles the engine alone for the host: `cargo xtask disk` runs it there.
 use std::path::{Path, PathBuf};
 
@@ -78,6 +83,51 @@ pub fn build(inputs: &InstallerBuildInputs) -> Result<InstallerBinary> {
     Ok(InstallerBinary { path })
 }
 
+/// In the builder image: compiled right there with Debian's toolchain, for an image of the
+/// builder's own release only (a newer glibc than the image's would not run on it).
+fn build_in_builder(
+    inputs: &InstallerBuildInputs,
+    cache_dir: &Path,
+    builder_release: &str,
+    image_suite: &str,
+) -> Result<ImageInstaller> {
+    if builder_release != image_suite {
+        bail!(
+            "the builder image is Debian {builder_release} but the image is {image_suite} (appliance.toml, \
+             field `suite`): the installer would be linked against another release's libraries. Build \
+             natively, or give the builder a {image_suite} base"
+        );
+    }
+    let target = cache_dir.join("installer-target").join(format!("builder-{builder_release}"));
+    std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+    host_cargo()
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--package",
+            "truthdb-installer",
+            "--package",
+            "truthdb-installer-gui",
+        ])
+        .arg("--target-dir")
+        .arg(&target)
+        .dir(&inputs.workspace)
+        .env("TRUTHDB_VERSION", &inputs.version)
+        .run_logged(&inputs.log, |_| {})
+        .with_context(|| format!("building the installer in the builder image (log: {})", inputs.log.display()))?;
+    let binaries = ImageInstaller {
+        engine: target.join("release/truthdb-installer"),
+        gui: target.join("release/truthdb-installer-gui"),
+    };
+    for path in [&binaries.engine, &binaries.gui] {
+        if !path.is_file() {
+            bail!("cargo built no {}", path.display());
+        }
+    }
+    Ok(binaries)
+}
+
 /// The installer binaries for the image.
 pub struct ImageInstaller {
     pub engine: PathBuf,
@@ -106,11 +156,23 @@ fn toolchain_command(program: PathBuf) -> Cmd {
     cmd
 }
 
-/// Builds both installer binaries inside `root` (see the module comment). Cargo's target
-/// directory is kept in `cache_dir`, per build root, so unchanged sources compile nothing.
-pub fn build_for_image(inputs: &InstallerBuildInputs, root: &BuildRoot, cache_dir: &Path) -> Result<ImageInstaller> {
+/// Set in the builder image to the Debian release it is made of (xtask/container/Containerfile).
+pub const BUILDER_ENV: &str = "TRUTHDB_OS_BUILDER";
+
+/// Builds both installer binaries inside `root`, or in the builder image when xtask runs there
+/// (see the module comment). Cargo's target directory is kept in `cache_dir`, per build root,
+/// so unchanged sources compile nothing.
+pub fn build_for_image(
+    inputs: &InstallerBuildInputs,
+    root: &BuildRoot,
+    cache_dir: &Path,
+    image_suite: &str,
+) -> Result<ImageInstaller> {
     if let Some(dir) = inputs.log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if let Some(release) = std::env::var_os(BUILDER_ENV) {
+        return build_in_builder(inputs, cache_dir, &release.to_string_lossy(), image_suite);
     }
     let sysroot = host_rustc()
         .args(["--print", "sysroot"])

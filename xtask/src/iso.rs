@@ -206,9 +206,11 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let kernel = cx.kernel(&root)?;
     let installer = stage("installer build", |s| {
         let log = cx.fresh_log("installer-build.log");
-        s.set(&format!("cargo build --release in the build root (log: {})", log.display()));
+        let place =
+            if std::env::var_os(installer_build::BUILDER_ENV).is_some() { "builder image" } else { "build root" };
+        s.set(&format!("cargo build --release in the {place} (log: {})", log.display()));
         let inputs = InstallerBuildInputs { workspace: project.root.clone(), version: project.version.clone(), log };
-        installer_build::build_for_image(&inputs, &root, &cx.cache)
+        installer_build::build_for_image(&inputs, &root, &cx.cache, &manifest.suite)
     })?;
     let payload_debs = stage("payload debs", |s| {
         s.set(&format!("{} package(s) from payload.debs", manifest.payload.debs.len()));

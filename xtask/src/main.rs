@@ -5,6 +5,7 @@ mod boot_test;
 mod build_root;
 mod checksums;
 mod chroot_cache;
+mod container;
 mod digest;
 mod disk;
 mod doctor;
@@ -55,6 +56,8 @@ struct Cli {
     /// Fail at once when another run holds the work directory or a cache entry (default: wait).
     #[arg(long, global = true)]
     no_wait: bool,
+    #[command(flatten)]
+    container: container::ContainerArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -133,6 +136,9 @@ enum Command {
     /// Check a release tag against the workspace version and put the release's files (ISO,
     /// sums, signatures, package manifest, build info, key fingerprint) into a directory.
     Release(release::ReleaseArgs),
+    /// Build the builder image (xtask/container/) unless the engine has it, and print its tag
+    /// (`--engine`, `--base` choose; CI tags and pushes it to GHCR).
+    BuilderImage,
     /// Print the cache keys of the build root and the kernel, as `name=value` lines (for CI
     /// caches keyed like xtask's own).
     CacheKeys,
@@ -185,8 +191,55 @@ struct InstallVmArgs {
     memory: u32,
 }
 
+/// The name of a command that can run in the builder image (`--container`), if it can.
+fn container_capable(command: &Command) -> Option<&'static str> {
+    Some(match command {
+        Command::Iso(_) => "iso",
+        Command::Kernel => "kernel",
+        Command::Verify { .. } => "verify",
+        Command::BootTest { .. } => "boot-test",
+        Command::InstallTest { .. } => "install-test",
+        Command::GuiTest { .. } => "gui-test",
+        Command::Disk(_) => "disk",
+        Command::Test { .. } => "test",
+        _ => return None,
+    })
+}
+
+/// Runs the command in the builder image when asked to (`--container`), or when this host
+/// cannot run the pipeline itself (with a one-line notice); `None` means run it here.
+fn run_in_container_if_wanted(cli: &Cli) -> Result<Option<ExitCode>> {
+    let capable = container_capable(&cli.command);
+    let auto = match (cli.container.container, capable) {
+        (true, None) => bail!(
+            "--container: this command runs on the host only (`cargo xtask vm` needs this machine's \
+             display and terminal; the others need no build tools)"
+        ),
+        (true, Some(_)) => None,
+        (false, Some(_)) => container::native_unsupported_reason(),
+        (false, None) => None,
+    };
+    if !cli.container.container && auto.is_none() {
+        let takes_container_options = matches!(cli.command, Command::BuilderImage);
+        if let Some(option) = cli.container.any_option().filter(|_| !takes_container_options) {
+            bail!("{option} applies to container builds: add --container");
+        }
+        return Ok(None);
+    }
+    if let Some(reason) = auto {
+        eprintln!("note: {reason}: running in the builder container (as with --container)");
+    }
+    let project = Project::load(cli.project.as_deref(), cli.version_suffix.as_deref())?;
+    let host_args: Vec<String> = std::env::args().skip(1).collect();
+    let code = container::run(&project, &cli.container, &host_args, capable.unwrap_or("xtask"))?;
+    Ok(Some(ExitCode::from(u8::try_from(code).unwrap_or(1))))
+}
+
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     lock::set_no_wait(cli.no_wait);
+    if let Some(code) = run_in_container_if_wanted(&cli)? {
+        return Ok(code);
+    }
     let project = || Project::load(cli.project.as_deref(), cli.version_suffix.as_deref());
     // Commands that write the work directory hold its lock (after any re-run under sudo, which
     // would otherwise wait for its own parent).
@@ -270,6 +323,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Doctor { install } => doctor::run(install)?,
         Command::Release(args) => release::run(&project()?, &args)?,
+        Command::BuilderImage => {
+            let project = project()?;
+            let engine = container::detect_engine(cli.container.engine)?;
+            println!("{}", container::builder_image(&project, &engine, &cli.container)?);
+        }
         Command::CacheKeys => {
             let (root, kernel) = iso::cache_keys(&project()?)?;
             println!("build-root={root}");

@@ -102,6 +102,9 @@ impl Cmd {
         if let Some(bytes) = &self.stdin {
             expr = expr.stdin_bytes(bytes.clone());
         }
+        // PR_SET_PDEATHSIG is Linux's; elsewhere (macOS, where xtask only starts a container)
+        // nothing that needs it runs on the host.
+        #[cfg(target_os = "linux")]
         if self.die_with_parent {
             expr = expr.before_spawn(|command| {
                 use std::os::unix::process::CommandExt;
@@ -203,6 +206,20 @@ impl Cmd {
             bail!("`{self}` failed: {}", describe_status(output.status));
         }
         Ok(())
+    }
+
+    /// Runs with the terminal's stdout and stderr and returns the exit status. The program's
+    /// stdin is a pipe whose only writer is this process and which is never written: it reads
+    /// end of file exactly when xtask is gone, however it ended (a SIGKILL too). A container's
+    /// entry point watches for that to stop its build (xtask/container/entry.sh): unlike
+    /// [`Cmd::die_with_parent`], it works across a container engine's client and daemon, and
+    /// on any host.
+    pub fn run_with_lifeline(&self) -> Result<ExitStatus> {
+        let (reader, writer) = std::io::pipe().context("making the lifeline pipe")?;
+        let handle = self.expression().stdin_file(reader).unchecked().start().map_err(|e| self.spawn_error(e))?;
+        let output = handle.wait().with_context(|| format!("waiting for `{self}`"));
+        drop(writer);
+        Ok(output?.status)
     }
 
     /// Starts in the background with stdout and stderr going to `log`; the caller waits on or

@@ -44,6 +44,7 @@ pub fn run(project: &Project, fast: bool) -> Result<ExitCode> {
             Purpose::BootTest,
             Purpose::Disk,
             Purpose::InstallTest,
+            Purpose::ContainerTest,
         ])?;
     }
     let actionlint = ensure_actionlint(project)?;
