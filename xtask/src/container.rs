@@ -42,9 +42,13 @@ const LOCAL_BASE_TAG: &str = "localhost/truthdb-os-base:trixie";
 /// Exit code of entry.sh when the container lacks a privilege the pipeline needs.
 const UNPRIVILEGED_EXIT: i32 = 70;
 const UNPRIVILEGED_MARK: &str = "TRUTHDB-CONTAINER-UNPRIVILEGED: ";
-/// Named volumes (the cargo target volume is per checkout: see [`target_volume`]).
+/// Named volumes, shared by every checkout on the engine: the cache, cargo's home (crates) and
+/// cargo's output (xtask compiled in the container; dependencies are shared, each checkout's
+/// own crates recompile when another checkout used it last).
 const CACHE_VOLUME: &str = "truthdb-os-cache";
 const CARGO_VOLUME: &str = "truthdb-os-cargo";
+const CARGO_TARGET_VOLUME: &str = "truthdb-os-cargo-target";
+const CARGO_TARGET_IN_CONTAINER: &str = "/var/lib/truthdb-os/cargo-target";
 /// Where the cache is inside the container (the native default).
 const CACHE_IN_CONTAINER: &str = crate::project::DEFAULT_CACHE_DIR;
 /// Environment passed into the container by name, when set on the host.
@@ -323,23 +327,40 @@ fn host_ca_bundle() -> Option<PathBuf> {
     path.canonicalize().ok().filter(|p| p.is_file())
 }
 
-/// Per checkout: two checkouts never share cargo's output or a work directory.
-fn target_volume(project: &Project) -> String {
-    let mut hasher = Hasher::new();
-    hasher.field("root", project.root.display().to_string());
-    format!("truthdb-os-target-{}", &hasher.hex()[..12])
+/// One mount of the run.
+#[derive(Debug)]
+enum Mount {
+    /// A host file or directory at `target`.
+    Bind { source: String, target: String, read_only: bool },
+    /// A named volume: kept between runs.
+    Volume { name: &'static str, target: String },
+    /// A volume of this run only, removed with the container (the engine's anonymous volume).
+    Scratch { target: String },
 }
 
-/// One `--volume` of the run.
-struct Bind {
-    source: String,
-    target: String,
-    read_only: bool,
-}
+impl Mount {
+    fn bind(source: impl Into<String>, target: impl Into<String>, read_only: bool) -> Mount {
+        Mount::Bind { source: source.into(), target: target.into(), read_only }
+    }
 
-impl Bind {
-    fn flag(&self) -> String {
-        format!("{}:{}{}", self.source, self.target, if self.read_only { ":ro" } else { "" })
+    fn flags(&self, engine: EngineKind) -> Vec<String> {
+        // Podman mounts volumes nodev and nosuid; the build directory holds the image's chroot,
+        // whose /dev/null and setuid programs must work, so volumes are mounted with both.
+        let podman = engine == EngineKind::Podman;
+        match self {
+            Mount::Bind { source, target, read_only } => {
+                vec!["--volume".into(), format!("{source}:{target}{}", if *read_only { ":ro" } else { "" })]
+            }
+            Mount::Volume { name, target } => {
+                vec!["--volume".into(), format!("{name}:{target}{}", if podman { ":dev,suid" } else { "" })]
+            }
+            Mount::Scratch { target } => {
+                vec![
+                    "--mount".into(),
+                    format!("type=volume,destination={target}{}", if podman { ",dev=true,suid=true" } else { "" }),
+                ]
+            }
+        }
     }
 }
 
@@ -360,7 +381,7 @@ enum PathRole {
 }
 
 /// The arguments for xtask in the container: the host's, without the container switches, with
-/// path options made absolute; and the binds those paths need.
+/// path options made absolute; and the mounts those paths need.
 fn inner_arguments(host_args: &[String], cwd: &Path) -> Result<(Vec<String>, Vec<(PathBuf, PathRole)>)> {
     const CONTAINER_FLAGS_WITH_VALUE: &[&str] = &["--engine", "--base", "--builder-image", "--cache-dir"];
     let mut inner = Vec::new();
@@ -405,7 +426,7 @@ fn inner_arguments(host_args: &[String], cwd: &Path) -> Result<(Vec<String>, Vec
 /// xtask's exit code there. `command` names the command for messages.
 pub fn run(project: &Project, args: &ContainerArgs, host_args: &[String], command: &str) -> Result<i32> {
     if args.cache_dir.is_some() && std::env::consts::OS != "linux" {
-        bail!("--cache-dir binds a host directory as the cache, which only a Linux host can share; leave it out");
+        bail!("--cache-dir mounts a host directory as the cache, which only a Linux host can share; leave it out");
     }
     let engine = detect_engine(args.engine)?;
     if engine.emulated {
@@ -422,24 +443,23 @@ pub fn run(project: &Project, args: &ContainerArgs, host_args: &[String], comman
     let root = project.root.display().to_string();
     let logs = project.logs_dir();
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let mut binds = vec![
-        Bind { source: root.clone(), target: root.clone(), read_only: true },
-        Bind {
-            source: target_volume(project),
-            target: project.root.join("target").display().to_string(),
-            read_only: false,
-        },
-        Bind { source: logs.display().to_string(), target: logs.display().to_string(), read_only: false },
-        Bind { source: CARGO_VOLUME.to_owned(), target: "/root/.cargo".to_owned(), read_only: false },
+    let mut mounts = vec![
+        Mount::bind(&root, &root, true),
+        // xtask's work directory (target/truthdb-os) lives in the checkout's target/: here a
+        // volume of this run, never the host's (the checkout is read-only, and a build on a
+        // macOS bind mount breaks); its logs/ is bound back.
+        Mount::Scratch { target: project.root.join("target").display().to_string() },
+        Mount::bind(logs.display().to_string(), logs.display().to_string(), false),
+        Mount::Volume { name: CARGO_VOLUME, target: "/root/.cargo".to_owned() },
+        Mount::Volume { name: CARGO_TARGET_VOLUME, target: CARGO_TARGET_IN_CONTAINER.to_owned() },
     ];
-    let cache = match &args.cache_dir {
+    mounts.push(match &args.cache_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating the cache directory {}", dir.display()))?;
-            dir.canonicalize()?.display().to_string()
+            Mount::bind(dir.canonicalize()?.display().to_string(), CACHE_IN_CONTAINER, false)
         }
-        None => CACHE_VOLUME.to_owned(),
-    };
-    binds.push(Bind { source: cache, target: CACHE_IN_CONTAINER.to_owned(), read_only: false });
+        None => Mount::Volume { name: CACHE_VOLUME, target: CACHE_IN_CONTAINER.to_owned() },
+    });
     // dist/ always: `iso` publishes there and the VM commands read the ISO from it.
     let dist = project.default_dist_dir();
     let mut writable: BTreeSet<PathBuf> = BTreeSet::from([dist]);
@@ -457,21 +477,17 @@ pub fn run(project: &Project, args: &ContainerArgs, host_args: &[String], comman
                 if !source.is_file() {
                     bail!("{}: not a file", path.display());
                 }
-                binds.push(Bind {
-                    source: source.display().to_string(),
-                    target: path.display().to_string(),
-                    read_only: true,
-                });
+                mounts.push(Mount::bind(source.display().to_string(), path.display().to_string(), true));
             }
         }
     }
     for dir in writable {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let source = dir.canonicalize()?.display().to_string();
-        binds.push(Bind { source, target: dir.display().to_string(), read_only: false });
+        mounts.push(Mount::bind(source, dir.display().to_string(), false));
     }
     if let Some(bundle) = host_ca_bundle() {
-        binds.push(Bind { source: bundle.display().to_string(), target: CA_BUNDLE.to_owned(), read_only: true });
+        mounts.push(Mount::bind(bundle.display().to_string(), CA_BUNDLE.to_owned(), true));
     }
     let mut env_flags = Vec::new();
     let mut env_values = Vec::new();
@@ -486,11 +502,7 @@ pub fn run(project: &Project, args: &ContainerArgs, host_args: &[String], comman
         let file = file
             .canonicalize()
             .with_context(|| format!("the signing key {} (from ${})", file.display(), crate::signing::KEY_FILE_ENV))?;
-        binds.push(Bind {
-            source: file.display().to_string(),
-            target: KEY_FILE_IN_CONTAINER.to_owned(),
-            read_only: true,
-        });
+        mounts.push(Mount::bind(file.display().to_string(), KEY_FILE_IN_CONTAINER.to_owned(), true));
         env_flags.extend(["--env".to_owned(), format!("{}={KEY_FILE_IN_CONTAINER}", crate::signing::KEY_FILE_ENV)]);
     }
     let workdir = if cwd.starts_with(&project.root) { cwd.clone() } else { project.root.clone() };
@@ -504,10 +516,13 @@ pub fn run(project: &Project, args: &ContainerArgs, host_args: &[String], comman
             // PID namespace and its mounts, and loop devices for `disk`. entry.sh checks each.
             .arg("--privileged")
             .args(&engine.host_flags);
-        for bind in &binds {
-            cmd = cmd.args(["--volume", &bind.flag()]);
+        for mount in &mounts {
+            cmd = cmd.args(mount.flags(engine.kind));
         }
-        cmd = cmd.args(&env_flags).args(["--workdir", &workdir.display().to_string()]);
+        cmd = cmd
+            .args(&env_flags)
+            .args(["--env", &format!("CARGO_TARGET_DIR={CARGO_TARGET_IN_CONTAINER}")])
+            .args(["--workdir", &workdir.display().to_string()]);
         for (key, value) in &env_values {
             cmd = cmd.env(key, value);
         }
@@ -577,6 +592,20 @@ mod tests {
     fn a_path_option_without_its_value_is_named() {
         let err = inner_arguments(&strings(&["iso", "--dist"]), Path::new("/x")).unwrap_err();
         assert!(err.to_string().contains("--dist needs a value"), "{err}");
+    }
+
+    #[test]
+    fn podman_volumes_allow_devices_and_setuid() {
+        let volume = Mount::Volume { name: CACHE_VOLUME, target: "/var/cache/truthdb-os".into() };
+        assert_eq!(volume.flags(EngineKind::Podman), ["--volume", "truthdb-os-cache:/var/cache/truthdb-os:dev,suid"]);
+        assert_eq!(volume.flags(EngineKind::Docker), ["--volume", "truthdb-os-cache:/var/cache/truthdb-os"]);
+        let scratch = Mount::Scratch { target: "/src/target".into() };
+        assert_eq!(
+            scratch.flags(EngineKind::Podman),
+            ["--mount", "type=volume,destination=/src/target,dev=true,suid=true"]
+        );
+        assert_eq!(scratch.flags(EngineKind::Docker), ["--mount", "type=volume,destination=/src/target"]);
+        assert_eq!(Mount::bind("/src", "/src", true).flags(EngineKind::Podman), ["--volume", "/src:/src:ro"]);
     }
 
     #[test]

@@ -87,10 +87,26 @@ pub fn build(inputs: &InstallerBuildInputs) -> Result<InstallerBinary> {
 /// builder's own release only (a newer glibc than the image's would not run on it).
 fn build_in_builder(
     inputs: &InstallerBuildInputs,
+    root: &BuildRoot,
     cache_dir: &Path,
     builder_release: &str,
     image_suite: &str,
 ) -> Result<ImageInstaller> {
+    // With the host's cache shared (`--cache-dir`), the installer the build root compiled from
+    // these very sources is there already: the same program for the same release.
+    let in_root = cache_dir.join("installer-target").join(&root.key);
+    if std::fs::read_to_string(in_root.join(BUILT_FROM)).ok() == Some(built_from(inputs)?) {
+        let binaries = ImageInstaller {
+            engine: in_root.join("release/truthdb-installer"),
+            gui: in_root.join("release/truthdb-installer-gui"),
+        };
+        if binaries.engine.is_file() && binaries.gui.is_file() {
+            println!(
+                "installer: built in the build root from these sources and this version (cache); nothing compiled"
+            );
+            return Ok(binaries);
+        }
+    }
     if builder_release != image_suite {
         bail!(
             "the builder image is Debian {builder_release} but the image is {image_suite} (appliance.toml, \
@@ -172,7 +188,7 @@ pub fn build_for_image(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     if let Some(release) = std::env::var_os(BUILDER_ENV) {
-        return build_in_builder(inputs, cache_dir, &release.to_string_lossy(), image_suite);
+        return build_in_builder(inputs, root, cache_dir, &release.to_string_lossy(), image_suite);
     }
     let sysroot = host_rustc()
         .args(["--print", "sysroot"])
@@ -231,5 +247,16 @@ pub fn build_for_image(
             bail!("cargo built no {}", path.display());
         }
     }
+    let stamp = built_from(inputs)?;
+    std::fs::write(target.join(BUILT_FROM), stamp)
+        .with_context(|| format!("writing {}", target.join(BUILT_FROM).display()))?;
     Ok(binaries)
+}
+
+/// Beside a build root's installer target: what its release binaries were built from (the
+/// sources' digest and the version), so the builder image can take them as they are.
+const BUILT_FROM: &str = "built-from";
+
+fn built_from(inputs: &InstallerBuildInputs) -> Result<String> {
+    Ok(format!("sources {}\nversion {}\n", source_digest(&inputs.workspace)?, inputs.version))
 }
