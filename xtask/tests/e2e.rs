@@ -465,3 +465,146 @@ fn e2e_08_overlay_change_reuses_the_cached_chroot() {
     // ...and what the hooks made after the includes (the identity hook writes the banner).
     assert!(stdout(&cat("etc/issue")).starts_with("TruthDB OS"), "the hooks' work is missing from the ISO");
 }
+
+/// `xtask --container ...` with Podman on the builder image made from a local base (these
+/// machines reach no registry), sharing the host's cache (build root, kernel, chroot) so the
+/// suite stays inside its time.
+fn container_xtask(args: &[&str]) -> Output {
+    let cache = host_cache();
+    let mut all = vec!["--container", "--engine", "podman", "--base", "local", "--cache-dir", &cache];
+    all.extend_from_slice(args);
+    xtask(&all)
+}
+
+/// The host's cache, which the container builds share (as `cargo xtask test` runs them).
+fn host_cache() -> String {
+    std::env::var("TRUTHDB_CACHE_DIR").unwrap_or_else(|_| "/var/cache/truthdb-os".to_owned())
+}
+
+/// Containers of this project's runs that the engine still has, by name.
+fn leftover_containers() -> Vec<String> {
+    let out = run(Command::new("podman").args(["ps", "--all", "--format", "{{.Names}}"]));
+    stdout(&out).lines().filter(|n| n.starts_with("truthdb-os-")).map(str::to_owned).collect()
+}
+
+/// Container root file systems mounted on the host (the engine's overlay mounts).
+fn container_mounts() -> usize {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo.lines().filter(|l| l.contains("/containers/storage/overlay/") && l.contains("/merged")).count()
+}
+
+/// Waits up to a minute for `check` to hold.
+fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "after a minute still not true: {what}");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+#[test]
+#[ignore = "needs root, Podman and the Debian mirror; run by `cargo xtask test`"]
+fn e2e_09_container_build_boots_and_matches_the_native_one() {
+    if std::env::var_os("TRUTHDB_OS_BUILDER").is_some() {
+        // `cargo xtask --container test`: no engine in the builder; this runs from a host.
+        eprintln!("e2e_09: inside the builder image, where no container engine runs: not run here");
+        return;
+    }
+    let native_iso = built_iso();
+    let cache = host_cache();
+    let dist = repo_root().join("target/truthdb-os/e2e-container-dist");
+    let _ = fs::remove_dir_all(&dist);
+    fs::create_dir_all(&dist).unwrap();
+    fs::write(dist.join("SHA256SUMS"), "previous release\n").unwrap();
+    let before = snapshot(&dist);
+    let dist_arg = dist.to_str().unwrap();
+    let mounts_before = container_mounts();
+
+    // No engine on PATH: the error says what to install, and nothing is touched.
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["--container", "iso", "--dist", dist_arg])
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "no engine, yet it succeeded");
+    assert!(stderr(&out).contains("no container engine found"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Install Docker"), "{}", stderr(&out));
+    assert_eq!(snapshot(&dist), before, "dist/ changed without an engine");
+
+    // An engine that does not honour --privileged (a wrapper dropping it) is refused with the
+    // reason, before any build, and dist/ is left as it was.
+    let shim = tempfile::tempdir().unwrap();
+    let wrapper = shim.path().join("podman");
+    fs::write(
+        &wrapper,
+        "#!/bin/sh\nfor a; do shift; [ \"$a\" = --privileged ] || set -- \"$@\" \"$a\"; done\nexec /usr/bin/podman \"$@\"\n",
+    )
+    .unwrap();
+    run(Command::new("chmod").arg("+x").arg(&wrapper));
+    let path = format!("{}:{}", shim.path().display(), std::env::var("PATH").unwrap());
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["--container", "--engine", "podman", "--base", "local", "--cache-dir", &cache])
+        .args(["iso", "--dist", dist_arg])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    eprintln!("{}", stderr(&out));
+    assert!(!out.status.success(), "an unprivileged container was not refused");
+    assert!(stderr(&out).contains("not privileged enough"), "{}", stderr(&out));
+    assert_eq!(snapshot(&dist), before, "dist/ changed after a refused container build");
+    assert!(leftover_containers().is_empty(), "containers left: {:?}", leftover_containers());
+
+    // xtask SIGKILLed while the container builds: the container and its mounts go with it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["--container", "--engine", "podman", "--base", "local", "--cache-dir", &cache])
+        .args(["iso", "--force", "--dist", dist_arg])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let name = format!("truthdb-os-iso-{}", child.id());
+    eventually("the build's container runs", || leftover_containers().contains(&name));
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eventually("no container left after xtask was killed", || leftover_containers().is_empty());
+    eventually("no container mount left after xtask was killed", || container_mounts() == mounts_before);
+    assert_eq!(snapshot(&dist), before, "dist/ changed after a killed container build");
+
+    // The real build: the builder image, the ISO built in it (zstd: the suite's time).
+    let built = container_xtask(&["iso", "--compression", "zstd", "--dist", dist_arg]);
+    assert!(built.status.success(), "the container build failed");
+    assert!(stdout(&built).contains("published to"), "{}", stdout(&built));
+    assert!(leftover_containers().is_empty(), "containers left: {:?}", leftover_containers());
+    assert_eq!(container_mounts(), mounts_before, "container mounts left on the host");
+    let verified = xtask(&["verify", dist_arg]);
+    assert!(verified.status.success(), "verify failed on the container-built dist/");
+    let iso = dist.join(iso_name());
+
+    // The same packages as the native build, version for version.
+    let packages = |dir: &Path| {
+        let name = iso_name().replace(".hybrid.iso", ".packages");
+        fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(&name).display()))
+    };
+    let native = packages(native_iso.parent().unwrap());
+    let contained = packages(&dist);
+    assert!(native.lines().count() > 100, "too few packages in the native list");
+    assert_eq!(contained, native, "the container build's package list differs from the native build's");
+    let info = fs::read_to_string(dist.join(iso_name().replace(".hybrid.iso", ".build-info.json"))).unwrap();
+    assert!(info.contains("\"squashfs_compression\": \"zstd-3\""), "{info}");
+
+    // It boots, as a CD on BIOS and as a USB stick on UEFI, with QEMU in the builder too.
+    let booted =
+        container_xtask(&["boot-test", "--iso", iso.to_str().unwrap(), "--mode", "bios-cd", "--mode", "uefi-usb"]);
+    assert!(booted.status.success(), "the container-built ISO did not boot");
+    for mode in ["bios-cd", "uefi-usb"] {
+        let report = stdout(&booted);
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("PASS {mode}")))
+            .unwrap_or_else(|| panic!("{mode} did not pass:\n{report}"));
+        assert!(line.contains(&format!("version={}", env!("CARGO_PKG_VERSION"))), "{line}");
+    }
+    assert!(leftover_containers().is_empty(), "containers left: {:?}", leftover_containers());
+}
