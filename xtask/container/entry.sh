@@ -21,8 +21,13 @@ probe=$(mktemp -d)
 mount -t tmpfs probe "$probe" 2>/dev/null || unprivileged "cannot mount a file system"
 umount "$probe"; rmdir "$probe"
 [ -c /dev/loop-control ] || unprivileged "no /dev/loop-control (loop devices for disk images)"
-# `--probe`: the checks alone (xtask runs them before it starts the real work).
-[ "${1-}" = --probe ] && exit 0
+# `--probe [PROGRAM...]`: the checks alone, then PROGRAM if given (xtask runs this before the
+# real work, and asks whether its own binary starts here).
+if [ "${1-}" = --probe ]; then
+    shift
+    [ $# -eq 0 ] && exit 0
+    exec "$@" </dev/null
+fi
 
 # A background job's stdin would be /dev/null (POSIX, without job control): keep ours on 3.
 exec 3<&0

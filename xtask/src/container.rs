@@ -2,9 +2,10 @@
 //!
 //! The builder image (`xtask/container/`) is Debian trixie packages only, the Rust toolchain
 //! included; it is tagged `<version>-<digest of its definition and base>`, so a changed
-//! Containerfile is a new image. The command runs there as it would natively: xtask is
-//! compiled in the container from the checkout and given the same arguments, minus the
-//! container flags. What the container sees:
+//! Containerfile is a new image. The command runs there as it would natively, given the same
+//! arguments minus the container flags, by this very xtask binary on a Linux host (when it
+//! starts in the builder), or else by xtask compiled in the container from the checkout (macOS
+//! hosts). What the container sees:
 //!
 //! - the checkout, read-only, at the same path as on the host (paths in arguments and in
 //!   `CARGO_MANIFEST_DIR` mean the same on both sides);
@@ -55,6 +56,8 @@ const CACHE_IN_CONTAINER: &str = crate::project::DEFAULT_CACHE_DIR;
 const PASSED_ENV: &[&str] =
     &[crate::signing::KEY_ENV, crate::signing::PASSPHRASE_ENV, "SOURCE_DATE_EPOCH", "CI", "NO_COLOR"];
 const KEY_FILE_IN_CONTAINER: &str = "/run/truthdb-os/signing-key.asc";
+/// Where a Linux host's own xtask binary is bound when it can run in the builder.
+const HOST_XTASK_IN_CONTAINER: &str = "/usr/local/bin/truthdb-xtask";
 
 /// The container switches, accepted before or after the command.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -219,6 +222,93 @@ fn host_workarounds(kind: EngineKind) -> Vec<String> {
     flags
 }
 
+/// Linux capabilities by number, as Docker names them.
+const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// `--privileged`, or where that cannot work, the same by its parts. Docker's `--privileged`
+/// asks for every capability and fails ("unable to apply caps") on a host whose bounding set
+/// lacks one (these build machines lack SYS_RESOURCE; Podman leaves such ones out itself), and
+/// ignores `--cap-drop` beside it. Then: every capability the host has, no seccomp or AppArmor
+/// confinement, /proc unmasked, every device allowed and the host's /dev (loop devices).
+fn privilege_flags(kind: EngineKind) -> Vec<String> {
+    let missing = match kind {
+        EngineKind::Docker => {
+            std::fs::read_to_string("/proc/self/status").map(|s| missing_capabilities(&s)).unwrap_or_default()
+        }
+        EngineKind::Podman => Vec::new(),
+    };
+    if missing.is_empty() {
+        return vec!["--privileged".to_owned()];
+    }
+    let mut flags = vec!["--cap-add".to_owned(), "ALL".to_owned()];
+    for capability in missing {
+        flags.extend(["--cap-drop".to_owned(), capability.to_owned()]);
+    }
+    for option in ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"] {
+        flags.extend(["--security-opt".to_owned(), option.to_owned()]);
+    }
+    flags.extend([
+        "--device-cgroup-rule".to_owned(),
+        "a *:* rwm".to_owned(),
+        "--volume".to_owned(),
+        "/dev:/dev".to_owned(),
+    ]);
+    flags
+}
+
+/// The capabilities missing from this process's bounding set (`CapBnd:` of /proc/self/status).
+fn missing_capabilities(status: &str) -> Vec<&'static str> {
+    let Some(bounding) = status.lines().find_map(|l| l.strip_prefix("CapBnd:")) else {
+        return Vec::new();
+    };
+    let Ok(bits) = u64::from_str_radix(bounding.trim(), 16) else {
+        return Vec::new();
+    };
+    CAPABILITIES.iter().enumerate().filter(|(bit, _)| bits >> bit & 1 == 0).map(|(_, name)| *name).collect()
+}
+
 /// The hard limit on a line of /proc/self/limits ("Max open files  1024  20000  files").
 fn hard_limit(limits: &str, name: &str) -> Option<u64> {
     let rest = limits.lines().find_map(|l| l.strip_prefix(name))?;
@@ -274,7 +364,26 @@ pub fn builder_image(project: &Project, engine: &Engine, args: &ContainerArgs) -
         .run_logged(&log, |_| {})
         .with_context(|| format!("building the builder image (log: {})", log.display()))?;
     eprintln!("built the builder image {tag} in {}", crate::progress::format_duration(started.elapsed()));
+    remove_older_builders(engine, &tag);
     Ok(tag)
+}
+
+/// Every builder image is 1.7 GB: once a new one is built, the engine's older ones (earlier
+/// definitions or versions) go. One still in use by a running build stays (the engine refuses).
+fn remove_older_builders(engine: &Engine, keep: &str) {
+    let repository = keep.split_once(':').map_or(keep, |(repository, _)| repository);
+    let listed = Cmd::new(engine.kind.program()).args(["images", "--format", "{{.Repository}}:{{.Tag}}"]).read();
+    for image in listed.unwrap_or_default().lines() {
+        if image.starts_with(&format!("{repository}:")) && image != keep {
+            if Cmd::new(engine.kind.program())
+                .args(["image", "rm", image])
+                .output_unchecked()
+                .is_ok_and(|o| o.status.success())
+            {
+                eprintln!("removed the older builder image {image}");
+            }
+        }
+    }
 }
 
 /// `--base local`: a Debian trixie minbase made with debootstrap on this host and imported,
@@ -380,9 +489,12 @@ enum PathRole {
     OutputFile,
 }
 
+/// A host path an argument names, and what the command does with it.
+type NamedPath = (PathBuf, PathRole);
+
 /// The arguments for xtask in the container: the host's, without the container switches, with
-/// path options made absolute; and the mounts those paths need.
-fn inner_arguments(host_args: &[String], cwd: &Path) -> Result<(Vec<String>, Vec<(PathBuf, PathRole)>)> {
+/// path options made absolute; and the paths they name, to be mounted.
+fn inner_arguments(host_args: &[String], cwd: &Path) -> Result<(Vec<String>, Vec<NamedPath>)> {
     const CONTAINER_FLAGS_WITH_VALUE: &[&str] = &["--engine", "--base", "--builder-image", "--cache-dir"];
     let mut inner = Vec::new();
     let mut paths = Vec::new();
@@ -514,7 +626,7 @@ pub fn run(project: &Project, args: &ContainerArgs, host_args: &[String], comman
             .args(["run", "--rm", "--interactive", "--name", name])
             // Privileged and rootful: debootstrap's mknod, the build root's private mount and
             // PID namespace and its mounts, and loop devices for `disk`. entry.sh checks each.
-            .arg("--privileged")
+            .args(privilege_flags(engine.kind))
             .args(&engine.host_flags);
         for mount in &mounts {
             cmd = cmd.args(mount.flags(engine.kind));
@@ -530,10 +642,33 @@ pub fn run(project: &Project, args: &ContainerArgs, host_args: &[String], comman
     };
 
     // The privileges first, in a container of a second: a refusal now, not after the compile.
-    let probe = run_base(&format!("{name}-probe")).arg(&image).arg("--probe").output_unchecked()?;
-    if !probe.status.success() {
-        let stderr = String::from_utf8_lossy(&probe.stderr);
-        if probe.status.code() == Some(UNPRIVILEGED_EXIT) {
+    // On a Linux host the same probe asks whether this very xtask binary starts in the builder
+    // (bound read-only): then it runs there as it is, with no second compile and no other
+    // version; elsewhere (macOS, another architecture, a host C library newer than the
+    // builder's) xtask is compiled in the container from the checkout.
+    let host_binary = std::env::current_exe()
+        .ok()
+        .filter(|_| std::env::consts::OS == "linux" && std::env::consts::ARCH == "x86_64" && !engine.emulated);
+    let probe = |with_binary: bool| {
+        let mut cmd = run_base(&format!("{name}-probe"));
+        if let (true, Some(binary)) = (with_binary, &host_binary) {
+            cmd = cmd.args(Mount::bind(binary.display().to_string(), HOST_XTASK_IN_CONTAINER, true).flags(engine.kind));
+        }
+        cmd = cmd.arg(&image).arg("--probe");
+        if with_binary {
+            cmd = cmd.args([HOST_XTASK_IN_CONTAINER, "--version"]);
+        }
+        cmd.output_unchecked()
+    };
+    let mut reuse_binary = host_binary.is_some();
+    let mut checked = probe(reuse_binary)?;
+    if reuse_binary && !checked.status.success() && checked.status.code() != Some(UNPRIVILEGED_EXIT) {
+        reuse_binary = false;
+        checked = probe(false)?;
+    }
+    if !checked.status.success() {
+        let stderr = String::from_utf8_lossy(&checked.stderr);
+        if checked.status.code() == Some(UNPRIVILEGED_EXIT) {
             let reason = stderr.lines().find_map(|l| l.split_once(UNPRIVILEGED_MARK).map(|(_, r)| r)).unwrap_or("?");
             bail!(
                 "the {program} container is not privileged enough for the build: {reason}. The pipeline \
@@ -543,13 +678,26 @@ pub fn run(project: &Project, args: &ContainerArgs, host_args: &[String], comman
         }
         bail!(
             "`{program} run` of the builder image failed ({}): {}",
-            crate::run::describe_status(probe.status),
+            crate::run::describe_status(checked.status),
             crate::run::tail(stderr.trim(), 10)
         );
     }
 
-    eprintln!("running `cargo xtask {}` in {image} ({program})", inner.join(" "));
-    let cmd = run_base(&name).arg(&image).args(["cargo", "run", "--locked", "--package", "xtask", "--"]).args(&inner);
+    let mut cmd = run_base(&name);
+    match (reuse_binary, &host_binary) {
+        (true, Some(binary)) => {
+            eprintln!("running `cargo xtask {}` in {image} ({program}; this xtask binary)", inner.join(" "));
+            cmd = cmd
+                .args(Mount::bind(binary.display().to_string(), HOST_XTASK_IN_CONTAINER, true).flags(engine.kind))
+                .arg(&image)
+                .arg(HOST_XTASK_IN_CONTAINER);
+        }
+        _ => {
+            eprintln!("running `cargo xtask {}` in {image} ({program}; xtask compiled there)", inner.join(" "));
+            cmd = cmd.arg(&image).args(["cargo", "run", "--locked", "--package", "xtask", "--"]);
+        }
+    }
+    let cmd = cmd.args(&inner);
     let status = cmd.run_with_lifeline();
     // With --rm the engine removes it; after an engine error it may still be there.
     let _ = Cmd::new(program).args(["rm", "--force"]).arg(&name).output_unchecked();
@@ -606,6 +754,13 @@ mod tests {
         );
         assert_eq!(scratch.flags(EngineKind::Docker), ["--mount", "type=volume,destination=/src/target"]);
         assert_eq!(Mount::bind("/src", "/src", true).flags(EngineKind::Podman), ["--volume", "/src:/src:ro"]);
+    }
+
+    #[test]
+    fn missing_capabilities_are_named_as_docker_names_them() {
+        assert_eq!(missing_capabilities("CapBnd:\t000001fffeffffff\n"), ["SYS_RESOURCE"]);
+        assert!(missing_capabilities("CapBnd:\t000001ffffffffff\n").is_empty());
+        assert!(missing_capabilities("Name: x\n").is_empty());
     }
 
     #[test]

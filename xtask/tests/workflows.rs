@@ -160,3 +160,55 @@ fn the_release_tag_check_uses_the_workspace_version() {
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains(&format!("the tag must be \"v{version}\"")));
 }
+
+#[test]
+fn container_workflows_run_in_the_builder_image_and_publish_it() {
+    for name in ["builder-image.yml", "container-build.yml"] {
+        let doc = workflow(name);
+        assert!(
+            doc["permissions"].as_hash().is_some_and(|h| h.is_empty()),
+            "{name}: top-level permissions must be {{}}"
+        );
+        for (_, job) in doc["jobs"].as_hash().unwrap() {
+            for step in job["steps"].as_vec().unwrap() {
+                if let Some(uses) = step["uses"].as_str() {
+                    assert!(
+                        uses.split_once('@').is_some_and(|(_, v)| v.starts_with('v')),
+                        "{name}: {uses} is not pinned"
+                    );
+                }
+            }
+        }
+    }
+    // Publishing: the only write is to the package registry; it runs on definition changes
+    // and release tags, and pushes the tag xtask derives.
+    let publish = workflow("builder-image.yml");
+    let perms = publish["jobs"]["publish"]["permissions"].as_hash().unwrap();
+    for (scope, level) in perms {
+        let (scope, level) = (scope.as_str().unwrap(), level.as_str().unwrap());
+        assert!(level == "read" || scope == "packages", "builder-image.yml: {scope}: {level}");
+    }
+    assert_eq!(publish["on"]["push"]["paths"][0].as_str(), Some("xtask/container/**"));
+    assert_eq!(publish["on"]["push"]["tags"][0].as_str(), Some("v*.*.*"));
+    let steps = run_steps(&publish).join("\n");
+    assert!(steps.contains("cargo xtask --engine docker builder-image"), "{steps}");
+    assert!(steps.contains("ghcr.io/") && steps.contains("--password-stdin"), "{steps}");
+
+    // The self-hosted build: inside the published image, privileged, never for pull requests
+    // (a fork's code on a self-hosted runner), nothing installed on the runner.
+    let build = workflow("container-build.yml");
+    assert!(build["on"]["pull_request"].is_badvalue(), "container-build.yml must not run pull requests");
+    let job = &build["jobs"]["iso"];
+    let runs_on: Vec<&str> = job["runs-on"].as_vec().unwrap().iter().filter_map(Yaml::as_str).collect();
+    assert_eq!(runs_on, ["self-hosted", "linux"]);
+    assert!(job["container"]["image"].as_str().unwrap().contains("truthdb-os-builder"));
+    assert_eq!(job["container"]["options"].as_str(), Some("--privileged"));
+    let steps = run_steps(&build).join("\n");
+    for command in ["cargo xtask iso", "cargo xtask verify dist", "cargo xtask boot-test"] {
+        assert!(steps.contains(command), "container-build.yml does not run {command}");
+    }
+    assert!(
+        !steps.contains("apt-get") && !steps.contains("doctor --install"),
+        "container-build.yml installs on the runner"
+    );
+}
