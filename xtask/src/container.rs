@@ -374,14 +374,14 @@ fn remove_older_builders(engine: &Engine, keep: &str) {
     let repository = keep.split_once(':').map_or(keep, |(repository, _)| repository);
     let listed = Cmd::new(engine.kind.program()).args(["images", "--format", "{{.Repository}}:{{.Tag}}"]).read();
     for image in listed.unwrap_or_default().lines() {
-        if image.starts_with(&format!("{repository}:")) && image != keep {
-            if Cmd::new(engine.kind.program())
+        let older = image.starts_with(&format!("{repository}:")) && image != keep;
+        if older
+            && Cmd::new(engine.kind.program())
                 .args(["image", "rm", image])
                 .output_unchecked()
                 .is_ok_and(|o| o.status.success())
-            {
-                eprintln!("removed the older builder image {image}");
-            }
+        {
+            eprintln!("removed the older builder image {image}");
         }
     }
 }
