@@ -127,10 +127,15 @@ pub struct Engine {
 
 /// Why the pipeline cannot run natively here, if it cannot: then `--container` is chosen.
 pub fn native_unsupported_reason() -> Option<String> {
-    if std::env::consts::OS != "linux" {
-        return Some(format!("this host runs {}, and the pipeline runs on Linux", std::env::consts::OS));
+    let has = crate::run::on_path;
+    why_not_native(std::env::consts::OS, has("apt-get"), has("debootstrap"))
+}
+
+fn why_not_native(os: &str, has_apt: bool, has_debootstrap: bool) -> Option<String> {
+    if os != "linux" {
+        return Some(format!("this host runs {os}, and the pipeline runs on Linux"));
     }
-    if !crate::run::on_path("apt-get") && !crate::run::on_path("debootstrap") {
+    if !has_apt && !has_debootstrap {
         return Some("this Linux host has neither apt nor debootstrap".to_owned());
     }
     None
@@ -754,6 +759,17 @@ mod tests {
         );
         assert_eq!(scratch.flags(EngineKind::Docker), ["--mount", "type=volume,destination=/src/target"]);
         assert_eq!(Mount::bind("/src", "/src", true).flags(EngineKind::Podman), ["--volume", "/src:/src:ro"]);
+    }
+
+    #[test]
+    fn the_container_is_chosen_where_the_pipeline_cannot_run() {
+        assert_eq!(
+            why_not_native("macos", true, false).unwrap(),
+            "this host runs macos, and the pipeline runs on Linux"
+        );
+        assert!(why_not_native("linux", false, false).unwrap().contains("neither apt nor debootstrap"));
+        assert_eq!(why_not_native("linux", true, false), None);
+        assert_eq!(why_not_native("linux", false, true), None);
     }
 
     #[test]
