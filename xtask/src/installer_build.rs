@@ -96,11 +96,7 @@ fn build_in_builder(
     // these very sources is there already: the same program for the same release.
     let in_root = cache_dir.join("installer-target").join(&root.key);
     if std::fs::read_to_string(in_root.join(BUILT_FROM)).ok() == Some(built_from(inputs)?) {
-        let binaries = ImageInstaller {
-            engine: in_root.join("release/truthdb-installer"),
-            gui: in_root.join("release/truthdb-installer-gui"),
-        };
-        if binaries.engine.is_file() && binaries.gui.is_file() {
+        if let Ok(binaries) = ImageInstaller::built_in(&in_root) {
             println!(
                 "installer: built in the build root from these sources and this version (cache); nothing compiled"
             );
@@ -132,15 +128,7 @@ fn build_in_builder(
         .env("TRUTHDB_VERSION", &inputs.version)
         .run_logged(&inputs.log, |_| {})
         .with_context(|| format!("building the installer in the builder image (log: {})", inputs.log.display()))?;
-    let binaries = ImageInstaller {
-        engine: target.join("release/truthdb-installer"),
-        gui: target.join("release/truthdb-installer-gui"),
-    };
-    for path in [&binaries.engine, &binaries.gui] {
-        if !path.is_file() {
-            bail!("cargo built no {}", path.display());
-        }
-    }
+    let binaries = ImageInstaller::built_in(&target)?;
     Ok(binaries)
 }
 
@@ -148,6 +136,22 @@ fn build_in_builder(
 pub struct ImageInstaller {
     pub engine: PathBuf,
     pub gui: PathBuf,
+}
+
+impl ImageInstaller {
+    /// Both release binaries in cargo's target directory `target`, or which one is missing.
+    fn built_in(target: &Path) -> Result<ImageInstaller> {
+        let binaries = ImageInstaller {
+            engine: target.join("release/truthdb-installer"),
+            gui: target.join("release/truthdb-installer-gui"),
+        };
+        for path in [&binaries.engine, &binaries.gui] {
+            if !path.is_file() {
+                bail!("cargo built no {}", path.display());
+            }
+        }
+        Ok(binaries)
+    }
 }
 
 /// The cargo that runs xtask (`cargo run` names it in $CARGO), with its toolchain's settings
@@ -238,15 +242,7 @@ pub fn build_for_image(
     .to_cmd()?
     .run_logged(&inputs.log, |_| {})
     .with_context(|| format!("building the installer in the build root (log: {})", inputs.log.display()))?;
-    let binaries = ImageInstaller {
-        engine: target.join("release/truthdb-installer"),
-        gui: target.join("release/truthdb-installer-gui"),
-    };
-    for path in [&binaries.engine, &binaries.gui] {
-        if !path.is_file() {
-            bail!("cargo built no {}", path.display());
-        }
-    }
+    let binaries = ImageInstaller::built_in(&target)?;
     let stamp = built_from(inputs)?;
     std::fs::write(target.join(BUILT_FROM), stamp)
         .with_context(|| format!("writing {}", target.join(BUILT_FROM).display()))?;
