@@ -276,7 +276,7 @@ const CAPABILITIES: [&str; 41] = [
 /// asks for every capability and fails ("unable to apply caps") on a host whose bounding set
 /// lacks one (these build machines lack SYS_RESOURCE; Podman leaves such ones out itself), and
 /// ignores `--cap-drop` beside it. Then: every capability the host has, no seccomp or AppArmor
-/// confinement, /proc unmasked, every device allowed and the host's /dev (loop devices).
+/// confinement, /proc unmasked, every device allowed.
 fn privilege_flags(kind: EngineKind) -> Vec<String> {
     let missing = match kind {
         EngineKind::Docker => {
@@ -284,8 +284,11 @@ fn privilege_flags(kind: EngineKind) -> Vec<String> {
         }
         EngineKind::Podman => Vec::new(),
     };
+    // The host's /dev itself, not the engine's copy made at start: the partitions of a loop
+    // device `disk` attaches (/dev/loop0p1) appear only there.
+    let host_dev = ["--volume".to_owned(), "/dev:/dev".to_owned()];
     if missing.is_empty() {
-        return vec!["--privileged".to_owned()];
+        return ["--privileged".to_owned()].into_iter().chain(host_dev).collect();
     }
     let mut flags = vec!["--cap-add".to_owned(), "ALL".to_owned()];
     for capability in missing {
@@ -294,12 +297,8 @@ fn privilege_flags(kind: EngineKind) -> Vec<String> {
     for option in ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"] {
         flags.extend(["--security-opt".to_owned(), option.to_owned()]);
     }
-    flags.extend([
-        "--device-cgroup-rule".to_owned(),
-        "a *:* rwm".to_owned(),
-        "--volume".to_owned(),
-        "/dev:/dev".to_owned(),
-    ]);
+    flags.extend(["--device-cgroup-rule".to_owned(), "a *:* rwm".to_owned()]);
+    flags.extend(host_dev);
     flags
 }
 

@@ -95,13 +95,10 @@ fn build_in_builder(
     // With the host's cache shared (`--cache-dir`), the installer the build root compiled from
     // these very sources is there already: the same program for the same release.
     let in_root = cache_dir.join("installer-target").join(&root.key);
-    if std::fs::read_to_string(in_root.join(BUILT_FROM)).ok() == Some(built_from(inputs)?) {
-        if let Ok(binaries) = ImageInstaller::built_in(&in_root) {
-            println!(
-                "installer: built in the build root from these sources and this version (cache); nothing compiled"
-            );
-            return Ok(binaries);
-        }
+    let same_sources = std::fs::read_to_string(in_root.join(BUILT_FROM)).ok() == Some(built_from(inputs)?);
+    if let (true, Ok(binaries)) = (same_sources, ImageInstaller::built_in(&in_root)) {
+        println!("installer: built in the build root from these sources and this version (cache); nothing compiled");
+        return Ok(binaries);
     }
     if builder_release != image_suite {
         bail!(
