@@ -484,6 +484,7 @@ const PATH_OPTIONS: &[(&str, PathRole)] = &[
     ("--iso", PathRole::InputFile),
     ("--config", PathRole::InputFile),
     ("--output", PathRole::OutputFile),
+    ("--project", PathRole::Checkout),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -491,6 +492,8 @@ enum PathRole {
     InputFile,
     OutputDir,
     OutputFile,
+    /// The checkout itself: mounted anyway; made absolute so it means the same inside.
+    Checkout,
 }
 
 /// A host path an argument names, and what the command does with it.
@@ -587,6 +590,7 @@ pub fn run(project: &Project, args: &ContainerArgs, host_args: &[String], comman
             PathRole::OutputFile => {
                 writable.insert(path.parent().map(Path::to_owned).unwrap_or_else(|| cwd.clone()));
             }
+            PathRole::Checkout => {}
             // Bound even inside the checkout: its target/ is a volume in the container.
             PathRole::InputFile => {
                 let source = path.canonicalize().with_context(|| format!("{}", path.display()))?;
@@ -735,6 +739,8 @@ mod tests {
         let (inner, paths) = inner_arguments(&host, Path::new("/home/u/os")).unwrap();
         assert_eq!(inner, strings(&["iso", "--dist", "/home/u/os/out", "--compression", "zstd"]));
         assert_eq!(paths, vec![(PathBuf::from("/home/u/os/out"), PathRole::OutputDir)]);
+        let (inner, _) = inner_arguments(&strings(&["--project", "os", "kernel"]), Path::new("/home/u")).unwrap();
+        assert_eq!(inner, strings(&["--project", "/home/u/os", "kernel"]));
         let (inner, paths) = inner_arguments(&strings(&["boot-test", "--iso=/tmp/a.iso"]), Path::new("/x")).unwrap();
         assert_eq!(inner, strings(&["boot-test", "--iso", "/tmp/a.iso"]));
         assert_eq!(paths, vec![(PathBuf::from("/tmp/a.iso"), PathRole::InputFile)]);
