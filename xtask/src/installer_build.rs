@@ -176,6 +176,11 @@ fn toolchain_command(program: PathBuf) -> Cmd {
 /// Set in the builder image to the Debian release it is made of (xtask/container/Containerfile).
 pub const BUILDER_ENV: &str = "TRUTHDB_OS_BUILDER";
 
+/// Where [`build_for_image`] compiles, for the progress line.
+pub fn compiled_in() -> &'static str {
+    if std::env::var_os(BUILDER_ENV).is_some() { "the builder image" } else { "the build root" }
+}
+
 /// Builds both installer binaries inside `root`, or in the builder image when xtask runs there
 /// (see the module comment). Cargo's target directory is kept in `cache_dir`, per build root,
 /// so unchanged sources compile nothing.

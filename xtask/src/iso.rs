@@ -206,9 +206,7 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let kernel = cx.kernel(&root)?;
     let installer = stage("installer build", |s| {
         let log = cx.fresh_log("installer-build.log");
-        let place =
-            if std::env::var_os(installer_build::BUILDER_ENV).is_some() { "builder image" } else { "build root" };
-        s.set(&format!("cargo build --release in the {place} (log: {})", log.display()));
+        s.set(&format!("cargo build --release in {} (log: {})", installer_build::compiled_in(), log.display()));
         let inputs = InstallerBuildInputs { workspace: project.root.clone(), version: project.version.clone(), log };
         installer_build::build_for_image(&inputs, &root, &cx.cache, &manifest.suite)
     })?;

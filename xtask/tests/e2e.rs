@@ -470,10 +470,14 @@ fn e2e_08_overlay_change_reuses_the_cached_chroot() {
 /// machines reach no registry), sharing the host's cache (build root, kernel, chroot) so the
 /// suite stays inside its time.
 fn container_xtask(args: &[&str]) -> Output {
-    let cache = host_cache();
-    let mut all = vec!["--container", "--engine", "podman", "--base", "local", "--cache-dir", &cache];
-    all.extend_from_slice(args);
-    xtask(&all)
+    let mut all = container_switches();
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    xtask(&all.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// How the suite runs `--container`: Podman, the local base, the host's cache.
+fn container_switches() -> Vec<String> {
+    ["--container", "--engine", "podman", "--base", "local", "--cache-dir", &host_cache()].map(str::to_owned).to_vec()
 }
 
 /// The host's cache, which the container builds share (as `cargo xtask test` runs them).
@@ -511,7 +515,6 @@ fn e2e_09_container_build_boots_and_matches_the_native_one() {
         return;
     }
     let native_iso = built_iso();
-    let cache = host_cache();
     let dist = repo_root().join("target/truthdb-os/e2e-container-dist");
     let _ = fs::remove_dir_all(&dist);
     fs::create_dir_all(&dist).unwrap();
@@ -544,7 +547,7 @@ fn e2e_09_container_build_boots_and_matches_the_native_one() {
     run(Command::new("chmod").arg("+x").arg(&wrapper));
     let path = format!("{}:{}", shim.path().display(), std::env::var("PATH").unwrap());
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["--container", "--engine", "podman", "--base", "local", "--cache-dir", &cache])
+        .args(container_switches())
         .args(["iso", "--dist", dist_arg])
         .env("PATH", &path)
         .output()
@@ -557,7 +560,7 @@ fn e2e_09_container_build_boots_and_matches_the_native_one() {
 
     // xtask SIGKILLed while the container builds: the container and its mounts go with it.
     let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["--container", "--engine", "podman", "--base", "local", "--cache-dir", &cache])
+        .args(container_switches())
         .args(["iso", "--force", "--dist", dist_arg])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
