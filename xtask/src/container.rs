@@ -31,9 +31,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::digest::Hasher;
-use crate::project::Project;
-use crate::run::Cmd;
+use crate::project::{Project, ProjectArgs};
+use crate::util::digest::Hasher;
+use crate::util::run::Cmd;
 
 /// The base image by default: Debian trixie from the registry.
 pub const DEFAULT_BASE: &str = "docker.io/library/debian:trixie";
@@ -54,7 +54,7 @@ const CARGO_TARGET_IN_CONTAINER: &str = "/var/lib/truthdb-os/cargo-target";
 const CACHE_IN_CONTAINER: &str = crate::project::DEFAULT_CACHE_DIR;
 /// Environment passed into the container by name, when set on the host.
 const PASSED_ENV: &[&str] =
-    &[crate::signing::KEY_ENV, crate::signing::PASSPHRASE_ENV, "SOURCE_DATE_EPOCH", "CI", "NO_COLOR"];
+    &[crate::stages::signing::KEY_ENV, crate::stages::signing::PASSPHRASE_ENV, "SOURCE_DATE_EPOCH", "CI", "NO_COLOR"];
 const KEY_FILE_IN_CONTAINER: &str = "/run/truthdb-os/signing-key.asc";
 /// Where a Linux host's own xtask binary is bound when it can run in the builder.
 const HOST_XTASK_IN_CONTAINER: &str = "/usr/local/bin/truthdb-xtask";
@@ -127,7 +127,7 @@ pub struct Engine {
 
 /// Why the pipeline cannot run natively here, if it cannot: then `--container` is chosen.
 pub fn native_unsupported_reason() -> Option<String> {
-    let has = crate::run::on_path;
+    let has = crate::util::run::on_path;
     why_not_native(std::env::consts::OS, has("apt-get"), has("debootstrap"))
 }
 
@@ -147,7 +147,8 @@ pub fn detect_engine(choice: Option<EngineKind>) -> Result<Engine> {
         Some(kind) => vec![kind],
         None => vec![EngineKind::Docker, EngineKind::Podman],
     };
-    let installed: Vec<EngineKind> = candidates.into_iter().filter(|k| crate::run::on_path(k.program())).collect();
+    let installed: Vec<EngineKind> =
+        candidates.into_iter().filter(|k| crate::util::run::on_path(k.program())).collect();
     if installed.is_empty() {
         let which = choice.map_or("Docker or Podman".to_owned(), |k| k.program().to_owned());
         bail!(
@@ -175,7 +176,7 @@ fn probe_engine(kind: EngineKind) -> Result<Engine> {
     };
     let out = Cmd::new(program).args(["info", "--format", format]).output_unchecked()?;
     if !out.status.success() {
-        let said = crate::run::tail(String::from_utf8_lossy(&out.stderr).trim(), 3);
+        let said = crate::util::run::tail(String::from_utf8_lossy(&out.stderr).trim(), 3);
         let start = match kind {
             EngineKind::Docker => "start Docker Desktop, or `systemctl start docker` on Linux",
             EngineKind::Podman => "on macOS and Windows `podman machine start`; on Linux run it as root",
@@ -214,7 +215,7 @@ fn host_workarounds(kind: EngineKind) -> Vec<String> {
         return flags;
     }
     let unified_only = Path::new("/sys/fs/cgroup/cgroup.controllers").is_file();
-    if !unified_only && crate::run::on_path("runc") {
+    if !unified_only && crate::util::run::on_path("runc") {
         flags.extend(["--runtime".to_owned(), "runc".to_owned()]);
     }
     if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
@@ -367,7 +368,7 @@ pub fn builder_image(project: &Project, engine: &Engine, args: &ContainerArgs) -
         .arg(&dir)
         .run_logged(&log, |_| {})
         .with_context(|| format!("building the builder image (log: {})", log.display()))?;
-    eprintln!("built the builder image {tag} in {}", crate::progress::format_duration(started.elapsed()));
+    eprintln!("built the builder image {tag} in {}", crate::util::progress::format_duration(started.elapsed()));
     remove_older_builders(engine, &tag);
     Ok(tag)
 }
@@ -396,7 +397,7 @@ fn local_base(project: &Project, engine: &Engine) -> Result<String> {
     if image_exists(engine, LOCAL_BASE_TAG)? {
         return Ok(LOCAL_BASE_TAG.to_owned());
     }
-    if std::env::consts::OS != "linux" || !crate::run::on_path("debootstrap") || !crate::project::is_root() {
+    if std::env::consts::OS != "linux" || !crate::util::run::on_path("debootstrap") || !crate::util::host::is_root() {
         bail!(
             "--base local makes the base with debootstrap, as root, on a Linux host; here use a \
              registry's image (the default {DEFAULT_BASE}) or `--base IMAGE`"
@@ -412,7 +413,7 @@ fn local_base(project: &Project, engine: &Engine) -> Result<String> {
     let tarball = scratch.path().join("root.tar");
     let log = project.logs_dir().join("builder-base.log");
     std::fs::create_dir_all(project.logs_dir())?;
-    let mirror = &project.manifest.mirrors.archive;
+    let mirror = &project.appliance.mirrors.archive;
     eprintln!("making the local base {LOCAL_BASE_TAG}: debootstrap trixie from {mirror} (log: {})", log.display());
     Cmd::new("debootstrap")
         .args(["--variant=minbase", "trixie"])
@@ -541,6 +542,51 @@ fn inner_arguments(host_args: &[String], cwd: &Path) -> Result<(Vec<String>, Vec
     Ok((inner, paths))
 }
 
+/// Runs the command in the builder image when asked to (`--container`), or when this host
+/// cannot run the pipeline itself (with a one-line notice). `command` names a command that can
+/// run there (`None`: it cannot); `takes_container_options` when the command reads the
+/// container flags itself (`builder-image`). `None` means: run it here.
+pub fn run_if_wanted(
+    args: &ContainerArgs,
+    project_args: &ProjectArgs,
+    command: Option<&'static str>,
+    takes_container_options: bool,
+) -> Result<Option<i32>> {
+    let auto = match (args.container, command) {
+        (true, None) => bail!(
+            "--container: this command runs on the host only (`cargo xtask vm` needs this machine's \
+             display and terminal; the others need no build tools)"
+        ),
+        (true, Some(_)) => None,
+        (false, Some(_)) => native_unsupported_reason(),
+        (false, None) => None,
+    };
+    if !args.container && auto.is_none() {
+        if let Some(option) = args.any_option().filter(|_| !takes_container_options) {
+            bail!("{option} applies to container builds: add --container");
+        }
+        return Ok(None);
+    }
+    if let Some(reason) = auto {
+        eprintln!("note: {reason}: running in the builder container (as with --container)");
+    }
+    let project = project_args.load()?;
+    let host_args: Vec<String> = std::env::args().skip(1).collect();
+    Ok(Some(run(&project, args, &host_args, command.unwrap_or("xtask"))?))
+}
+
+/// `cargo xtask builder-image`.
+#[derive(Debug, clap::Args)]
+pub struct BuilderImageArgs {}
+
+impl BuilderImageArgs {
+    pub fn run(self, project: &Project, args: &ContainerArgs) -> Result<()> {
+        let engine = detect_engine(args.engine)?;
+        println!("{}", builder_image(project, &engine, args)?);
+        Ok(())
+    }
+}
+
 /// Runs `host_args` (xtask's arguments, without the program) in the builder image and returns
 /// xtask's exit code there. `command` names the command for messages.
 pub fn run(project: &Project, args: &ContainerArgs, host_args: &[String], command: &str) -> Result<i32> {
@@ -617,13 +663,14 @@ pub fn run(project: &Project, args: &ContainerArgs, host_args: &[String], comman
             env_values.push((*name, value));
         }
     }
-    if let Some(file) = std::env::var_os(crate::signing::KEY_FILE_ENV) {
+    if let Some(file) = std::env::var_os(crate::stages::signing::KEY_FILE_ENV) {
         let file = PathBuf::from(file);
-        let file = file
-            .canonicalize()
-            .with_context(|| format!("the signing key {} (from ${})", file.display(), crate::signing::KEY_FILE_ENV))?;
+        let file = file.canonicalize().with_context(|| {
+            format!("the signing key {} (from ${})", file.display(), crate::stages::signing::KEY_FILE_ENV)
+        })?;
         mounts.push(Mount::bind(file.display().to_string(), KEY_FILE_IN_CONTAINER.to_owned(), true));
-        env_flags.extend(["--env".to_owned(), format!("{}={KEY_FILE_IN_CONTAINER}", crate::signing::KEY_FILE_ENV)]);
+        env_flags
+            .extend(["--env".to_owned(), format!("{}={KEY_FILE_IN_CONTAINER}", crate::stages::signing::KEY_FILE_ENV)]);
     }
     let workdir = if cwd.starts_with(&project.root) { cwd.clone() } else { project.root.clone() };
     let name = format!("truthdb-os-{}-{}", command, std::process::id());
@@ -686,8 +733,8 @@ pub fn run(project: &Project, args: &ContainerArgs, host_args: &[String], comman
         }
         bail!(
             "`{program} run` of the builder image failed ({}): {}",
-            crate::run::describe_status(checked.status),
-            crate::run::tail(stderr.trim(), 10)
+            crate::util::run::describe_status(checked.status),
+            crate::util::run::tail(stderr.trim(), 10)
         );
     }
 

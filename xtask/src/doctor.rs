@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use crate::run::{Cmd, on_path};
+use crate::util::run::{Cmd, on_path};
 
 /// What a host tool is needed for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +106,7 @@ pub fn ensure(purposes: &[Purpose]) -> Result<()> {
         return Ok(());
     }
     let apt_command = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
-    let can_install = crate::project::is_root() && on_path("apt-get");
+    let can_install = crate::util::host::is_root() && on_path("apt-get");
     if !can_install {
         bail!("missing host tools; install them with:\n  sudo apt-get update && sudo {apt_command}");
     }
@@ -133,13 +133,26 @@ pub fn ensure(purposes: &[Purpose]) -> Result<()> {
 }
 
 /// `cargo xtask doctor`.
-pub fn run(install: bool) -> Result<()> {
+#[derive(clap::Args, Debug)]
+pub struct DoctorArgs {
+    /// Install missing tools with apt (as root).
+    #[arg(long)]
+    install: bool,
+}
+
+impl DoctorArgs {
+    pub fn run(self) -> Result<()> {
+        run(self.install)
+    }
+}
+
+fn run(install: bool) -> Result<()> {
     let all = [Purpose::Build, Purpose::WorkspaceTests, Purpose::BootTest, Purpose::Disk, Purpose::InstallTest];
     for tool in HOST_TOOLS {
         let mark = if present(tool) { "ok     " } else { "MISSING" };
         println!("{mark} {:<48} (package {}, for {:?})", tool.probe, tool.package, tool.purpose);
     }
-    if !crate::project::is_root() {
+    if !crate::util::host::is_root() {
         println!("note: `iso` needs root (debootstrap, chroot, mounts); it re-runs itself with sudo when it can");
     }
     if install {

@@ -11,21 +11,23 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::build_root::{self, BuildRoot, BuildRootSpec};
-use crate::chroot_cache::ChrootCache;
-use crate::digest::Hasher;
 use crate::doctor::{self, Purpose};
-use crate::installer_build::{self, InstallerBuildInputs};
-use crate::kernel::{self, KernelInputs, KernelPackage};
-use crate::lb_build::{self, ChrootSource, Compression, LbBuildInputs};
-use crate::payload_debs;
-use crate::progress::{self, stage};
 use crate::project::{self, Project};
-use crate::publish::{self, Artifacts, BuildInfo};
-use crate::render::{self, RenderInputs, RenderedConfig};
-use crate::signing::{self, KeySource, Signer};
+use crate::stages::build_root::{self, BuildRoot, BuildRootSpec};
+use crate::stages::chroot_cache::ChrootCache;
+use crate::stages::installer_build::{self, ImageInstaller, InstallerBuildInputs};
+use crate::stages::kernel::{self, KernelInputs, KernelPackage};
+use crate::stages::lb_build::{self, BuiltImage, ChrootSource, Compression, LbBuildInputs};
+use crate::stages::payload_debs;
+use crate::stages::publish::{self, Artifacts, BuildInfo};
+use crate::stages::render::{self, LiveBuildTree, RenderInputs};
+use crate::stages::signing::{self, KeySource, Signer};
+use crate::util::digest::Hasher;
+use crate::util::host;
+use crate::util::progress::{self, stage};
 
-#[derive(Debug, clap::Args)]
+/// `cargo xtask iso`.
+#[derive(Debug, Default, clap::Args)]
 pub struct IsoArgs {
     /// Rebuild even if the published image was built from the same inputs.
     #[arg(long)]
@@ -47,7 +49,7 @@ pub struct IsoArgs {
 /// it runs in, the kernel, the installer's sources, the payload's own .debs, the timestamp it
 /// is built with, and the version it is named after.
 pub struct ImageInputs<'a> {
-    pub config: &'a RenderedConfig,
+    pub tree: &'a LiveBuildTree,
     pub root: &'a BuildRoot,
     pub kernel_key: &'a str,
     pub installer_digest: &'a str,
@@ -60,7 +62,7 @@ pub struct ImageInputs<'a> {
 impl ImageInputs<'_> {
     pub fn digest(&self) -> String {
         Hasher::new()
-            .field("config", &self.config.digest)
+            .field("config", &self.tree.digest)
             .field("build-root", &self.root.key)
             .field("kernel", self.kernel_key)
             .field("installer", self.installer_digest)
@@ -93,7 +95,7 @@ impl<'a> Pipeline<'a> {
     }
 
     fn root_spec(&self) -> BuildRootSpec {
-        BuildRootSpec::for_image(&self.project.manifest)
+        BuildRootSpec::for_image(&self.project.appliance)
     }
 
     fn kernel_inputs<'r>(&self, root: &'r BuildRoot, log: PathBuf) -> Result<KernelInputs<'r>>
@@ -142,6 +144,19 @@ impl<'a> Pipeline<'a> {
     }
 }
 
+/// `cargo xtask cache-keys`.
+#[derive(Debug, clap::Args)]
+pub struct CacheKeysArgs {}
+
+impl CacheKeysArgs {
+    pub fn run(self, project: &Project) -> Result<()> {
+        let (root, kernel) = cache_keys(project)?;
+        println!("build-root={root}");
+        println!("kernel={kernel}");
+        Ok(())
+    }
+}
+
 /// The cache keys of the build root and the kernel for the project as it is now.
 pub fn cache_keys(project: &Project) -> Result<(String, String)> {
     let cx = Pipeline::new(project)?;
@@ -151,157 +166,266 @@ pub fn cache_keys(project: &Project) -> Result<(String, String)> {
 }
 
 /// `cargo xtask kernel`: build (or find in the cache) the kernel package.
-pub fn run_kernel(project: &Project) -> Result<()> {
-    doctor::ensure(&[Purpose::Build])?;
-    let cx = Pipeline::new(project)?;
-    let root = cx.build_root()?;
-    let package = cx.kernel(&root)?;
-    if package.cached {
-        println!("kernel {} is cached (key {}): nothing compiled", package.release, package.key);
-    } else {
-        println!("built kernel {} (key {})", package.release, package.key);
+#[derive(Debug, clap::Args)]
+pub struct KernelArgs {}
+
+impl KernelArgs {
+    pub fn run(self, project: &Project) -> Result<()> {
+        host::reexec_as_root_if_needed()?;
+        let _lock = project.lock_work_dir()?;
+        doctor::ensure(&[Purpose::Build])?;
+        let cx = Pipeline::new(project)?;
+        let root = cx.build_root()?;
+        let package = cx.kernel(&root)?;
+        if package.cached {
+            println!("kernel {} is cached (key {}): nothing compiled", package.release, package.key);
+        } else {
+            println!("built kernel {} (key {})", package.release, package.key);
+        }
+        println!("  package: {}", package.deb.display());
+        println!("  config:  {}", package.config.display());
+        Ok(())
     }
-    println!("  package: {}", package.deb.display());
-    println!("  config:  {}", package.config.display());
+}
+
+impl IsoArgs {
+    pub fn run(self, project: &Project) -> Result<()> {
+        host::reexec_as_root_if_needed()?;
+        let _lock = project.lock_work_dir()?;
+        run(project, &self)
+    }
+}
+
+/// The ISO build, step by step: each step is a method of [`IsoBuild`] below.
+pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
+    let build = IsoBuild::start(project, args)?;
+    let tree = build.render()?;
+    let digest = build.inputs_digest(&tree)?;
+    if build.is_up_to_date(&digest)? {
+        return Ok(());
+    }
+    let root = build.cx.build_root()?;
+    build.package_check(&root, &tree)?;
+    let kernel = build.cx.kernel(&root)?;
+    let installer = build.installer(&root)?;
+    let payload_debs = build.payload_debs()?;
+    let image = build.lb_build(&root, &tree, &kernel, &installer, payload_debs)?;
+    let signer = build.publish(&image, &root, &tree, &kernel, &digest)?;
+    build.report_signature(&signer);
     Ok(())
 }
 
-pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
-    let started = std::time::Instant::now();
-    let manifest = &project.manifest;
-    let dist = args.dist.clone().unwrap_or_else(|| project.default_dist_dir());
-    let stem = project.image_stem();
-    let cx = Pipeline::new(project)?;
+/// One `iso` run: the pipeline's paths, the command's options, and what every step shares.
+struct IsoBuild<'a> {
+    cx: Pipeline<'a>,
+    args: &'a IsoArgs,
+    started: std::time::Instant,
+    dist: PathBuf,
+    stem: String,
+    epoch: u64,
+    key_source: KeySource,
+}
 
-    doctor::ensure(&[Purpose::Build])?;
-    let epoch = project::source_date_epoch(&project.root)?;
-    let config = stage("render", |_| render::render(&RenderInputs::of(project), &project.default_config_dir()))?;
-    let key_source = KeySource::from_env()?;
-    let planned_root = build_root::planned(&cx.root_spec(), &cx.cache);
-    let kernel_key = cx.kernel_inputs(&planned_root, PathBuf::new())?.key()?;
-    let installer_digest = installer_build::source_digest(&project.root)?;
-    let payload_debs_digest = payload_debs::inputs_digest(&project.root, &manifest.payload.debs)?;
-    let digest = ImageInputs {
-        config: &config,
-        root: &planned_root,
-        kernel_key: &kernel_key,
-        installer_digest: &installer_digest,
-        payload_debs_digest: &payload_debs_digest,
-        epoch,
-        version: &project.version,
-        compression: args.compression,
+impl<'a> IsoBuild<'a> {
+    fn start(project: &'a Project, args: &'a IsoArgs) -> Result<IsoBuild<'a>> {
+        let started = std::time::Instant::now();
+        let cx = Pipeline::new(project)?;
+        doctor::ensure(&[Purpose::Build])?;
+        Ok(IsoBuild {
+            dist: args.dist.clone().unwrap_or_else(|| project.default_dist_dir()),
+            stem: project.image_stem(),
+            epoch: project::source_date_epoch(&project.root)?,
+            key_source: KeySource::from_env()?,
+            cx,
+            args,
+            started,
+        })
     }
-    .digest();
-    if !args.force && is_published(&dist, &stem, &digest, &key_source)? {
+
+    fn project(&self) -> &'a Project {
+        self.cx.project
+    }
+
+    /// Step "render": the live-build tree.
+    fn render(&self) -> Result<LiveBuildTree> {
+        let project = self.project();
+        stage("render", |_| render::render(&RenderInputs::of(project), &project.default_live_build_tree_dir()))
+    }
+
+    /// Step "inputs digest": everything the image would be built from, before building any of it.
+    fn inputs_digest(&self, tree: &LiveBuildTree) -> Result<String> {
+        let project = self.project();
+        let planned_root = build_root::planned(&self.cx.root_spec(), &self.cx.cache);
+        let kernel_key = self.cx.kernel_inputs(&planned_root, PathBuf::new())?.key()?;
+        let installer_digest = installer_build::source_digest(&project.root)?;
+        let payload_debs_digest = payload_debs::inputs_digest(&project.root, &project.appliance.payload.debs)?;
+        Ok(ImageInputs {
+            tree,
+            root: &planned_root,
+            kernel_key: &kernel_key,
+            installer_digest: &installer_digest,
+            payload_debs_digest: &payload_debs_digest,
+            epoch: self.epoch,
+            version: &project.version,
+            compression: self.args.compression,
+        }
+        .digest())
+    }
+
+    /// Whether `dist/` already holds this build (then says so): the no-op check.
+    fn is_up_to_date(&self, digest: &str) -> Result<bool> {
+        if self.args.force || !is_published(&self.dist, &self.stem, digest, &self.key_source)? {
+            return Ok(false);
+        }
         println!(
             "up to date: {} was built from these exact inputs (digest {}); use --force to rebuild",
-            dist.join(project.iso_file_name()).display(),
+            self.dist.join(self.project().iso_file_name()).display(),
             &digest[..16]
         );
-        return Ok(());
+        Ok(true)
     }
 
-    let root = cx.build_root()?;
-    stage("package check", |_| build_root::check_packages_exist(&root, &config.packages, &manifest.suite))?;
-    let kernel = cx.kernel(&root)?;
-    let installer = stage("installer build", |s| {
-        let log = cx.fresh_log("installer-build.log");
-        s.set(&format!("cargo build --release in {} (log: {})", installer_build::compiled_in(), log.display()));
-        let inputs = InstallerBuildInputs { workspace: project.root.clone(), version: project.version.clone(), log };
-        installer_build::build_for_image(&inputs, &root, &cx.cache, &manifest.suite)
-    })?;
-    let payload_debs = stage("payload debs", |s| {
-        s.set(&format!("{} package(s) from payload.debs", manifest.payload.debs.len()));
-        payload_debs::resolve(
-            &project.root,
-            &project.lb_config_dir().join("appliance.toml"),
-            &manifest.payload.debs,
-            &manifest.architecture,
-            &cx.cache,
-            &cx.fresh_log("payload-debs.log"),
-        )
-    })?;
+    /// Step "package check": every name in packages.list exists in the suite.
+    fn package_check(&self, root: &BuildRoot, tree: &LiveBuildTree) -> Result<()> {
+        let suite = &self.project().appliance.suite;
+        stage("package check", |_| build_root::check_packages_exist(root, &tree.packages, suite))
+    }
 
-    let lb_log = cx.fresh_log("lb-build.log");
-    let built = stage("lb build", |s| {
-        let phase_start = std::time::Instant::now();
-        s.set(&format!("starting (log: {})", lb_log.display()));
+    /// Step "installer build": the installer's release binaries for the image's suite.
+    fn installer(&self, root: &BuildRoot) -> Result<ImageInstaller> {
+        let project = self.project();
+        stage("installer build", |s| {
+            let log = self.cx.fresh_log("installer-build.log");
+            s.set(&format!("cargo build --release in {} (log: {})", installer_build::compiled_in(), log.display()));
+            let inputs =
+                InstallerBuildInputs { workspace: project.root.clone(), version: project.version.clone(), log };
+            installer_build::build_for_image(&inputs, root, &self.cx.cache, &project.appliance.suite)
+        })
+    }
+
+    /// Step "payload debs": the appliance's own .deb files, fetched and checked.
+    fn payload_debs(&self) -> Result<Vec<PathBuf>> {
+        let project = self.project();
+        let appliance = &project.appliance;
+        stage("payload debs", |s| {
+            s.set(&format!("{} package(s) from payload.debs", appliance.payload.debs.len()));
+            payload_debs::resolve(
+                &project.root,
+                &project.lb_config_dir().join("appliance.toml"),
+                &appliance.payload.debs,
+                &appliance.architecture,
+                &self.cx.cache,
+                &self.cx.fresh_log("payload-debs.log"),
+            )
+        })
+    }
+
+    /// Step "lb build": live-build in the build root, with the chroot cache.
+    fn lb_build(
+        &self,
+        root: &BuildRoot,
+        tree: &LiveBuildTree,
+        kernel: &KernelPackage,
+        installer: &ImageInstaller,
+        payload_debs: Vec<PathBuf>,
+    ) -> Result<BuiltImage> {
+        let project = self.project();
+        let log = self.cx.fresh_log("lb-build.log");
         let inputs = LbBuildInputs {
-            root: &root,
-            config: &config,
+            root,
+            tree,
             build_dir: project.work_dir().join("build"),
-            image_stem: stem.clone(),
-            source_date_epoch: epoch,
-            log: lb_log.clone(),
+            image_stem: self.stem.clone(),
+            source_date_epoch: self.epoch,
+            log: log.clone(),
             kernel_deb: kernel.deb.clone(),
             kernel_release: kernel.release.clone(),
-            payload_debs: payload_debs.clone(),
+            payload_debs,
             installer: installer.engine.clone(),
             installer_gui: installer.gui.clone(),
             version: project.version.clone(),
-            compression: args.compression,
-            chroot_cache: Some(ChrootCache::new(&cx.cache)),
-            fresh_chroot: args.fresh_chroot,
+            compression: self.args.compression,
+            chroot_cache: Some(ChrootCache::new(&self.cx.cache)),
+            fresh_chroot: self.args.fresh_chroot,
         };
-        let built = lb_build::build(&inputs, &mut |lb_stage, helper| {
-            let at = progress::format_duration(phase_start.elapsed());
-            match helper {
-                None => s.set(&format!("lb {lb_stage} [{at}]")),
-                Some(helper) => s.set_detail(&format!("lb {lb_stage} > {helper} [{at}]")),
+        stage("lb build", |s| {
+            let phase_start = std::time::Instant::now();
+            s.set(&format!("starting (log: {})", log.display()));
+            let built = lb_build::build(&inputs, &mut |lb_stage, helper| {
+                let at = progress::format_duration(phase_start.elapsed());
+                match helper {
+                    None => s.set(&format!("lb {lb_stage} [{at}]")),
+                    Some(helper) => s.set_detail(&format!("lb {lb_stage} > {helper} [{at}]")),
+                }
+            })?;
+            let key = &built.packages_key[..16];
+            match &built.chroot {
+                ChrootSource::Cached => {
+                    println!(
+                        "lb build: chroot with its packages cached (key {key}); ran includes, hooks and the binary stage"
+                    )
+                }
+                ChrootSource::Built(why) => println!("lb build: chroot with its packages built (key {key}): {why}"),
             }
-        })?;
-        let key = &built.packages_key[..16];
-        match &built.chroot {
-            ChrootSource::Cached => {
-                println!(
-                    "lb build: chroot with its packages cached (key {key}); ran includes, hooks and the binary stage"
-                )
-            }
-            ChrootSource::Built(why) => println!("lb build: chroot with its packages built (key {key}): {why}"),
-        }
-        Ok(built)
-    })?;
-
-    let signer = stage("publish", |s| {
-        s.set("loading signing key");
-        let signer = Signer::new(&key_source)?;
-        let info = BuildInfo {
-            name: manifest.name.clone(),
-            version: project.version.clone(),
-            suite: manifest.suite.clone(),
-            architecture: manifest.architecture.clone(),
-            source_date_epoch: epoch,
-            inputs_digest: digest.clone(),
-            config_digest: config.digest.clone(),
-            build_root_key: root.key.clone(),
-            kernel_release: kernel.release.clone(),
-            kernel_key: kernel.key.clone(),
-            squashfs_compression: args.compression.name().to_owned(),
-            packages_key: built.packages_key.clone(),
-            signing_key: signer.fingerprint.clone(),
-            development_signature: signer.is_development,
-        };
-        let artifacts = Artifacts { iso: &built.iso, package_manifest: &built.package_manifest, stem: &stem };
-        let files = publish::publish(&artifacts, &info, &signer, &dist, &mut |step| s.set(step))?;
-        println!("published to {} in {}:", dist.display(), progress::format_duration(started.elapsed()));
-        for file in &files {
-            println!("  {}", file.file_name().unwrap_or_default().to_string_lossy());
-        }
-        Ok(signer)
-    })?;
-
-    if signer.is_development {
-        println!(
-            "NOTE: signed with a throwaway DEVELOPMENT key {}: NOT a release signature \
-             (set ${} or ${} to sign with the release key)",
-            signer.fingerprint,
-            signing::KEY_FILE_ENV,
-            signing::KEY_ENV
-        );
-    } else {
-        println!("signed with key {}", signer.fingerprint);
+            Ok(built)
+        })
     }
-    Ok(())
+
+    /// Step "publish": sums, signatures and build info into `dist/`, atomically.
+    fn publish(
+        &self,
+        image: &BuiltImage,
+        root: &BuildRoot,
+        tree: &LiveBuildTree,
+        kernel: &KernelPackage,
+        digest: &str,
+    ) -> Result<Signer> {
+        let project = self.project();
+        let appliance = &project.appliance;
+        stage("publish", |s| {
+            s.set("loading signing key");
+            let signer = Signer::new(&self.key_source)?;
+            let info = BuildInfo {
+                name: appliance.name.clone(),
+                version: project.version.clone(),
+                suite: appliance.suite.clone(),
+                architecture: appliance.architecture.clone(),
+                source_date_epoch: self.epoch,
+                inputs_digest: digest.to_owned(),
+                config_digest: tree.digest.clone(),
+                build_root_key: root.key.clone(),
+                kernel_release: kernel.release.clone(),
+                kernel_key: kernel.key.clone(),
+                squashfs_compression: self.args.compression.name().to_owned(),
+                packages_key: image.packages_key.clone(),
+                signing_key: signer.fingerprint.clone(),
+                development_signature: signer.is_development,
+            };
+            let artifacts =
+                Artifacts { iso: &image.iso, installed_packages: &image.installed_packages, stem: &self.stem };
+            let files = publish::publish(&artifacts, &info, &signer, &self.dist, &mut |step| s.set(step))?;
+            println!("published to {} in {}:", self.dist.display(), progress::format_duration(self.started.elapsed()));
+            for file in &files {
+                println!("  {}", file.file_name().unwrap_or_default().to_string_lossy());
+            }
+            Ok(signer)
+        })
+    }
+
+    /// Says which key signed, loudly when it is the throwaway development key.
+    fn report_signature(&self, signer: &Signer) {
+        if signer.is_development {
+            println!(
+                "NOTE: signed with a throwaway DEVELOPMENT key {}: NOT a release signature \
+                 (set ${} or ${} to sign with the release key)",
+                signer.fingerprint,
+                signing::KEY_FILE_ENV,
+                signing::KEY_ENV
+            );
+        } else {
+            println!("signed with key {}", signer.fingerprint);
+        }
+    }
 }
 
 /// Whether `dist` already holds this exact build, signed the way it would be now.

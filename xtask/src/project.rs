@@ -2,15 +2,39 @@
 //!
 //! Stages receive paths from here rather than building them, so the layout is written once.
 
+pub mod appliance;
+pub mod kernel_pin;
+pub mod package_list;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::kernel::KernelPin;
-use crate::manifest::{Manifest, workspace_version};
+use crate::project::appliance::{Appliance, workspace_version};
+use crate::project::kernel_pin::KernelPin;
 
 /// The default cache, outside the repository, shared by every checkout on the machine.
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/truthdb-os";
+
+/// The global flags that choose the project and how a run shares it with others.
+#[derive(clap::Args, Debug)]
+pub struct ProjectArgs {
+    /// Project directory (default: the workspace this xtask belongs to).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// Label a pre-release build: version `<workspace version>-<SUFFIX>`, e.g. nightly.20261122.
+    #[arg(long, global = true, value_name = "SUFFIX")]
+    pub version_suffix: Option<String>,
+    /// Fail at once when another run holds the work directory or a cache entry (default: wait).
+    #[arg(long, global = true)]
+    pub no_wait: bool,
+}
+
+impl ProjectArgs {
+    pub fn load(&self) -> Result<Project> {
+        Project::load(self.project.as_deref(), self.version_suffix.as_deref())
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Project {
@@ -18,12 +42,24 @@ pub struct Project {
     pub root: PathBuf,
     /// The workspace version: the one version of everything.
     pub version: String,
-    pub manifest: Manifest,
+    pub appliance: Appliance,
     /// `kernel/kernel.toml`: the kernel the image boots.
     pub kernel_pin: KernelPin,
 }
 
 impl Project {
+    /// Holds the work directory's lock for as long as the guard lives: commands that write
+    /// `target/truthdb-os/` take it (after any re-run under sudo, which would otherwise wait
+    /// for its own parent).
+    /// The ISO `cargo xtask iso` publishes into the default `dist/`.
+    pub fn default_iso(&self) -> PathBuf {
+        self.default_dist_dir().join(self.iso_file_name())
+    }
+
+    pub fn lock_work_dir(&self) -> Result<crate::util::lock::Lock> {
+        crate::util::lock::work_dir(&self.work_dir())
+    }
+
     /// Loads the project at `root`, or at the workspace this xtask was built from.
     /// `version_suffix` labels a pre-release build: `0.1.0` becomes `0.1.0-<suffix>`
     /// (nightly images use `nightly.<date>`); the workspace version stays the only source.
@@ -40,9 +76,9 @@ impl Project {
             }
             version = format!("{version}-{suffix}");
         }
-        let manifest = Manifest::load(&root.join("lb-config/appliance.toml"), &version)?;
+        let appliance = Appliance::load(&root.join("lb-config/appliance.toml"), &version)?;
         let kernel_pin = KernelPin::load(&root.join("kernel/kernel.toml"))?;
-        Ok(Project { root, version, manifest, kernel_pin })
+        Ok(Project { root, version, appliance, kernel_pin })
     }
 
     /// minijinja templates and verbatim files mirroring live-build's `auto/` and `config/`.
@@ -66,7 +102,7 @@ impl Project {
     pub fn work_dir(&self) -> PathBuf {
         self.root.join("target/truthdb-os")
     }
-    pub fn default_config_dir(&self) -> PathBuf {
+    pub fn default_live_build_tree_dir(&self) -> PathBuf {
         self.work_dir().join("config")
     }
     pub fn logs_dir(&self) -> PathBuf {
@@ -85,10 +121,10 @@ impl Project {
     }
     /// `<name>-<version>-<arch>`: the stem of every published file of this build.
     pub fn image_stem(&self) -> String {
-        format!("{}-{}", self.manifest.image_name(&self.version), self.manifest.architecture)
+        format!("{}-{}", self.appliance.image_name(&self.version), self.appliance.architecture)
     }
     pub fn iso_file_name(&self) -> String {
-        self.manifest.iso_file_name(&self.version)
+        self.appliance.iso_file_name(&self.version)
     }
 }
 
@@ -109,7 +145,7 @@ pub fn source_date_epoch_of(root: &Path, path: Option<&str>) -> Result<u64> {
         let value = value.to_string_lossy();
         return value.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number"));
     }
-    let out = crate::run::Cmd::new("git")
+    let out = crate::util::run::Cmd::new("git")
         .args(["-c", "safe.directory=*", "log", "-1", "--format=%ct", "--"])
         .args(path)
         .dir(root)
@@ -121,11 +157,4 @@ pub fn source_date_epoch_of(root: &Path, path: Option<&str>) -> Result<u64> {
         bail!("SOURCE_DATE_EPOCH {epoch} is before 1980, which FAT cannot store");
     }
     Ok(epoch)
-}
-
-/// Whether this process runs as root (debootstrap, chroot and mounts need it).
-pub fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self belongs to the effective user; no libc binding needed for one question.
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }

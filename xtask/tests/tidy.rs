@@ -106,3 +106,121 @@ fn the_checks_see_a_missing_path() {
     assert_eq!(as_repo_path("dist/<name>.iso", &top), None);
     assert!(!repo_root().join("xtask/src/nothing.rs").exists());
 }
+
+/// The Rust sources of the workspace's binaries and libraries (not their tests).
+fn source_files(root: &Path) -> Vec<PathBuf> {
+    ["xtask/src", "installer/src", "installer/gui/src"]
+        .iter()
+        .flat_map(|dir| walkdir::WalkDir::new(root.join(dir)).into_iter().flatten())
+        .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "rs"))
+        .map(|e| e.into_path())
+        .collect()
+}
+
+#[test]
+fn every_module_says_what_it_is() {
+    let root = repo_root();
+    let files = source_files(&root);
+    let undocumented: Vec<String> = files
+        .iter()
+        .filter(|path| !fs::read_to_string(path).unwrap().trim_start().starts_with("//!"))
+        .map(|path| path.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "these modules do not open with a `//!` comment saying what they are:\n{}",
+        undocumented.join("\n")
+    );
+    assert!(files.len() >= 40, "only {} source files found: is the check blind?", files.len());
+}
+
+#[test]
+fn every_xtask_module_is_in_the_code_map() {
+    let root = repo_root();
+    let map = fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let named: Vec<String> = code_spans(&map).into_iter().map(|(_, span)| span).collect();
+    let src = root.join("xtask/src");
+    let missing: Vec<String> = walkdir::WalkDir::new(&src)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file() && e.file_name() != "main.rs")
+        .map(|e| e.path().strip_prefix(&src).unwrap().display().to_string())
+        // A folder's module file (`stages.rs`) is its folder's entry (`stages/`).
+        .filter(|rel| !(rel.ends_with(".rs") && src.join(rel.trim_end_matches(".rs")).is_dir()))
+        .filter(|rel| !named.iter().any(|span| span == rel))
+        .collect();
+    assert!(missing.is_empty(), "ARCHITECTURE.md's code map leaves out xtask/src/ files:\n{}", missing.join("\n"));
+}
+
+/// `cargo xtask [global flags] <command> [words]` as written in a code span or code block line.
+fn xtask_invocations(text: &str) -> Vec<(usize, Vec<String>)> {
+    let mut found = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        for part in line.split("cargo xtask").skip(1) {
+            let words: Vec<String> = part
+                .split(['`', '#', ';', '|', ')', '&'])
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if !words.is_empty() {
+                found.push((index + 1, words));
+            }
+        }
+    }
+    found
+}
+
+/// The subcommands and flags `--help` lists.
+fn help_words(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).arg("--help").output().unwrap();
+    assert!(out.status.success(), "xtask {args:?} --help failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_commands_in_the_readme_are_the_ones_help_lists() {
+    let root = repo_root();
+    let top = help_words(&[]);
+    let commands: Vec<String> = top
+        .lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect();
+    assert!(commands.iter().any(|c| c == "iso"), "no `iso` in --help: {top}");
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for doc in ["README.md", "ARCHITECTURE.md", "BENCHMARKS.md"] {
+        let text = fs::read_to_string(root.join(doc)).unwrap();
+        for (line, words) in xtask_invocations(&text) {
+            // Global flags may come first; the first other word is the command.
+            let mut i = 0;
+            while i < words.len() && words[i].starts_with("--") {
+                let takes_value = ["--engine", "--base", "--builder-image", "--cache-dir", "--project", "--version-suffix"]
+                    .contains(&words[i].as_str());
+                i += if takes_value && !words[i].contains('=') { 2 } else { 1 };
+            }
+            let Some(command) = words.get(i) else { continue };
+            if !command.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                continue; // prose such as "cargo xtask's"
+            }
+            checked += 1;
+            if !commands.contains(command) {
+                wrong.push(format!("{doc}:{line}: `cargo xtask {command}` is not a command of --help"));
+                continue;
+            }
+            let help = format!("{}{}", help_words(&[command]), top);
+            for flag in words.iter().filter(|w| w.starts_with("--")) {
+                let flag = flag.split('=').next().unwrap();
+                if !help.contains(&format!("{flag} ")) && !help.contains(&format!("{flag}\n")) && !help.contains(&format!("{flag},")) {
+                    wrong.push(format!("{doc}:{line}: `{flag}` is not an option of `cargo xtask {command} --help`"));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "the docs name commands or options xtask does not have:\n{}", wrong.join("\n"));
+    assert!(checked >= 20, "only {checked} commands found in the docs: is the check blind?");
+}

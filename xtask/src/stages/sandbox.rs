@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::run::{Cmd, describe_status};
+use crate::util::run::{Cmd, describe_status};
 
 /// The PATH inside a Debian build root.
 pub const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -3,11 +3,11 @@
 //! The build directory (`target/truthdb-os/build/`) keeps live-build's package cache between
 //! runs (`cache/`); everything else in it is recreated from the rendered config each time, so
 //! no state from an earlier, perhaps failed, build leaks into this one. The directory is bind
-//! mounted at `/build` in the build root's private namespace (see [`crate::sandbox`]).
+//! mounted at `/build` in the build root's private namespace (see [`crate::stages::sandbox`]).
 //!
 //! `lb build` runs as its stages and helpers in live-build's own order, split in two where the
 //! package set is complete: the chroot at that point is cached by its inputs
-//! ([`crate::chroot_cache`]), so a change to the overlay, a hook or the installer re-runs only
+//! ([`crate::stages::chroot_cache`]), so a change to the overlay, a hook or the installer re-runs only
 //! the customisation and the binary stage.
 
 use std::fs;
@@ -15,15 +15,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::build_root::BuildRoot;
-use crate::chroot_cache::{self, ChrootCache, PackagesKey, Restored};
-use crate::fsx;
-use crate::render::RenderedConfig;
-use crate::sandbox::RootCommand;
+use crate::stages::build_root::BuildRoot;
+use crate::stages::chroot_cache::{self, ChrootCache, PackagesKey, Restored};
+use crate::stages::render::LiveBuildTree;
+use crate::stages::sandbox::RootCommand;
+use crate::util::fsx;
 
 pub struct LbBuildInputs<'a> {
     pub root: &'a BuildRoot,
-    pub config: &'a RenderedConfig,
+    pub tree: &'a LiveBuildTree,
     /// Host directory for live-build's work tree and package cache.
     pub build_dir: PathBuf,
     /// `<image_name>-<arch>`: live-build's output files start with this.
@@ -99,9 +99,9 @@ pub enum ChrootSource {
 pub struct BuiltImage {
     pub iso: PathBuf,
     /// live-build's list of the packages installed in the image (`dpkg -l` style).
-    pub package_manifest: PathBuf,
+    pub installed_packages: PathBuf,
     pub chroot: ChrootSource,
-    /// The key of the chroot's packages (see [`crate::chroot_cache`]).
+    /// The key of the chroot's packages (see [`crate::stages::chroot_cache`]).
     pub packages_key: String,
 }
 
@@ -122,7 +122,7 @@ pub fn phase_of(line: &str) -> Option<(&str, Option<&str>)> {
 
 /// Runs `lb config` and `lb build`. `on_progress(stage, helper)` follows live-build's stages.
 pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&str>)) -> Result<BuiltImage> {
-    prepare_build_dir(&inputs.build_dir, &inputs.config.dir)?;
+    prepare_build_dir(&inputs.build_dir, &inputs.tree.dir)?;
     // live-build installs every .deb in config/packages.chroot/ from a local repository; only
     // the image package goes there (no headers, -dbg or libc-dev).
     let local_debs = inputs.build_dir.join("config/packages.chroot");
@@ -199,8 +199,8 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
         .context("lb build failed")?;
 
     let iso = inputs.build_dir.join(format!("{}.hybrid.iso", inputs.image_stem));
-    let package_manifest = inputs.build_dir.join(format!("{}.packages", inputs.image_stem));
-    for (what, path) in [("ISO", &iso), ("package manifest", &package_manifest)] {
+    let installed_packages = inputs.build_dir.join(format!("{}.packages", inputs.image_stem));
+    for (what, path) in [("ISO", &iso), ("package manifest", &installed_packages)] {
         if !path.is_file() {
             bail!("lb build finished but produced no {what} at {} (see {})", path.display(), inputs.log.display());
         }
@@ -216,7 +216,7 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
             bail!("{name} in the image reports {:?}, expected version {}", said.trim(), inputs.version);
         }
     }
-    Ok(BuiltImage { iso, package_manifest, chroot, packages_key: packages_key.hex })
+    Ok(BuiltImage { iso, installed_packages, chroot, packages_key: packages_key.hex })
 }
 
 /// live-build only warns when the initrd is missing; an image without one cannot boot. Also

@@ -1,4 +1,4 @@
-//! `cargo xtask vm`: boots the image in QEMU for a person to look at, on [`crate::qemu`]'s
+//! `cargo xtask vm`: boots the image in QEMU for a person to look at, on [`crate::vm::qemu`]'s
 //! harness. The ISO (by default the one `cargo xtask iso` published into `dist/`) as a CD or a
 //! USB stick, or a disk image (an installed disk, a `cargo xtask disk` image; raw or qcow2),
 //! under OVMF or SeaBIOS. The screen goes to a window when there is a desktop, else to VNC on
@@ -10,14 +10,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::progress::format_duration;
 use crate::project::Project;
-use crate::qemu::{
+use crate::util::progress::format_duration;
+use crate::util::run::Cmd;
+use crate::vm::qemu::{
     AccelChoice, Accelerator, Display, Firmware, KvmProbe, Vm, VmSpec, Writes, cdrom, usb_stick, virtio_boot_disk,
     virtio_disk,
 };
-use crate::run::Cmd;
 
+/// `cargo xtask vm`.
 #[derive(Debug, clap::Args)]
 pub struct VmArgs {
     /// ISO to boot (default: the one `cargo xtask iso` published into dist/).
@@ -175,7 +176,7 @@ fn plan(args: &VmArgs, medium: &Medium, accel: (Accelerator, String), host: &Hos
 /// The disk image's format: what `qemu-img info` reads in it, or, without qemu-img, its
 /// name's extension.
 fn disk_format(path: &Path) -> Result<String> {
-    if crate::run::on_path("qemu-img") {
+    if crate::util::run::on_path("qemu-img") {
         let info = Cmd::new("qemu-img").args(["info", "-U", "--output=json"]).arg(path).read()?;
         return format_from_info(&info).with_context(|| format!("qemu-img info {}", path.display()));
     }
@@ -249,7 +250,14 @@ fn desktop_env() -> Vec<(String, String)> {
         .collect()
 }
 
-pub fn run(project: &Project, args: &VmArgs) -> Result<()> {
+impl VmArgs {
+    pub fn run(self, project: &Project) -> Result<()> {
+        crate::doctor::ensure(&[crate::doctor::Purpose::BootTest])?;
+        run(project, &self)
+    }
+}
+
+fn run(project: &Project, args: &VmArgs) -> Result<()> {
     let medium = match &args.disk {
         Some(path) => {
             if !path.is_file() {
@@ -273,17 +281,17 @@ pub fn run(project: &Project, args: &VmArgs) -> Result<()> {
     std::fs::create_dir_all(&vm_dir).with_context(|| format!("creating {}", vm_dir.display()))?;
     let firmware = if args.bios { Firmware::Bios } else { Firmware::Uefi };
     if firmware == Firmware::Uefi {
-        crate::qemu::ovmf_files()?;
+        crate::vm::qemu::ovmf_files()?;
     }
 
-    let key = crate::qemu::kvm_probe_key();
+    let key = crate::vm::qemu::kvm_probe_key();
     let cache = project.kvm_probe_file();
     let accel = choose_accel(
         args.accel,
-        crate::qemu::kvm_usable(),
-        if args.accel == AccelChoice::Auto { crate::qemu::cached_kvm_probe(&cache, &key) } else { None },
+        crate::vm::qemu::kvm_usable(),
+        if args.accel == AccelChoice::Auto { crate::vm::qemu::cached_kvm_probe(&cache, &key) } else { None },
         || {
-            let timeout = crate::boot_test::KVM_PROBE_TIMEOUT;
+            let timeout = crate::vm::boot_test::KVM_PROBE_TIMEOUT;
             eprintln!(
                 "probing KVM: a KVM boot to the boot marker, up to {} (once per QEMU version and host kernel)",
                 format_duration(timeout)
@@ -292,14 +300,14 @@ pub fn run(project: &Project, args: &VmArgs) -> Result<()> {
                 .memory(args.memory)
                 .accel(Accelerator::Kvm)
                 .media(medium.media(Some(Writes::Discarded)));
-            let result = match crate::boot_test::boot_to_marker(&spec, timeout) {
+            let result = match crate::vm::boot_test::boot_to_marker(&spec, timeout) {
                 Ok((_, took)) => KvmProbe { works: true, how: format!("vm: boot marker in {}", format_duration(took)) },
                 Err(e) => KvmProbe {
                     works: false,
                     how: format!("vm: {}", format!("{e:#}").lines().next().unwrap_or("no boot marker")),
                 },
             };
-            if let Err(e) = crate::qemu::record_kvm_probe(&cache, &key, &result) {
+            if let Err(e) = crate::vm::qemu::record_kvm_probe(&cache, &key, &result) {
                 eprintln!("note: the KVM probe's result was not recorded: {e:#}");
             }
             result
@@ -324,8 +332,8 @@ pub fn run(project: &Project, args: &VmArgs) -> Result<()> {
         desktop: ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty())),
         backends: display_backends(),
         vnc: if args.no_display { 0 } else { free_vnc_display()? },
-        ssh_port: crate::qemu::free_port()?,
-        pg_port: crate::qemu::free_port()?,
+        ssh_port: crate::vm::qemu::free_port()?,
+        pg_port: crate::vm::qemu::free_port()?,
     };
     let Plan { spec, lines } = plan(args, &medium, accel, &host, scratch.as_deref());
     for line in &lines {
@@ -499,7 +507,7 @@ mod tests {
         assert_eq!(format_from_extension(Path::new("/a/b.qcow2")), Some("qcow2"));
         assert_eq!(format_from_extension(Path::new("/a/b.vdi")), None);
         // The real qemu-img, when there is one, on a real (sparse) file.
-        if crate::run::on_path("qemu-img") {
+        if crate::util::run::on_path("qemu-img") {
             let dir = tempfile::tempdir().unwrap();
             let raw = dir.path().join("disk");
             std::fs::File::create(&raw).unwrap().set_len(1 << 20).unwrap();

@@ -11,109 +11,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 
-use crate::build_root::BuildRoot;
-use crate::digest::Hasher;
-use crate::fsx;
-use crate::run::Cmd;
-use crate::sandbox::RootCommand;
+use crate::project::kernel_pin::{KernelPin, KernelSource};
+use crate::stages::build_root::BuildRoot;
+use crate::stages::sandbox::RootCommand;
+use crate::util::digest::Hasher;
+use crate::util::fsx;
+use crate::util::run::Cmd;
 
 /// Bump when the way a kernel is built changes (not its inputs).
 const RECIPE_VERSION: &str = "1";
-
-/// `kernel/kernel.toml`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct KernelPin {
-    pub source: KernelSource,
-    pub build: KernelBuild,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum KernelSource {
-    /// Debian's kernel source package, at an exact version, from the build root's suite.
-    DebianPackage { package: String, version: String },
-    /// An upstream tarball, checked against its sha256 before anything is unpacked.
-    Tarball { url: String, sha256: String, version: String },
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct KernelBuild {
-    /// Appended to the release (`uname -r`), e.g. `-truthdb`; also live-build's flavour.
-    pub local_version: String,
-    /// An upstream defconfig target, e.g. `x86_64_defconfig`.
-    pub base_config: String,
-}
-
-impl KernelPin {
-    pub fn load(path: &Path) -> Result<KernelPin> {
-        let text = fs::read_to_string(path).with_context(|| format!("reading kernel pin {}", path.display()))?;
-        KernelPin::parse(&text).with_context(|| format!("in kernel pin {}", path.display()))
-    }
-
-    pub fn parse(text: &str) -> Result<KernelPin> {
-        let pin: KernelPin = toml::from_str(text)?;
-        pin.validate()?;
-        Ok(pin)
-    }
-
-    fn validate(&self) -> Result<()> {
-        let local = &self.build.local_version;
-        let suffix = local.strip_prefix('-').unwrap_or("");
-        if suffix.is_empty() || !suffix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
-            bail!("field `build.local_version`: {local:?} must be '-' followed by lower-case letters or digits");
-        }
-        let base = &self.build.base_config;
-        if !base.ends_with("defconfig") || !base.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            bail!("field `build.base_config`: {base:?} is not a defconfig target such as x86_64_defconfig");
-        }
-        let upstream = self.upstream_version();
-        if upstream.split('.').count() < 2 || !upstream.chars().all(|c| c.is_ascii_digit() || c == '.') {
-            bail!("field `source.version`: {upstream:?} does not start with an upstream kernel version like 6.12.117");
-        }
-        if let KernelSource::Tarball { url, sha256, .. } = &self.source {
-            if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file://")) {
-                bail!("field `source.url`: {url:?} is not an http(s):// or file:// URL");
-            }
-            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                bail!("field `source.sha256`: {sha256:?} is not 64 hex digits");
-            }
-        }
-        Ok(())
-    }
-
-    /// The upstream kernel version (`6.12.117` of Debian's `6.12.117-1`).
-    pub fn upstream_version(&self) -> &str {
-        match &self.source {
-            KernelSource::DebianPackage { version, .. } => version.split('-').next().unwrap_or(version),
-            KernelSource::Tarball { version, .. } => version,
-        }
-    }
-
-    /// `uname -r` of the built kernel.
-    pub fn release(&self) -> String {
-        format!("{}{}", self.upstream_version(), self.build.local_version)
-    }
-
-    /// What live-build is told: it installs `<linux_packages>-<flavour>`, which must be
-    /// exactly our package (`linux-image-<release>`) so that no Debian kernel is pulled in.
-    pub fn live_build_selection(&self) -> LiveBuildKernel {
-        LiveBuildKernel {
-            linux_packages: format!("linux-image-{}", self.upstream_version()),
-            flavour: self.build.local_version.trim_start_matches('-').to_owned(),
-        }
-    }
-}
-
-/// live-build's `--linux-packages` and `--linux-flavours` for our kernel.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct LiveBuildKernel {
-    pub linux_packages: String,
-    pub flavour: String,
-}
 
 /// One option a fragment asks for, and where.
 #[derive(Clone, Debug, PartialEq)]
@@ -279,7 +186,7 @@ fn find_package(dir: &Path, release: &str) -> Option<PathBuf> {
 /// Builds (or finds in the cache) the kernel package.
 pub fn build(inputs: &KernelInputs, on_step: &mut dyn FnMut(&str)) -> Result<KernelPackage> {
     // Another run may be compiling this very kernel: wait for it, then find it cached.
-    let _lock = crate::lock::cache_entry(&inputs.cache_entry(&inputs.key()?))?;
+    let _lock = crate::util::lock::cache_entry(&inputs.cache_entry(&inputs.key()?))?;
     let package = match cached(inputs)? {
         Some(package) => package,
         None => compile(inputs, on_step)?,
@@ -434,7 +341,7 @@ fn fetch_source(inputs: &KernelInputs) -> Result<PathBuf> {
         }
         KernelSource::Tarball { url, sha256, .. } => {
             let target = work.join("linux.tar");
-            crate::fetch::download_checked(
+            crate::stages::fetch::download_checked(
                 "the kernel source",
                 url,
                 sha256,
@@ -473,15 +380,6 @@ version = "6.12.117-1"
 local_version = "-truthdb"
 base_config = "x86_64_defconfig"
 "#;
-
-    #[test]
-    fn pin_names_release_and_live_build_selection() {
-        let pin = KernelPin::parse(PIN).unwrap();
-        assert_eq!(pin.release(), "6.12.117-truthdb");
-        let lb = pin.live_build_selection();
-        // live-build installs <linux_packages>-<flavour>: exactly our package.
-        assert_eq!(format!("{}-{}", lb.linux_packages, lb.flavour), "linux-image-6.12.117-truthdb");
-    }
 
     #[test]
     fn the_repository_pin_is_valid() {

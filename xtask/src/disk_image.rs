@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::progress::{format_duration, stage};
-use crate::run::Cmd;
+use crate::util::progress::{format_duration, stage};
+use crate::util::run::Cmd;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DiskFormat {
@@ -157,8 +157,17 @@ pub fn check_args(args: &DiskArgs) -> Result<()> {
     Ok(())
 }
 
+impl DiskArgs {
+    pub fn run(self, project: &crate::project::Project) -> Result<()> {
+        check_args(&self)?;
+        crate::util::host::reexec_as_root_if_needed()?;
+        let _lock = project.lock_work_dir()?;
+        run(project, &self)
+    }
+}
+
 /// `cargo xtask disk`.
-pub fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
+fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
     let started = Instant::now();
     check_args(args)?;
     crate::doctor::ensure(&[crate::doctor::Purpose::Disk])?;
@@ -167,11 +176,8 @@ pub fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
     let iso = match &args.iso {
         Some(iso) => iso.clone(),
         None => {
-            crate::iso::run(
-                project,
-                &crate::iso::IsoArgs { force: false, dist: None, compression: Default::default(), fresh_chroot: false },
-            )?;
-            project.default_dist_dir().join(project.iso_file_name())
+            crate::iso::run(project, &crate::iso::IsoArgs::default())?;
+            project.default_iso()
         }
     };
     if !iso.is_file() {
@@ -180,7 +186,7 @@ pub fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
     let logs = project.logs_dir();
     std::fs::create_dir_all(&logs)?;
     let installer = stage("installer build", |_| {
-        crate::installer_build::build(&crate::installer_build::InstallerBuildInputs::of(project))
+        crate::stages::installer_build::build(&crate::stages::installer_build::InstallerBuildInputs::of(project))
     })?;
     let output = args.output.clone().unwrap_or_else(|| {
         project.work_dir().join("disk-images").join(format!("{}.{}", project.image_stem(), args.format.extension()))

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::digest::Hasher;
-use crate::manifest::DebSource;
+use crate::project::appliance::DebSource;
+use crate::util::digest::Hasher;
 
 /// live-build's local repository only takes `<name>_<version>_<arch>.deb` files.
 fn check_deb_name(name: &str, field: &str, architecture: &str) -> Result<()> {
@@ -65,13 +65,14 @@ pub fn resolve(
                 let file = dir.join(name);
                 // A cached copy is checked again on every use, not trusted for its directory name.
                 let cached_ok = file.is_file()
-                    && crate::checksums::digest_file(&file).is_ok_and(|d| d.sha256.eq_ignore_ascii_case(sha256));
+                    && crate::stages::checksums::digest_file(&file)
+                        .is_ok_and(|d| d.sha256.eq_ignore_ascii_case(sha256));
                 if !cached_ok {
                     let _ = std::fs::remove_file(&file);
                     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                     let partial = dir.join(format!(".{name}.{}.partial", std::process::id()));
                     let pinned_in = format!("{} field `{field}.sha256`", manifest_path.display());
-                    crate::fetch::download_checked("payload package", url, sha256, &pinned_in, &partial, log)?;
+                    crate::stages::fetch::download_checked("payload package", url, sha256, &pinned_in, &partial, log)?;
                     std::fs::rename(&partial, &file)
                         .with_context(|| format!("moving {} into place", file.display()))?;
                 }
@@ -91,7 +92,7 @@ pub fn inputs_digest(project_root: &Path, debs: &[DebSource]) -> Result<String> 
         match (&deb.path, &deb.sha256) {
             (Some(path), _) => {
                 let file = project_root.join(path);
-                let digest = crate::checksums::digest_file(&file)
+                let digest = crate::stages::checksums::digest_file(&file)
                     .with_context(|| format!("reading payload package {}", file.display()))?;
                 hasher.field("path", path).field("sha256", digest.sha256);
             }
@@ -151,7 +152,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let file = source.path().join("truthdb-server_1.0_amd64.deb");
         std::fs::write(&file, "a package").unwrap();
-        let sha = crate::checksums::digest_file(&file).unwrap().sha256;
+        let sha = crate::stages::checksums::digest_file(&file).unwrap().sha256;
         let url = format!("file://{}", file.display());
         let manifest = source.path().join("appliance.toml");
         let log = cache.path().join("log");

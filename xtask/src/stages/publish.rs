@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::checksums::{self, Algorithm};
-use crate::fsx;
-use crate::signing::{self, DEVELOPMENT_KEY_FILE, Signer};
+use crate::stages::checksums::{self, Algorithm};
+use crate::stages::signing::{self, DEVELOPMENT_KEY_FILE, Signer};
+use crate::util::fsx;
 
 /// Describes a published build; `iso` compares it to decide whether anything changed.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -51,7 +51,7 @@ pub struct BuildInfo {
 /// The files of one release, by role.
 pub struct Artifacts<'a> {
     pub iso: &'a Path,
-    pub package_manifest: &'a Path,
+    pub installed_packages: &'a Path,
     /// `<name>-<version>-<arch>`: the stem of every published payload file.
     pub stem: &'a str,
 }
@@ -91,8 +91,8 @@ fn stage_release(
     let packages_name = format!("{}.packages", artifacts.stem);
     let info_name = build_info_name(artifacts.stem);
     move_or_copy(artifacts.iso, &staging.join(&iso_name))?;
-    fs::copy(artifacts.package_manifest, staging.join(&packages_name))
-        .with_context(|| format!("copying {}", artifacts.package_manifest.display()))?;
+    fs::copy(artifacts.installed_packages, staging.join(&packages_name))
+        .with_context(|| format!("copying {}", artifacts.installed_packages.display()))?;
     fs::write(staging.join(&info_name), serde_json::to_string_pretty(info)? + "\n")?;
 
     on_step("checksums");
@@ -224,6 +224,23 @@ pub fn verify_sums(dir: &Path, algorithms: &[Algorithm]) -> Result<Vec<String>> 
 }
 
 /// `cargo xtask verify DIR`: sums and signatures, as a user checks a download.
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// Directory holding the ISO, the sums and the .sign files.
+    #[arg(default_value = "dist")]
+    dir: PathBuf,
+    /// Public key (armored) to check signatures with; defaults to the development key
+    /// published beside development builds.
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+impl VerifyArgs {
+    pub fn run(self) -> Result<()> {
+        run_verify_command(&self.dir, self.key.as_deref())
+    }
+}
+
 pub fn run_verify_command(dir: &Path, key: Option<&Path>) -> Result<()> {
     let checked = verify_sums(dir, &Algorithm::ALL)?;
     for name in &checked {
@@ -260,7 +277,7 @@ pub fn run_verify_command(dir: &Path, key: Option<&Path>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signing::KeySource;
+    use crate::stages::signing::KeySource;
 
     fn info() -> BuildInfo {
         BuildInfo {
@@ -297,7 +314,7 @@ mod tests {
         fs::write(dist.path().join("NOTES.txt"), "mine").unwrap();
         let (iso, packages) = fake_build(build.path());
         let signer = Signer::new(&KeySource::Development).unwrap();
-        let artifacts = Artifacts { iso: &iso, package_manifest: &packages, stem: "truthdb-os-0.1.0-amd64" };
+        let artifacts = Artifacts { iso: &iso, installed_packages: &packages, stem: "truthdb-os-0.1.0-amd64" };
         publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).unwrap();
 
         let mut names: Vec<String> =
@@ -333,7 +350,7 @@ mod tests {
         let dist = tempfile::tempdir().unwrap();
         let (iso, packages) = fake_build(build.path());
         let signer = Signer::new(&KeySource::Development).unwrap();
-        let artifacts = Artifacts { iso: &iso, package_manifest: &packages, stem: "truthdb-os-0.1.0-amd64" };
+        let artifacts = Artifacts { iso: &iso, installed_packages: &packages, stem: "truthdb-os-0.1.0-amd64" };
         publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).unwrap();
         (dist, signer)
     }
@@ -426,7 +443,7 @@ mod tests {
         fs::write(dist.path().join("SHA256SUMS"), "previous\n").unwrap();
         let signer = Signer::new(&KeySource::Development).unwrap();
         let missing = Path::new("/nonexistent/x.iso");
-        let artifacts = Artifacts { iso: missing, package_manifest: missing, stem: "truthdb-os-0.1.0-amd64" };
+        let artifacts = Artifacts { iso: missing, installed_packages: missing, stem: "truthdb-os-0.1.0-amd64" };
         assert!(publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).is_err());
         let names: Vec<_> = fs::read_dir(dist.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["SHA256SUMS"]);

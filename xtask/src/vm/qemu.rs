@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::progress::format_duration;
-use crate::run::{Cmd, tail};
+use crate::util::progress::format_duration;
+use crate::util::run::{Cmd, tail};
 
 /// The firmware the machine starts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,7 +347,7 @@ impl Vm {
                 let said = std::fs::read_to_string(&self.qemu_log).unwrap_or_default();
                 Some(format!(
                     "QEMU exited first ({}); it said ({}):\n{}",
-                    crate::run::describe_status(status),
+                    crate::util::run::describe_status(status),
                     self.qemu_log.display(),
                     tail(&said, 10)
                 ))
@@ -479,7 +479,7 @@ pub fn vms_at_once() -> usize {
 
 /// Runs `job` for every item at once, each on its own thread, and returns the results in
 /// order. (QEMU started by a job dies with the thread that started it: see
-/// [`crate::run::Cmd::die_with_parent`]; the thread lives until its job is done.)
+/// [`crate::util::run::Cmd::die_with_parent`]; the thread lives until its job is done.)
 pub fn in_parallel<T: Sync, R: Send>(items: &[T], job: impl Fn(&T) -> Result<R> + Sync) -> Vec<Result<R>> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = items.iter().map(|item| scope.spawn(|| job(item))).collect();

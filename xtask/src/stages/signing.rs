@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::run::Cmd;
+use crate::util::run::Cmd;
 
 pub const KEY_FILE_ENV: &str = "TRUTHDB_SIGNING_KEY_FILE";
 pub const KEY_ENV: &str = "TRUTHDB_SIGNING_KEY";
@@ -165,7 +165,7 @@ esac
 /// xtask: SIGKILL included). Without root (unit tests, `verify` needs none of this), in a 0700
 /// directory removed afterwards, and by the next run when this one was killed.
 fn gpg_job(job: &str, args: &[&str], input: &[u8]) -> Result<String> {
-    if crate::project::is_root() {
+    if crate::util::host::is_root() {
         return Cmd::new("unshare")
             .args(["--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--"])
             .args(["sh", "-c", GPG_JOB, "sh", job, "/tmp", "tmpfs"])
@@ -204,7 +204,7 @@ fn remove_orphaned_homes(dir: &Path) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(pid) = name.strip_prefix(HOME_PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
         let Ok(pid) = pid.parse::<u32>() else { continue };
-        if pid == std::process::id() || crate::fsx::process_alive(pid) {
+        if pid == std::process::id() || crate::util::fsx::process_alive(pid) {
             continue;
         }
         let path = entry.path();
@@ -386,7 +386,7 @@ mod tests {
 
     #[test]
     fn a_killed_signing_job_leaves_no_home_no_key_and_no_process() {
-        if !crate::project::is_root() {
+        if !crate::util::host::is_root() {
             eprintln!("skipped: the private namespace needs root");
             return;
         }

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::digest::Hasher;
-use crate::fsx;
-use crate::manifest::Manifest;
-use crate::run::Cmd;
-use crate::sandbox::RootCommand;
+use crate::project::appliance::Appliance;
+use crate::stages::sandbox::RootCommand;
+use crate::util::digest::Hasher;
+use crate::util::fsx;
+use crate::util::run::Cmd;
 
 /// Bump when the way a root is made changes (not its inputs): old roots are then not reused.
 const RECIPE_VERSION: &str = "2";
@@ -62,13 +62,13 @@ pub struct BuildRootSpec {
 
 impl BuildRootSpec {
     /// The root for building the manifest's image: same suite and mirrors as the image.
-    pub fn for_image(manifest: &Manifest) -> BuildRootSpec {
+    pub fn for_image(appliance: &Appliance) -> BuildRootSpec {
         BuildRootSpec {
-            suite: manifest.suite.clone(),
-            architecture: manifest.architecture.clone(),
-            mirror: manifest.mirrors.archive.clone(),
-            security_mirror: manifest.mirrors.security.clone(),
-            archive_areas: manifest.archive_areas.clone(),
+            suite: appliance.suite.clone(),
+            architecture: appliance.architecture.clone(),
+            mirror: appliance.mirrors.archive.clone(),
+            security_mirror: appliance.mirrors.security.clone(),
+            archive_areas: appliance.archive_areas.clone(),
             packages: BUILD_ROOT_PACKAGES.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -130,7 +130,7 @@ fn root_path(spec: &BuildRootSpec, cache_dir: &Path) -> PathBuf {
 /// of debootstrap and apt.
 pub fn ensure(spec: &BuildRootSpec, cache_dir: &Path, log: &Path, on_line: &mut dyn FnMut(&str)) -> Result<BuildRoot> {
     // Another run may be making this very root: wait for it, then find it cached.
-    let _lock = crate::lock::cache_entry(&root_path(spec, cache_dir))?;
+    let _lock = crate::util::lock::cache_entry(&root_path(spec, cache_dir))?;
     let root = match cached(spec, cache_dir) {
         Some(root) => root,
         None => make_cached_root(spec, cache_dir, log, on_line)?,
@@ -255,7 +255,11 @@ fn parse_candidates(policy: &str) -> Vec<String> {
 }
 
 /// Fails with one line per unknown package, naming where it was listed.
-pub fn check_packages_exist(root: &BuildRoot, list: &crate::packages::PackageList, suite: &str) -> Result<()> {
+pub fn check_packages_exist(
+    root: &BuildRoot,
+    list: &crate::project::package_list::PackageList,
+    suite: &str,
+) -> Result<()> {
     let names: Vec<&str> = list.names().collect();
     let missing = missing_packages(root, &names)?;
     if !missing.is_empty() {

@@ -2,7 +2,7 @@
 //!
 //! `lb chroot` first installs the packages (minutes: debootstrap, the package lists, our kernel
 //! and payload .debs) and only then applies what changes most often: the overlay and the
-//! installer binaries (includes), the hooks, live-build's hacks. [`lb_build`](crate::lb_build)
+//! installer binaries (includes), the hooks, live-build's hacks. [`lb_build`](crate::stages::lb_build)
 //! therefore runs live-build's own helpers in `lb build`'s order itself, in two scripts split
 //! where the package set is complete ([`PACKAGES_SCRIPT`], [`CUSTOMISE_SCRIPT`]), and keeps a
 //! copy of the chroot (with live-build's stage files) at that point, keyed by [`PackagesKey`].
@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::digest::Hasher;
-use crate::fsx;
-use crate::lock;
-use crate::run::Cmd;
+use crate::util::digest::Hasher;
+use crate::util::fsx;
+use crate::util::lock;
+use crate::util::run::Cmd;
 
 /// Bootstrap and package installation: `lb bootstrap`, then `lb chroot`'s helpers up to the
 /// complete package set. Ends by unmounting what `chroot_prep` mounted (the mounts would die
@@ -132,7 +132,7 @@ impl PackagesKey {
                 continue;
             }
             let digest = if entry.file_type()?.is_dir() {
-                crate::digest::tree_digest(&entry.path())?
+                crate::util::digest::tree_digest(&entry.path())?
             } else {
                 Hasher::new().tree("file", &entry.path())?.hex()
             };

@@ -28,16 +28,16 @@ use serde::Serialize;
 
 use truthdb_installer::spec::{IMAGE_SPEC_PATH, ImageSpec, PayloadSpec};
 
-use crate::kernel::LiveBuildKernel;
-use crate::manifest::Manifest;
-use crate::packages::{Conditions, PackageList};
 use crate::project::Project;
-use crate::{digest, fsx};
+use crate::project::appliance::Appliance;
+use crate::project::kernel_pin::LiveBuildKernel;
+use crate::project::package_list::{Conditions, PackageList};
+use crate::util::{digest, fsx};
 
 /// Where each input of the render lives.
 #[derive(Clone, Debug)]
 pub struct RenderInputs {
-    pub manifest: Manifest,
+    pub appliance: Appliance,
     pub version: String,
     pub lb_config_dir: PathBuf,
     pub packages_list: PathBuf,
@@ -50,7 +50,7 @@ pub struct RenderInputs {
 impl RenderInputs {
     pub fn of(project: &Project) -> RenderInputs {
         RenderInputs {
-            manifest: project.manifest.clone(),
+            appliance: project.appliance.clone(),
             version: project.version.clone(),
             lb_config_dir: project.lb_config_dir(),
             packages_list: project.packages_list(),
@@ -63,7 +63,7 @@ impl RenderInputs {
 
 /// A rendered live-build configuration.
 #[derive(Clone, Debug)]
-pub struct RenderedConfig {
+pub struct LiveBuildTree {
     pub dir: PathBuf,
     /// Digest of the whole rendered tree: what live-build will be given.
     pub digest: String,
@@ -98,7 +98,7 @@ const HOOK_SUFFIXES: [&str; 2] = [".hook.chroot", ".hook.binary"];
 
 /// Renders into `out`, replacing whatever was there. The tree is assembled beside `out` and
 /// renamed into place, so `out` is never a half-rendered mix.
-pub fn render(inputs: &RenderInputs, out: &Path) -> Result<RenderedConfig> {
+pub fn render(inputs: &RenderInputs, out: &Path) -> Result<LiveBuildTree> {
     for (what, dir) in
         [("lb-config", &inputs.lb_config_dir), ("hooks", &inputs.hooks_dir), ("overlay", &inputs.overlay_dir)]
     {
@@ -107,10 +107,12 @@ pub fn render(inputs: &RenderInputs, out: &Path) -> Result<RenderedConfig> {
         }
     }
     let manifest_path = inputs.lb_config_dir.join(MANIFEST_FILE);
-    let conditions =
-        Conditions { architecture: inputs.manifest.architecture.clone(), distribution: inputs.manifest.suite.clone() };
+    let conditions = Conditions {
+        architecture: inputs.appliance.architecture.clone(),
+        distribution: inputs.appliance.suite.clone(),
+    };
     let packages = PackageList::load(&inputs.packages_list, &conditions)?
-        .with_payload(&inputs.manifest.payload.packages, &manifest_path)?;
+        .with_payload(&inputs.appliance.payload.packages, &manifest_path)?;
 
     let parent = out.parent().context("render output has no parent directory")?;
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -135,13 +137,13 @@ pub fn render(inputs: &RenderInputs, out: &Path) -> Result<RenderedConfig> {
     fsx::remove_if_present(out)?;
     fs::rename(&staging, out).with_context(|| format!("moving rendered config into {}", out.display()))?;
     let digest = digest::tree_digest(out)?;
-    Ok(RenderedConfig { dir: out.to_owned(), digest, packages })
+    Ok(LiveBuildTree { dir: out.to_owned(), digest, packages })
 }
 
 /// What the image tells its installer (`/usr/lib/truthdb/image.toml`) and the installed
 /// system's health check (`/usr/lib/truthdb/health-check`, run by the boot marker).
 fn write_image_spec(inputs: &RenderInputs, includes: &Path) -> Result<()> {
-    let m = &inputs.manifest;
+    let m = &inputs.appliance;
     let spec = ImageSpec {
         version: inputs.version.clone(),
         kernel_cmdline: m.installed_kernel_parameters(),
@@ -165,7 +167,7 @@ fn write_image_spec(inputs: &RenderInputs, includes: &Path) -> Result<()> {
 }
 
 fn template_context<'a>(inputs: &'a RenderInputs, packages: &'a PackageList) -> TemplateContext<'a> {
-    let m = &inputs.manifest;
+    let m = &inputs.appliance;
     TemplateContext {
         name: &m.name,
         pretty_name: &m.pretty_name,
@@ -296,9 +298,22 @@ fn copy_hooks(src: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask config`: render only, into `out` (default `target/truthdb-os/config`).
-pub fn run_config_command(project: &Project, out: Option<PathBuf>) -> Result<()> {
-    let out = out.unwrap_or_else(|| project.default_config_dir());
+/// `cargo xtask config`: render only.
+#[derive(clap::Args, Debug)]
+pub struct ConfigArgs {
+    /// Output directory (default: target/truthdb-os/config).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    pub fn run(self, project: &Project) -> Result<()> {
+        run_config_command(project, self.out)
+    }
+}
+
+fn run_config_command(project: &Project, out: Option<PathBuf>) -> Result<()> {
+    let out = out.unwrap_or_else(|| project.default_live_build_tree_dir());
     let rendered = render(&RenderInputs::of(project), &out)?;
     println!("rendered live-build configuration into {}", rendered.dir.display());
     println!("config digest: {}", rendered.digest);

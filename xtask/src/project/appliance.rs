@@ -2,7 +2,7 @@
 //!
 //! One serde type, defaults and `deny_unknown_fields` in one place, so a typo in a key is an
 //! error naming the key rather than a silently ignored setting. Validation that serde cannot
-//! express (URL shape, name syntax, ISO field lengths) lives in [`Manifest::validate`].
+//! express (URL shape, name syntax, ISO field lengths) lives in [`Appliance::validate`].
 
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// The appliance as its maintainer describes it.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct Manifest {
+pub struct Appliance {
     /// Short machine name; file names are `<name>-<version>-<arch>.hybrid.iso`.
     pub name: String,
     /// Human name shown in boot menus and release files.
@@ -176,16 +176,16 @@ const MAX_VOLUME_ID: usize = 32;
 /// ISO 9660 limits publisher and application ids to 128 characters.
 const MAX_ISO_ID: usize = 128;
 
-impl Manifest {
+impl Appliance {
     /// Reads and validates a manifest file; errors name the file and the offending field.
-    pub fn load(path: &Path, version: &str) -> Result<Manifest> {
+    pub fn load(path: &Path, version: &str) -> Result<Appliance> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading appliance manifest {}", path.display()))?;
-        Manifest::parse(&text, version).with_context(|| format!("in appliance manifest {}", path.display()))
+        Appliance::parse(&text, version).with_context(|| format!("in appliance manifest {}", path.display()))
     }
 
-    pub fn parse(text: &str, version: &str) -> Result<Manifest> {
-        let manifest: Manifest = toml::from_str(text)?;
+    pub fn parse(text: &str, version: &str) -> Result<Appliance> {
+        let manifest: Appliance = toml::from_str(text)?;
         manifest.validate(version)?;
         Ok(manifest)
     }
@@ -419,12 +419,12 @@ application = "TruthDB OS appliance"
 "#;
 
     fn err(text: &str) -> String {
-        format!("{:#}", Manifest::parse(text, "0.1.0").unwrap_err())
+        format!("{:#}", Appliance::parse(text, "0.1.0").unwrap_err())
     }
 
     #[test]
     fn defaults_fill_in_suite_mirrors_and_boot() {
-        let m = Manifest::parse(MINIMAL, "0.1.0").unwrap();
+        let m = Appliance::parse(MINIMAL, "0.1.0").unwrap();
         assert_eq!(m.suite, "trixie");
         assert_eq!(m.architecture, "amd64");
         assert_eq!(m.mirrors.security, "http://deb.debian.org/debian-security");
@@ -490,6 +490,6 @@ application = "TruthDB OS appliance"
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let version = workspace_version(&root.join("Cargo.toml")).unwrap();
         assert_eq!(version, env!("CARGO_PKG_VERSION"));
-        Manifest::load(&root.join("lb-config/appliance.toml"), &version).unwrap();
+        Appliance::load(&root.join("lb-config/appliance.toml"), &version).unwrap();
     }
 }

@@ -5,7 +5,7 @@
 //! The marker comes from `truthdb-boot-marker.service` in `overlay/`:
 //! `TRUTHDB-OS-BOOTED version=<version> kernel=<uname -r>`. Headless: the serial console goes
 //! to a log file per mode, kept under `target/truthdb-os/boot-test/`. The machines are
-//! [`crate::qemu`]'s.
+//! [`crate::vm::qemu`]'s.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::progress::{self, format_duration};
-use crate::qemu::{AccelChoice, Accelerator, Firmware, KvmProbe, Vm, VmSpec, cdrom, line_from, usb_stick};
+use crate::project::Project;
+use crate::util::progress::{self, format_duration};
+use crate::vm::qemu::{AccelChoice, Accelerator, Firmware, KvmProbe, Vm, VmSpec, cdrom, line_from, usb_stick};
 
 pub const MARKER: &str = "TRUTHDB-OS-BOOTED";
 
@@ -58,7 +59,7 @@ pub struct BootTestConfig {
     pub expected_version: String,
     pub log_dir: PathBuf,
     /// Where the `auto` probe's result is recorded for `cargo xtask vm` (see
-    /// [`crate::qemu::record_kvm_probe`]).
+    /// [`crate::vm::qemu::record_kvm_probe`]).
     pub kvm_probe_cache: PathBuf,
 }
 
@@ -118,6 +119,47 @@ pub fn check_marker(line: &str, expected_version: &str) -> Result<()> {
 /// How long the `auto` probe waits for a KVM boot before falling back to TCG.
 pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// `cargo xtask boot-test`.
+#[derive(clap::Args, Debug)]
+pub struct BootTestArgs {
+    /// ISO to boot (default: the one `iso` publishes into dist/).
+    #[arg(long)]
+    iso: Option<PathBuf>,
+    /// Boot modes to test (default: all four).
+    #[arg(long = "mode", value_enum)]
+    modes: Vec<BootMode>,
+    /// CPU emulation: tcg (default), kvm, or auto (boot the first mode with KVM as the probe:
+    /// if its marker does not show within 90 s, TCG for everything; the result is recorded
+    /// for `vm`).
+    #[arg(long, value_enum, default_value = "tcg")]
+    accel: AccelChoice,
+    /// Seconds to wait for the marker in each mode.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048)]
+    memory: u32,
+}
+
+impl BootTestArgs {
+    pub fn run(self, project: &Project) -> Result<()> {
+        let _lock = project.lock_work_dir()?;
+        crate::doctor::ensure(&[crate::doctor::Purpose::BootTest])?;
+        let config = BootTestConfig {
+            iso: self.iso.unwrap_or_else(|| project.default_iso()),
+            modes: if self.modes.is_empty() { BootMode::ALL.to_vec() } else { self.modes },
+            accel: self.accel,
+            timeout: Duration::from_secs(self.timeout),
+            memory_mib: self.memory,
+            expected_version: project.version.clone(),
+            log_dir: project.work_dir().join("boot-test"),
+            kvm_probe_cache: project.kvm_probe_file(),
+        };
+        run(&config)?;
+        Ok(())
+    }
+}
+
 pub fn run(config: &BootTestConfig) -> Result<Vec<BootOutcome>> {
     if !config.iso.is_file() {
         bail!("no ISO at {} (run `cargo xtask iso` first)", config.iso.display());
@@ -126,7 +168,7 @@ pub fn run(config: &BootTestConfig) -> Result<Vec<BootOutcome>> {
     let mut outcomes = Vec::new();
     let mut modes = config.modes.clone();
     if config.accel == AccelChoice::Auto && !modes.is_empty() {
-        match crate::qemu::kvm_usable() {
+        match crate::vm::qemu::kvm_usable() {
             Err(why) => eprintln!("KVM not usable, using TCG: {why}"),
             Ok(()) => {
                 let first = modes[0];
@@ -143,7 +185,7 @@ pub fn run(config: &BootTestConfig) -> Result<Vec<BootOutcome>> {
                     },
                 };
                 if let Err(e) =
-                    crate::qemu::record_kvm_probe(&config.kvm_probe_cache, &crate::qemu::kvm_probe_key(), &seen)
+                    crate::vm::qemu::record_kvm_probe(&config.kvm_probe_cache, &crate::vm::qemu::kvm_probe_key(), &seen)
                 {
                     eprintln!("note: the KVM probe's result was not recorded: {e:#}");
                 }
@@ -163,12 +205,12 @@ pub fn run(config: &BootTestConfig) -> Result<Vec<BootOutcome>> {
         }
     }
     let mut failures = Vec::new();
-    let at_once = crate::qemu::vms_at_once();
+    let at_once = crate::vm::qemu::vms_at_once();
     for batch in modes.chunks(at_once) {
         let names: Vec<String> = batch.iter().map(|m| m.to_string()).collect();
         let results = progress::stage("boot test", |stage| {
             stage.set(&format!("{} ({}, {} at once)", names.join(" + "), accel.name(), batch.len()));
-            Ok(crate::qemu::in_parallel(batch, |&mode| boot_once(config, mode, accel, config.timeout)))
+            Ok(crate::vm::qemu::in_parallel(batch, |&mode| boot_once(config, mode, accel, config.timeout)))
         })?;
         for (&mode, result) in batch.iter().zip(results) {
             match result.and_then(|o| check_marker(&o.marker_line, &config.expected_version).map(|_| o)) {

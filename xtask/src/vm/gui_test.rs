@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::install_test::{self, ADMIN, Credentials, DISK_GIB, HOSTNAME, InstallTestConfig, TARGET_SERIAL};
-use crate::progress::{format_duration, stage};
-use crate::qemu::{Vm, VmSpec, cdrom, installer_progress, line_from, virtio_disk};
-use crate::qmp::Qmp;
+use crate::util::progress::{format_duration, stage};
+use crate::vm::install_test::{self, ADMIN, Credentials, DISK_GIB, HOSTNAME, InstallTestConfig, TARGET_SERIAL};
+use crate::vm::qemu::{Vm, VmSpec, cdrom, installer_progress, line_from, virtio_disk};
+use crate::vm::qmp::Qmp;
 
 /// What the serial console says when a screen comes up.
 const SCREEN_MARKER: &str = "TRUTHDB-GUI-SCREEN";
@@ -38,6 +38,29 @@ pub struct GuiTestConfig {
     pub timeout: Duration,
     pub memory_mib: u32,
     pub expected_version: String,
+}
+
+/// `cargo xtask gui-test`.
+#[derive(clap::Args, Debug)]
+pub struct GuiTestArgs {
+    #[command(flatten)]
+    vm: crate::vm::install_test::InstallVmArgs,
+}
+
+impl GuiTestArgs {
+    pub fn run(self, project: &crate::project::Project) -> Result<()> {
+        let _lock = project.lock_work_dir()?;
+        use crate::doctor::Purpose;
+        crate::doctor::ensure(&[Purpose::BootTest, Purpose::InstallTest])?;
+        let config = GuiTestConfig {
+            iso: self.vm.iso.unwrap_or_else(|| project.default_iso()),
+            work_dir: project.work_dir().join("gui-test"),
+            timeout: Duration::from_secs(self.vm.timeout),
+            memory_mib: self.vm.memory,
+            expected_version: project.version.clone(),
+        };
+        run(&config)
+    }
 }
 
 pub fn run(config: &GuiTestConfig) -> Result<()> {

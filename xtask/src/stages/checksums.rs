@@ -99,7 +99,7 @@ pub fn parse_sums(algorithm: Algorithm, text: &str) -> Result<Vec<(String, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::Cmd;
+    use crate::util::run::Cmd;
 
     #[test]
     fn digests_match_known_values() {

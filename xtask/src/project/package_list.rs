@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::manifest::is_debian_name;
+use crate::project::appliance::is_debian_name;
 
 /// A package named in `packages.list`, with where it was named (for error messages).
 #[derive(Clone, Debug, PartialEq, Eq)]

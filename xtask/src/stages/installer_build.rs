@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::build_root::BuildRoot;
-use crate::digest::Hasher;
-use crate::run::Cmd;
-use crate::sandbox::RootCommand;
+use crate::stages::build_root::BuildRoot;
+use crate::stages::sandbox::RootCommand;
+use crate::util::digest::Hasher;
+use crate::util::run::Cmd;
 
 pub struct InstallerBuildInputs {
     /// The workspace holding `installer/` and `Cargo.lock`.
@@ -239,7 +239,7 @@ pub fn build_for_image(
     .env("CARGO_HOME", "/opt/cargo-home")
     .env("RUSTC", "/opt/rust/bin/rustc")
     // Build scripts run `rustc` by name (libudev-sys probes a function with it).
-    .env("PATH", format!("/opt/rust/bin:{}", crate::sandbox::ROOT_PATH))
+    .env("PATH", format!("/opt/rust/bin:{}", crate::stages::sandbox::ROOT_PATH))
     .env("TRUTHDB_VERSION", inputs.version.clone())
     .to_cmd()?
     .run_logged(&inputs.log, |_| {})

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::progress::{format_duration, stage};
-use crate::qemu::{Vm, VmSpec, cdrom, free_port, installer_progress, line_from, usb_disk, usb_stick, virtio_disk};
-use crate::run::Cmd;
+use crate::project::Project;
+use crate::util::progress::{format_duration, stage};
+use crate::util::run::Cmd;
+use crate::vm::qemu::{Vm, VmSpec, cdrom, free_port, installer_progress, line_from, usb_disk, usb_stick, virtio_disk};
 
 pub const TARGET_SERIAL: &str = "truthdb-target";
 pub const ADMIN: &str = "dba";
@@ -108,6 +109,58 @@ fn sha256_of(path: &Path) -> Result<String> {
     Ok(out.split_whitespace().next().unwrap_or_default().to_owned())
 }
 
+/// What the install and GUI tests boot, and for how long.
+#[derive(clap::Args, Debug)]
+pub struct InstallVmArgs {
+    /// ISO to install from (default: the one `iso` publishes into dist/).
+    #[arg(long)]
+    pub iso: Option<PathBuf>,
+    /// Seconds to wait for each boot, screen or install.
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub memory: u32,
+}
+
+/// `cargo xtask install-test`.
+#[derive(clap::Args, Debug)]
+pub struct InstallTestArgs {
+    #[command(flatten)]
+    vm: InstallVmArgs,
+    /// Skip the refusal checks (config without wipe, config naming the boot medium).
+    #[arg(long)]
+    no_refusals: bool,
+    /// Skip building and booting a `disk` image.
+    #[arg(long)]
+    no_disk_image: bool,
+}
+
+impl InstallTestArgs {
+    pub fn run(self, project: &Project) -> Result<()> {
+        crate::util::host::reexec_as_root_if_needed()?;
+        let _lock = project.lock_work_dir()?;
+        use crate::doctor::Purpose;
+        crate::doctor::ensure(&[Purpose::BootTest, Purpose::Disk, Purpose::InstallTest])?;
+        let installer = if self.no_disk_image {
+            None
+        } else {
+            let inputs = crate::stages::installer_build::InstallerBuildInputs::of(project);
+            Some(crate::stages::installer_build::build(&inputs)?.path)
+        };
+        let config = InstallTestConfig {
+            iso: self.vm.iso.unwrap_or_else(|| project.default_iso()),
+            work_dir: project.work_dir().join("install-test"),
+            timeout: Duration::from_secs(self.vm.timeout),
+            memory_mib: self.vm.memory,
+            expected_version: project.version.clone(),
+            disk_image_installer: installer,
+            negative: !self.no_refusals,
+        };
+        run(&config)
+    }
+}
+
 pub fn run(config: &InstallTestConfig) -> Result<()> {
     if !config.iso.is_file() {
         bail!("no ISO at {} (run `cargo xtask iso` first)", config.iso.display());
@@ -176,14 +229,15 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
             // reinstall over the appliance (a copy-on-write overlay of the installed disk).
             ("reinstall", &good, false, Target::Installed(&target), "already holds TruthDB OS"),
         ];
-        let at_once = crate::qemu::vms_at_once();
+        let at_once = crate::vm::qemu::vms_at_once();
         stage("install test", |s| {
             s.set(&format!("{} refusals, {at_once} at a time", refusals.len()));
             let mut failed = Vec::new();
             for batch in refusals.chunks(at_once) {
-                let results = crate::qemu::in_parallel(batch, |(name, install_config, as_usb, target, expected)| {
-                    check_refusal(name, &config.iso, install_config, *as_usb, target, expected, config)
-                });
+                let results =
+                    crate::vm::qemu::in_parallel(batch, |(name, install_config, as_usb, target, expected)| {
+                        check_refusal(name, &config.iso, install_config, *as_usb, target, expected, config)
+                    });
                 for ((name, ..), result) in batch.iter().zip(results) {
                     if let Err(e) = result {
                         eprintln!("FAIL {name}: {e:#}");
@@ -207,12 +261,12 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
         stage("install test", |s| {
             s.set("cargo xtask disk --format raw (the engine on a loop device)");
             let log = dir.join("disk-image.log");
-            crate::disk::build(
-                &crate::disk::DiskImageInputs {
+            crate::disk_image::build(
+                &crate::disk_image::DiskImageInputs {
                     iso: &config.iso,
                     config: &config_file,
                     installer,
-                    format: crate::disk::DiskFormat::Raw,
+                    format: crate::disk_image::DiskFormat::Raw,
                     size_gib: DISK_GIB,
                     output: &image,
                     log: &log,
@@ -256,11 +310,11 @@ pub fn check_appliance(
     )?;
     // The boot marker prints the certificate's fingerprint just before its own line.
     let (marker, tls_line) = vm.wait_for("the installed system's boot marker", config.timeout, |serial, _| {
-        let line = crate::boot_test::marker_line(serial)?;
+        let line = crate::vm::boot_test::marker_line(serial)?;
         Some(Ok((line, line_from(serial, TLS_MARKER))))
     })?;
     let booted_in = vm.elapsed();
-    crate::boot_test::check_marker(&marker, &config.expected_version)?;
+    crate::vm::boot_test::check_marker(&marker, &config.expected_version)?;
     if !marker.contains("system=installed") || !marker.contains("health=ok") {
         bail!("{name}: the installed system is not healthy: {marker}");
     }

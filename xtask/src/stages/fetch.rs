@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use crate::run::Cmd;
+use crate::util::run::Cmd;
 
 /// Downloads `url` to `target` and checks it against `sha256`, pinned in `pinned_in`.
 /// `what` names the file in messages ("the kernel source").
@@ -21,7 +21,7 @@ pub fn download_checked(what: &str, url: &str, sha256: &str, pinned_in: &str, ta
         .arg(url)
         .run_logged(log, |_| {})
         .with_context(|| format!("downloading {what} {url}"))?;
-    let actual = crate::checksums::digest_file(target)?.sha256;
+    let actual = crate::stages::checksums::digest_file(target)?.sha256;
     if !actual.eq_ignore_ascii_case(sha256) {
         let _ = fs::remove_file(target);
         bail!("{what} {url}: sha256 is {actual}, but {pinned_in} pins {sha256}; refusing to use it");
@@ -45,7 +45,7 @@ mod tests {
         let msg = format!("{:#}", wrong.unwrap_err());
         assert!(msg.contains("refusing to use it") && msg.contains("kernel/kernel.toml pins 0000"), "{msg}");
         assert!(!target.exists(), "a download with the wrong sha256 was left behind");
-        let good = crate::checksums::digest_file(&tarball).unwrap().sha256;
+        let good = crate::stages::checksums::digest_file(&tarball).unwrap().sha256;
         download_checked("the kernel source", &url, &good, "kernel/kernel.toml", &target, &log).unwrap();
         assert!(target.exists());
     }

@@ -1,0 +1,18 @@
+//! The stages of `cargo xtask iso`, in the order `iso::run` calls them. Each takes a small typed
+//! input and returns what the next stage needs; none of them knows about the command line.
+//!
+//! render -> build root (+ package check) -> kernel -> installer build -> payload debs ->
+//! lb build (with its chroot cache) -> publish (checksums, signatures)
+
+pub mod build_root;
+pub mod checksums;
+pub mod chroot_cache;
+pub mod fetch;
+pub mod installer_build;
+pub mod kernel;
+pub mod lb_build;
+pub mod payload_debs;
+pub mod publish;
+pub mod render;
+pub mod sandbox;
+pub mod signing;
