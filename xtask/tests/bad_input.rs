@@ -96,6 +96,16 @@ fn overlay_file_colliding_with_a_rendered_file_is_refused() {
 }
 
 #[test]
+fn image_files_outside_overlay_are_refused_naming_their_home() {
+    let p = ProjectCopy::new();
+    p.write("lb-config/config/includes.chroot/etc/motd", "hello\n");
+    assert_config_fails(&p, &["lb-config/config/includes.chroot", "overlay/"]);
+    let p = ProjectCopy::new();
+    p.write("lb-config/config/hooks/normal/0001-x.hook.chroot", "#!/bin/sh\n");
+    assert_config_fails(&p, &["lb-config/config/hooks", "hooks/"]);
+}
+
+#[test]
 fn broken_manifest_leaves_dist_untouched() {
     let p = ProjectCopy::new();
     let dist = p.path("dist");

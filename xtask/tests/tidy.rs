@@ -199,8 +199,9 @@ fn the_commands_in_the_readme_are_the_ones_help_lists() {
             // Global flags may come first; the first other word is the command.
             let mut i = 0;
             while i < words.len() && words[i].starts_with("--") {
-                let takes_value = ["--engine", "--base", "--builder-image", "--cache-dir", "--project", "--version-suffix"]
-                    .contains(&words[i].as_str());
+                let takes_value =
+                    ["--engine", "--base", "--builder-image", "--cache-dir", "--project", "--version-suffix"]
+                        .contains(&words[i].as_str());
                 i += if takes_value && !words[i].contains('=') { 2 } else { 1 };
             }
             let Some(command) = words.get(i) else { continue };
@@ -215,7 +216,10 @@ fn the_commands_in_the_readme_are_the_ones_help_lists() {
             let help = format!("{}{}", help_words(&[command]), top);
             for flag in words.iter().filter(|w| w.starts_with("--")) {
                 let flag = flag.split('=').next().unwrap();
-                if !help.contains(&format!("{flag} ")) && !help.contains(&format!("{flag}\n")) && !help.contains(&format!("{flag},")) {
+                if !help.contains(&format!("{flag} "))
+                    && !help.contains(&format!("{flag}\n"))
+                    && !help.contains(&format!("{flag},"))
+                {
                     wrong.push(format!("{doc}:{line}: `{flag}` is not an option of `cargo xtask {command} --help`"));
                 }
             }

@@ -9,7 +9,7 @@
 //! auto/config                          lb config options (from the manifest)
 //! config/package-lists/*.list.chroot   from packages.list
 //! config/hooks/normal/*.hook.{chroot,binary}   from hooks/, unchanged
-//! config/includes.chroot/...           from overlay/ (modes and symlinks kept)
+//! config/includes.chroot/...           from overlay/ (modes and symlinks kept; `*.j2` rendered)
 //! config/bootloaders/...               menus with a timeout and the serial console
 //! ```
 //!
@@ -123,10 +123,14 @@ pub fn render(inputs: &RenderInputs, out: &Path) -> Result<LiveBuildTree> {
 
     let context = template_context(inputs, &packages);
     let result = (|| {
-        render_lb_config(&inputs.lb_config_dir, &staging, &context)?;
+        for (dir, home) in ONE_HOME {
+            if inputs.lb_config_dir.join(dir).exists() {
+                bail!("lb-config/{dir}/ exists: its files belong in {home} (one place for each kind of input)");
+            }
+        }
+        render_tree(&inputs.lb_config_dir, "lb-config", &staging, &context, &[MANIFEST_FILE])?;
         copy_hooks(&inputs.hooks_dir, &staging.join("config/hooks/normal"))?;
-        fsx::copy_tree(&inputs.overlay_dir, &staging.join("config/includes.chroot"), &["README.md"])
-            .context("copying overlay/ into config/includes.chroot")?;
+        render_tree(&inputs.overlay_dir, "overlay", &staging.join("config/includes.chroot"), &context, &["README.md"])?;
         write_image_spec(inputs, &staging.join("config/includes.chroot"))?;
         Ok::<_, anyhow::Error>(())
     })();
@@ -188,8 +192,8 @@ fn template_context<'a>(inputs: &'a RenderInputs, packages: &'a PackageList) -> 
     }
 }
 
-/// Renders `*.j2` (dropping the suffix) and copies every other file of `lb-config/`.
-fn render_lb_config(src: &Path, dest: &Path, context: &TemplateContext) -> Result<()> {
+/// The template engine every `*.j2` is rendered with.
+fn template_env() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     // A misspelt variable is an error, not an empty string in a boot menu.
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
@@ -198,12 +202,25 @@ fn render_lb_config(src: &Path, dest: &Path, context: &TemplateContext) -> Resul
     // sources as root: each template says how its values are quoted for where they land.
     env.add_filter("sh", |value: String| shell_quote(&value));
     env.add_filter("os_release", |value: String| os_release_quote(&value));
+    env
+}
 
+/// The live-build directories whose content has one home in the project: image files are
+/// `overlay/`, hooks are `hooks/` (one place each, so nobody has to look in two).
+const ONE_HOME: [(&str, &str); 2] = [("config/includes.chroot", "overlay/"), ("config/hooks", "hooks/")];
+
+/// Renders the tree `src` (named `label` in messages) into `dest`: `*.j2` files become the file
+/// without the suffix, everything else is copied with its mode (symlinks as symlinks, owned by
+/// root). A plain file beside its own template, or an entry that already exists in `dest`, is
+/// refused: nothing is silently replaced. `skip` names top-level entries not to copy.
+fn render_tree(src: &Path, label: &str, dest: &Path, context: &TemplateContext, skip: &[&str]) -> Result<()> {
+    let mut env = template_env();
     let mut templates: BTreeMap<PathBuf, (PathBuf, u32)> = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(src).follow_links(false).sort_by_file_name() {
+    let walker = walkdir::WalkDir::new(src).follow_links(false).sort_by_file_name().into_iter();
+    for entry in walker.filter_entry(|e| e.depth() != 1 || !skip.iter().any(|s| e.file_name() == *s)) {
         let entry = entry.with_context(|| format!("walking {}", src.display()))?;
         let rel = entry.path().strip_prefix(src).expect("under src");
-        if rel.as_os_str().is_empty() || rel == Path::new(MANIFEST_FILE) {
+        if rel.as_os_str().is_empty() {
             continue;
         }
         let target = dest.join(rel);
@@ -211,24 +228,32 @@ fn render_lb_config(src: &Path, dest: &Path, context: &TemplateContext) -> Resul
         let kind = entry.file_type();
         let mode = entry.metadata()?.permissions().mode() & 0o7777;
         if kind.is_dir() {
-            fs::create_dir_all(&target)?;
-        } else if kind.is_file() && rel.extension().is_some_and(|e| e == "j2") {
-            let plain = rel.with_extension("");
-            if src.join(&plain).symlink_metadata().is_ok() {
-                bail!(
-                    "lb-config/{} and lb-config/{} both exist: the template would silently replace the file; keep one",
-                    plain.display(),
-                    rel.display()
-                );
-            }
-            let source = fs::read_to_string(entry.path())
-                .with_context(|| format!("reading template {}", entry.path().display()))?;
-            env.add_template_owned(rel.display().to_string(), source)
-                .with_context(|| format!("parsing template {}", entry.path().display()))?;
-            templates.insert(rel.to_owned(), (target.with_extension(""), mode));
-        } else {
-            fsx::copy_entry(entry.path(), &target)?;
+            fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+            fsx::chown_root(&target)?;
+            continue;
         }
+        let plain = rel.with_extension("");
+        let output = if kind.is_file() && rel.extension().is_some_and(|e| e == "j2") { &plain } else { rel };
+        if dest.join(output).symlink_metadata().is_ok() {
+            bail!("{label}/{} would overwrite {}", rel.display(), dest.join(output).display());
+        }
+        if output == rel {
+            fsx::copy_entry(entry.path(), &target)?;
+            continue;
+        }
+        if src.join(&plain).symlink_metadata().is_ok() {
+            bail!(
+                "{label}/{} and {label}/{} both exist: the template would silently replace the file; keep one",
+                plain.display(),
+                rel.display()
+            );
+        }
+        let source =
+            fs::read_to_string(entry.path()).with_context(|| format!("reading template {}", entry.path().display()))?;
+        env.add_template_owned(rel.display().to_string(), source)
+            .with_context(|| format!("parsing template {}", entry.path().display()))?;
+        templates.insert(rel.to_owned(), (dest.join(&plain), mode));
     }
     for (rel, (target, mode)) in templates {
         fsx::refuse_symlinks_on_path(dest, &target)?;
@@ -237,9 +262,10 @@ fn render_lb_config(src: &Path, dest: &Path, context: &TemplateContext) -> Resul
             .get_template(&name)
             .and_then(|t| t.render(context))
             .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .with_context(|| format!("rendering template lb-config/{name}"))?;
+            .with_context(|| format!("rendering template {label}/{name}"))?;
         fs::write(&target, text).with_context(|| format!("writing {}", target.display()))?;
         fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+        fsx::chown_root(&target)?;
     }
     Ok(())
 }
@@ -317,5 +343,10 @@ fn run_config_command(project: &Project, out: Option<PathBuf>) -> Result<()> {
     let rendered = render(&RenderInputs::of(project), &out)?;
     println!("rendered live-build configuration into {}", rendered.dir.display());
     println!("config digest: {}", rendered.digest);
+    println!(
+        "to build it by hand with `lb config && lb build`, first add what the lb build stage adds: the kernel \
+         package (`cargo xtask kernel` prints its path) and payload .debs into config/packages.chroot/, and \
+         the installer binaries truthdb-installer and truthdb-installer-gui into config/includes.chroot/usr/bin/"
+    );
     Ok(())
 }

@@ -96,7 +96,7 @@ pub fn copy_entry(src: &Path, dest: &Path) -> Result<()> {
 
 /// live-build copies `includes.chroot` with `cp -a`: a file owned by the developer's uid would
 /// keep that uid inside the image. As root we give everything we copy to root:root.
-fn chown_root(path: &Path) -> Result<()> {
+pub fn chown_root(path: &Path) -> Result<()> {
     if crate::util::host::is_root() {
         std::os::unix::fs::lchown(path, Some(0), Some(0)).with_context(|| format!("chown root {}", path.display()))?;
     }

@@ -34,7 +34,9 @@ impl ProjectCopy {
         self.dir.path().join(rel)
     }
 
+    /// Writes a file, making its directories.
     pub fn write(&self, rel: &str, text: &str) {
+        fs::create_dir_all(self.path(rel).parent().unwrap()).unwrap();
         fs::write(self.path(rel), text).unwrap();
     }
 
