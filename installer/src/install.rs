@@ -9,11 +9,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Admin, InstallConfig};
-use crate::disks::{Disk, unsuitable};
+use crate::block_devices::{Disk, unsuitable};
 use crate::error::{Error, Result};
 use crate::mounts::Mounts;
 use crate::plan::{Layout, Plan, Role};
-use crate::progress::{Event, Phase};
+use crate::events::{Event, Phase};
 use crate::spec::ImageSpec;
 use crate::tool::{self, Log, Tool, io_error};
 use crate::verify;

@@ -12,7 +12,7 @@ use truthdb_installer::medium::{self, MEDIUM_MOUNT, SQUASHFS_ON_MEDIUM};
 use truthdb_installer::plan::Plan;
 use truthdb_installer::spec::{IMAGE_SPEC_PATH, ImageSpec};
 use truthdb_installer::tool::Log;
-use truthdb_installer::{describe_device, disks, list_disks, list_disks_for, live_medium_device, unattended_guards};
+use truthdb_installer::{describe_device, block_devices, list_disks, list_disks_for, live_medium_device, unattended_guards};
 
 /// Installs TruthDB OS to a disk: lists disks, shows the plan (a dry run) and installs.
 #[derive(Parser)]
@@ -98,7 +98,7 @@ fn resolve_disk(
     override_path: Option<&str>,
     spec: &ImageSpec,
     wait: Wait,
-) -> AnyResult<disks::Disk> {
+) -> AnyResult<block_devices::Disk> {
     let layout = install::layout_for(spec);
     match override_path {
         Some(path) => Ok(describe_device(path)?),
@@ -109,7 +109,7 @@ fn resolve_disk(
                 Wait::ForTheDisk => list_disks_for(selector)?,
                 Wait::No => list_disks()?,
             };
-            let disk = disks::select(selector, &all, medium.as_deref(), layout.min_disk_bytes())?;
+            let disk = block_devices::select(selector, &all, medium.as_deref(), layout.min_disk_bytes())?;
             unattended_guards(config, &disk)?;
             Ok(disk)
         }
@@ -130,9 +130,9 @@ fn run(cli: Cli) -> AnyResult<()> {
             let spec = load_spec(None).ok();
             let layout = spec.as_ref().map(install::layout_for).unwrap_or_default();
             let medium = live_medium_device();
-            let offered = disks::installable(&list_disks()?, medium.as_deref(), layout.min_disk_bytes());
+            let offered = block_devices::installable(&list_disks()?, medium.as_deref(), layout.min_disk_bytes());
             if offered.is_empty() {
-                println!("no suitable disk (at least {} needed)", disks::human_size(layout.min_disk_bytes()));
+                println!("no suitable disk (at least {} needed)", block_devices::human_size(layout.min_disk_bytes()));
             }
             for disk in offered {
                 println!("{}", disk.describe());

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use truthdb_installer::disks::Disk;
-use truthdb_installer::progress::{Event, Phase};
+use truthdb_installer::block_devices::Disk;
+use truthdb_installer::events::{Event, Phase};
 
 use crate::app::{App, Machine, Msg};
 use crate::shell::Shell;

@@ -7,8 +7,8 @@ use iced_core::Settings;
 use iced_core::keyboard::{Key, key::Named};
 use iced_test::{Simulator, selector};
 use truthdb_installer::config::PowerAction;
-use truthdb_installer::disks::Disk;
-use truthdb_installer::progress::{Event as ProgressEvent, Phase};
+use truthdb_installer::block_devices::Disk;
+use truthdb_installer::events::{Event as ProgressEvent, Phase};
 use truthdb_installer_gui::app::{App, Machine, Msg, Request, Screen, theme};
 use truthdb_installer_gui::shell::FONT;
 

@@ -1,4 +1,5 @@
-//! Typed progress events: what the CLI prints and the graphical installer will draw.
+//! Typed progress events (the engine's events, as opposed to xtask's build progress): what the
+//! CLI prints and the graphical installer draws.
 
 use std::fmt;
 
