@@ -5,14 +5,14 @@
 //! graphical front end call it, show its [`events::Event`]s and present its errors as they
 //! are. Every tool it runs is logged to the install log.
 
-pub mod config;
 pub mod block_devices;
+pub mod config;
 pub mod error;
+pub mod events;
 pub mod install;
 pub mod medium;
 pub mod mounts;
 pub mod plan;
-pub mod events;
 pub mod spec;
 pub mod tool;
 pub mod verify;

@@ -12,7 +12,9 @@ use truthdb_installer::medium::{self, MEDIUM_MOUNT, SQUASHFS_ON_MEDIUM};
 use truthdb_installer::plan::Plan;
 use truthdb_installer::spec::{IMAGE_SPEC_PATH, ImageSpec};
 use truthdb_installer::tool::Log;
-use truthdb_installer::{describe_device, block_devices, list_disks, list_disks_for, live_medium_device, unattended_guards};
+use truthdb_installer::{
+    block_devices, describe_device, list_disks, list_disks_for, live_medium_device, unattended_guards,
+};
 
 /// Installs TruthDB OS to a disk: lists disks, shows the plan (a dry run) and installs.
 #[derive(Parser)]
@@ -227,9 +229,10 @@ fn auto() -> AnyResult<()> {
             Ok(())
         }
         Err(e) => {
-            // Config and disk-selection errors come before anything is written.
+            // Config and disk-selection errors come before anything is written (in the
+            // install, only its check step refuses).
             let refused = matches!(
-                e.downcast_ref::<truthdb_installer::Error>(),
+                e.downcast_ref::<truthdb_installer::Error>().map(truthdb_installer::Error::without_step),
                 Some(
                     truthdb_installer::Error::Config { .. }
                         | truthdb_installer::Error::NoDisk { .. }

@@ -6,9 +6,9 @@
 use iced_core::Settings;
 use iced_core::keyboard::{Key, key::Named};
 use iced_test::{Simulator, selector};
-use truthdb_installer::config::PowerAction;
 use truthdb_installer::block_devices::Disk;
-use truthdb_installer::events::{Event as ProgressEvent, Phase};
+use truthdb_installer::config::PowerAction;
+use truthdb_installer::events::{Event as ProgressEvent, Step};
 use truthdb_installer_gui::app::{App, Machine, Msg, Request, Screen, theme};
 use truthdb_installer_gui::shell::FONT;
 
@@ -126,8 +126,8 @@ fn clicking_and_typing_through_every_screen_starts_the_install_and_ends_done() {
     assert_eq!(config.wipe, Some(true));
     assert_eq!(app.screen(), Screen::Installing);
 
-    app.update(Msg::Progress(ProgressEvent::new(Phase::Copy, 0.5, "copying the image")));
-    app.update(Msg::Progress(ProgressEvent::new(Phase::Configure, 0.0, "writing fstab")));
+    app.update(Msg::Progress(ProgressEvent::new(Step::CopySystem, 0.5, "copying the image")));
+    app.update(Msg::Progress(ProgressEvent::new(Step::Identity, 0.0, "writing fstab")));
     snapshot(&app, "installing");
     app.update(Msg::Finished(Ok("6.12.117-truthdb".into())));
     assert_eq!(app.screen(), Screen::Done);
