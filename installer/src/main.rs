@@ -41,7 +41,13 @@ struct Target {
 #[derive(Subcommand)]
 enum Command {
     /// List the disks the appliance can be installed to (never the live medium).
-    Disks,
+    Disks {
+        /// Print every disk as a JSON array instead: its fields (path, by_id, model, serial,
+        /// size_bytes, transport, removable, read_only, children), `installable`, and
+        /// `why_not` (null when installable).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what an install with this config would erase and create (dry run).
     Plan(Target),
     /// Install: ERASES the selected disk (the config must say `wipe = true`).
@@ -66,12 +72,14 @@ enum Command {
     Auto,
 }
 
+/// Exit status: 0 done, 1 failed or refused (the error on stderr), 2 a usage error (clap's,
+/// before anything runs).
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("truthdb-installer: error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(1)
         }
     }
 }
@@ -128,11 +136,17 @@ enum Wait {
 
 fn run(cli: Cli) -> AnyResult<()> {
     match cli.command {
-        Command::Disks => {
+        Command::Disks { json } => {
             let spec = load_spec(None).ok();
             let layout = spec.as_ref().map(install::layout_for).unwrap_or_default();
             let medium = live_medium_device();
-            let offered = block_devices::installable(&list_disks()?, medium.as_deref(), layout.min_disk_bytes());
+            let all = list_disks()?;
+            if json {
+                let listed = block_devices::listing(&all, medium.as_deref(), layout.min_disk_bytes());
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+                return Ok(());
+            }
+            let offered = block_devices::installable(&all, medium.as_deref(), layout.min_disk_bytes());
             if offered.is_empty() {
                 println!("no suitable disk (at least {} needed)", block_devices::human_size(layout.min_disk_bytes()));
             }
