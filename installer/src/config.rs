@@ -1,6 +1,9 @@
-//! The unattended install config (TOML): which disk, the explicit wipe consent, and the
-//! appliance's identity. Unknown keys are errors; so are a missing `wipe = true`, an admin
-//! account with no way to log in, and a default or empty database password.
+//! The install config: what one install does, as [`InstallConfig`]. The unattended path reads
+//! it from a TOML file (`install.toml` on the boot medium, or `--config`); the graphical
+//! installer builds the same type from its screens. It says which disk, gives the explicit
+//! wipe consent, and the appliance's identity. Unknown keys are errors; so are a missing
+//! `wipe = true`, an admin account with no way to log in, and a default or empty database
+//! password. (Not the image spec, [`crate::spec`], nor the build's appliance manifest.)
 
 use std::path::Path;
 

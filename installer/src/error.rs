@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::events::Step;
+
 pub type Result<T> = std::result::Result<T, Error>;
 
 #[derive(Debug)]
@@ -17,6 +19,26 @@ pub enum Error {
     Refused { disk: String, reason: String },
     /// A tool the engine runs failed or could not be read.
     Tool { command: String, message: String },
+    /// A step of the install failed: which one, and how.
+    Step { step: Step, source: Box<Error> },
+}
+
+impl Error {
+    /// The install step that failed, for an error from [`crate::install::install`].
+    pub fn step(&self) -> Option<Step> {
+        match self {
+            Error::Step { step, .. } => Some(*step),
+            _ => None,
+        }
+    }
+
+    /// What went wrong, without the step it went wrong in (to tell a refusal from a failure).
+    pub fn without_step(&self) -> &Error {
+        match self {
+            Error::Step { source, .. } => source.without_step(),
+            other => other,
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -34,8 +56,11 @@ impl fmt::Display for Error {
             }
             Error::Refused { disk, reason } => write!(f, "refusing to install to {disk}: {reason}"),
             Error::Tool { command, message } => write!(f, "`{command}` failed: {message}"),
+            Error::Step { step, source } => write!(f, "step {step}: {source}"),
         }
     }
 }
 
+// `Step`'s display includes its source's, so `source()` stays `None`: a front end printing the
+// chain would otherwise say it twice.
 impl std::error::Error for Error {}

@@ -8,12 +8,13 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::block_devices::{Disk, unsuitable};
 use crate::config::{Admin, InstallConfig};
-use crate::disks::{Disk, unsuitable};
 use crate::error::{Error, Result};
+use crate::events::Event;
+pub use crate::events::Step;
 use crate::mounts::Mounts;
 use crate::plan::{Layout, Plan, Role};
-use crate::progress::{Event, Phase};
 use crate::spec::ImageSpec;
 use crate::tool::{self, Log, Tool, io_error};
 use crate::verify;
@@ -75,177 +76,315 @@ pub fn layout_for(spec: &ImageSpec) -> Layout {
     Layout { data_partition: spec.payload.data_mount.is_some(), ..Layout::default() }
 }
 
-/// Installs to `request.disk`, erasing it. Refuses (without writing) a disk that is the boot
-/// medium, too small, read-only, in use (mounted, swap, LVM, LUKS, md, multipath) or no longer
-/// the disk that was chosen.
+/// Installs to `request.disk`, erasing it: the [`Step`]s in order, each on the same [`Install`]
+/// context; an error names the step it came from ([`Error::Step`]). Refuses (without writing)
+/// a disk that is the boot medium, too small, read-only, in use (mounted, swap, LVM, LUKS, md,
+/// multipath) or no longer the disk that was chosen.
 pub fn install(request: &InstallRequest, log: &Log, on_event: &mut dyn FnMut(Event)) -> Result<InstallReport> {
-    let layout = layout_for(&request.spec);
-    let disk = &request.disk;
-    if let Some(reason) = unsuitable(disk, request.boot_medium.as_deref(), layout.min_disk_bytes()) {
-        return Err(Error::Refused { disk: disk.describe(), reason });
-    }
-    if !request.source.is_file() {
-        return Err(Error::Config {
-            source: request.source.display().to_string(),
-            message: "the image's root file system (squashfs) is not there".into(),
-        });
-    }
-    let plan = Plan::new(disk, &layout);
-    log.line(&format!("truthdb-installer {}: installing to {}", crate::VERSION, disk.describe()));
-    log.line(&plan.to_string());
+    let mut install = Install::new(request, log, on_event);
+    install.run(Step::Check, Install::check)?;
+    install.run(Step::Partition, Install::partition)?;
+    install.run(Step::Format, Install::format)?;
+    install.run(Step::Mount, Install::mount)?;
+    install.run(Step::CopySystem, Install::copy_system)?;
+    install.run(Step::Identity, Install::identity)?;
+    install.run(Step::RemoveLivePackages, Install::remove_live_packages)?;
+    install.run(Step::AdminAccount, Install::admin_account)?;
+    install.run(Step::Payload, Install::payload)?;
+    install.run(Step::Uki, Install::uki)?;
+    install.run(Step::BootEntry, Install::boot_entry)?;
+    install.run(Step::Verify, Install::verify)?;
+    install.run(Step::Finish, Install::finish)?;
+    Ok(install.into_report())
+}
 
-    // The image is mounted first so the config is checked against its own accounts before
-    // anything is written: `useradd --user-group` fails on a name the image already has as
-    // a user or a group, and by then the disk would be erased.
-    let mut mounts = Mounts::new(log);
-    let source = request.work_dir.join("source");
-    mounts.mount(&request.source.to_string_lossy(), &source, &["-t", "squashfs", "-o", "loop,ro"])?;
-    request.config.validate_against_image(&source).map_err(|message| Error::Config {
-        source: format!("(checked against the image {})", request.source.display()),
-        message,
-    })?;
-    let mut emit = |event: Event| {
-        log.line(&event.to_string());
-        on_event(event);
-    };
+/// What the steps share: the request, where things are mounted, and what earlier steps made.
+/// Its mounts are undone when it goes away, whatever happened.
+struct Install<'a> {
+    request: &'a InstallRequest,
+    log: &'a Log,
+    on_event: &'a mut dyn FnMut(Event),
+    /// The step under way: the one its events and errors name.
+    step: Step,
+    plan: Plan,
+    mounts: Mounts<'a>,
+    /// Where the image's root file system is mounted (read-only).
+    source: PathBuf,
+    /// Where the installed system's root file system is mounted.
+    target: PathBuf,
+    /// Role, device and file system UUID of each partition, once formatted.
+    partitions: Vec<(Role, String, String)>,
+    copied: verify::TreeSummary,
+    kernel_release: String,
+    /// The UKI as ukify wrote it, in the target's `/run`.
+    staged_uki: PathBuf,
+    boot_entry: Option<String>,
+    footprint_bytes: u64,
+}
 
-    // Right before the first write, the disk is read again: still the disk chosen (a front end
-    // may have listed the disks minutes ago) and nothing on it in use.
-    crate::recheck_before_write(disk)?;
-    log.line(&format!("{}: still the disk chosen; nothing on it is in use", disk.path));
-
-    // Partition.
-    emit(Event::new(Phase::Partition, 0.0, format!("writing a GPT to {}", disk.path)));
-    Tool::new("sfdisk")
-        .args(["--quiet", "--wipe", "always", "--wipe-partitions", "always", &disk.path])
-        .stdin(plan.sfdisk_script())
-        .run(log)?;
-    wait_for_partitions(&plan, log)?;
-
-    // Format, with UUIDs chosen here so fstab and the UKI can name them.
-    let mut partitions = Vec::new();
-    for (i, part) in plan.partitions.iter().enumerate() {
-        emit(Event::new(
-            Phase::Format,
-            i as f64 / plan.partitions.len() as f64,
-            format!("{} {}", part.filesystem, part.device),
-        ));
-        let uuid = match part.role {
-            Role::Esp => {
-                let id = random_hex(8)?.to_uppercase();
-                Tool::new("mkfs.vfat").args(["-F", "32", "-n", part.label, "-i", &id, &part.device]).run(log)?;
-                format!("{}-{}", &id[..4], &id[4..])
-            }
-            Role::Root | Role::Data => {
-                let uuid = random_uuid()?;
-                Tool::new("mkfs.ext4").args(["-F", "-q", "-L", part.label, "-U", &uuid, &part.device]).run(log)?;
-                uuid
-            }
-        };
-        partitions.push((part.role.clone(), part.device.clone(), uuid));
-    }
-    let uuid_of = |role: Role| partitions.iter().find(|p| p.0 == role).map(|p| p.2.clone());
-    let device_of = |role: Role| partitions.iter().find(|p| p.0 == role).map(|p| p.1.clone());
-
-    // Mount the target (the source is mounted above).
-    let target = request.work_dir.join("target");
-    mounts.mount(&device_of(Role::Root).expect("root"), &target, &[])?;
-    let data_mount = request.spec.payload.data_mount.as_deref();
-    if let (Some(mount), Some(device)) = (data_mount, device_of(Role::Data)) {
-        mounts.mount(&device, &target.join(mount.trim_start_matches('/')), &[])?;
+impl<'a> Install<'a> {
+    fn new(request: &'a InstallRequest, log: &'a Log, on_event: &'a mut dyn FnMut(Event)) -> Install<'a> {
+        let target = request.work_dir.join("target");
+        Install {
+            request,
+            log,
+            on_event,
+            step: Step::Check,
+            plan: Plan::new(&request.disk, &layout_for(&request.spec)),
+            mounts: Mounts::new(log),
+            source: request.work_dir.join("source"),
+            staged_uki: target.join("run").join(UKI_STAGED),
+            target,
+            partitions: Vec::new(),
+            copied: verify::TreeSummary::default(),
+            kernel_release: String::new(),
+            boot_entry: None,
+            footprint_bytes: 0,
+        }
     }
 
-    // The ESP is never mounted: its one file is written with mtools (see `write_uki`), so an
-    // install needs no vfat driver in the kernel it runs on (a disk image built on a host
-    // whose kernel lacks it).
-
-    // Copy.
-    emit(Event::new(Phase::Copy, 0.0, "measuring the image"));
-    let expected = verify::summarize(&source)?;
-    copy_tree(&request.source, &target, &expected, log, &mut emit)?;
-    emit(Event::new(Phase::Copy, 1.0, "checking the copy"));
-    let copied = verify::compare_trees(&source, &target, &expected)?;
-    log.line(&format!("copy verified: {copied}"));
-    mounts.unmount(&source)?;
-
-    // Configure.
-    emit(Event::new(Phase::Configure, 0.0, "identity and mounts"));
-    mounts.chroot_api(&target)?;
-    write_identity(&target, &request.config, &partitions, data_mount)?;
-    emit(Event::new(Phase::Configure, 0.2, "removing the live system's packages"));
-    remove_live_packages(&target, log)?;
-    emit(Event::new(Phase::Configure, 0.7, "admin account and SSH host keys"));
-    regenerate_host_keys(&target, log)?;
-    create_admin(&target, &request.config, log)?;
-
-    // Payload.
-    emit(Event::new(Phase::Payload, 0.0, "enabling the database service"));
-    let payload = &request.spec.payload;
-    if !payload.services.is_empty() {
-        Tool::new("systemctl").arg("enable").args(&payload.services).in_root(&target).run(log)?;
+    /// Runs one step; its error says which step it was.
+    fn run(&mut self, step: Step, work: fn(&mut Self) -> Result<()>) -> Result<()> {
+        debug_assert!(self.step <= step, "{step:?} runs after {:?}", self.step);
+        self.step = step;
+        self.log.line(&format!("step {step}"));
+        work(self).map_err(|e| Error::Step { step, source: Box::new(e) })
     }
-    if let Some(configure) = &payload.configure {
-        emit(Event::new(Phase::Payload, 0.2, format!("setting the database up ({configure})")));
-        let verifier = postgres_protocol::password::scram_sha_256(request.config.database.admin_password.as_bytes());
-        Tool::new(configure)
-            .env("TRUTHDB_ADMIN_USER", &request.config.admin.user)
-            .env("TRUTHDB_DB_PASSWORD_SCRAM", verifier.clone())
-            .env("TRUTHDB_DATA_DIR", data_mount.unwrap_or(""))
-            // The verifier is in the environment (root-only in /proc), never in an argument;
-            // should PostgreSQL quote the CREATE ROLE statement in an error, the log does not
-            // keep it.
-            .redact(verifier)
-            .in_root(&target)
+
+    /// Reports progress `within` (0.0-1.0) of the way through the step under way.
+    fn emit(&mut self, within: f64, message: impl Into<String>) {
+        let event = Event::new(self.step, within, message);
+        self.log.line(&event.to_string());
+        (self.on_event)(event);
+    }
+
+    fn device_of(&self, role: Role) -> Option<&str> {
+        self.partitions.iter().find(|p| p.0 == role).map(|p| p.1.as_str())
+    }
+
+    fn uuid_of(&self, role: Role) -> Option<&str> {
+        self.partitions.iter().find(|p| p.0 == role).map(|p| p.2.as_str())
+    }
+
+    fn data_mount(&self) -> Option<&'a str> {
+        self.request.spec.payload.data_mount.as_deref()
+    }
+
+    fn esp(&self) -> String {
+        self.device_of(Role::Esp).expect("the format step made the ESP").to_owned()
+    }
+
+    /// The refusals, then the image mounted first so the config is checked against its own
+    /// accounts before anything is written: `useradd --user-group` fails on a name the image
+    /// already has as a user or a group, and by then the disk would be erased. Last, right
+    /// before the first write, the disk is read again: still the disk chosen (a front end may
+    /// have listed the disks minutes ago) and nothing on it in use.
+    fn check(&mut self) -> Result<()> {
+        let request = self.request;
+        let disk = &request.disk;
+        let min_bytes = layout_for(&request.spec).min_disk_bytes();
+        if let Some(reason) = unsuitable(disk, request.boot_medium.as_deref(), min_bytes) {
+            return Err(Error::Refused { disk: disk.describe(), reason });
+        }
+        if !request.source.is_file() {
+            return Err(Error::Config {
+                source: request.source.display().to_string(),
+                message: "the image's root file system (squashfs) is not there".into(),
+            });
+        }
+        self.log.line(&format!("truthdb-installer {}: installing to {}", crate::VERSION, disk.describe()));
+        self.log.line(&self.plan.to_string());
+        self.mounts.mount(&request.source.to_string_lossy(), &self.source, &["-t", "squashfs", "-o", "loop,ro"])?;
+        request.config.validate_against_image(&self.source).map_err(|message| Error::Config {
+            source: format!("(checked against the image {})", request.source.display()),
+            message,
+        })?;
+        crate::recheck_before_write(disk)?;
+        self.log.line(&format!("{}: still the disk chosen; nothing on it is in use", disk.path));
+        Ok(())
+    }
+
+    fn partition(&mut self) -> Result<()> {
+        let disk = &self.request.disk.path;
+        self.emit(0.0, format!("writing a GPT to {disk}"));
+        Tool::new("sfdisk")
+            .args(["--quiet", "--wipe", "always", "--wipe-partitions", "always", disk])
+            .stdin(self.plan.sfdisk_script())
+            .run(self.log)?;
+        wait_for_partitions(&self.plan, self.log)
+    }
+
+    /// Each file system with a UUID chosen here, so fstab and the UKI can name it.
+    fn format(&mut self) -> Result<()> {
+        let planned = self.plan.partitions.clone();
+        for (i, part) in planned.iter().enumerate() {
+            self.emit(i as f64 / planned.len() as f64, format!("{} {}", part.filesystem, part.device));
+            let uuid = match part.role {
+                Role::Esp => {
+                    let id = random_hex(8)?.to_uppercase();
+                    Tool::new("mkfs.vfat")
+                        .args(["-F", "32", "-n", part.label, "-i", &id, &part.device])
+                        .run(self.log)?;
+                    format!("{}-{}", &id[..4], &id[4..])
+                }
+                Role::Root | Role::Data => {
+                    let uuid = random_uuid()?;
+                    Tool::new("mkfs.ext4")
+                        .args(["-F", "-q", "-L", part.label, "-U", &uuid, &part.device])
+                        .run(self.log)?;
+                    uuid
+                }
+            };
+            self.partitions.push((part.role.clone(), part.device.clone(), uuid));
+        }
+        Ok(())
+    }
+
+    /// The target's root and data file systems (the source is mounted by the check). The ESP
+    /// is never mounted: its one file is written with mtools (see `write_uki`), so an install
+    /// needs no vfat driver in the kernel it runs on (a disk image built on a host whose
+    /// kernel lacks it).
+    fn mount(&mut self) -> Result<()> {
+        let root = self.device_of(Role::Root).expect("the format step made the root").to_owned();
+        self.mounts.mount(&root, &self.target, &[])?;
+        if let (Some(mount), Some(device)) = (self.data_mount(), self.device_of(Role::Data)) {
+            let (device, at) = (device.to_owned(), self.target.join(mount.trim_start_matches('/')));
+            self.mounts.mount(&device, &at, &[])?;
+        }
+        Ok(())
+    }
+
+    fn copy_system(&mut self) -> Result<()> {
+        self.emit(0.0, "measuring the image");
+        let expected = verify::summarize(&self.source)?;
+        let (squashfs, target, log) = (&self.request.source, self.target.clone(), self.log);
+        copy_tree(squashfs, &target, &expected, log, &mut |within, message| self.emit(within, message))?;
+        self.emit(1.0, "checking the copy");
+        self.copied = verify::compare_trees(&self.source, &self.target, &expected)?;
+        self.log.line(&format!("copy verified: {}", self.copied));
+        self.mounts.unmount(&self.source)
+    }
+
+    fn identity(&mut self) -> Result<()> {
+        self.emit(0.0, "identity and mounts");
+        self.mounts.chroot_api(&self.target)?;
+        write_identity(&self.target, &self.request.config, &self.partitions, self.data_mount())
+    }
+
+    fn remove_live_packages(&mut self) -> Result<()> {
+        self.emit(0.0, "removing the live system's packages");
+        remove_live_packages(&self.target, self.log)
+    }
+
+    fn admin_account(&mut self) -> Result<()> {
+        self.emit(0.0, "admin account and SSH host keys");
+        regenerate_host_keys(&self.target, self.log)?;
+        create_admin(&self.target, &self.request.config, self.log)
+    }
+
+    fn payload(&mut self) -> Result<()> {
+        self.emit(0.0, "enabling the database service");
+        let (request, target, log) = (self.request, self.target.clone(), self.log);
+        let payload = &request.spec.payload;
+        if !payload.services.is_empty() {
+            Tool::new("systemctl").arg("enable").args(&payload.services).in_root(&target).run(log)?;
+        }
+        if let Some(configure) = &payload.configure {
+            self.emit(0.2, format!("setting the database up ({configure})"));
+            let verifier =
+                postgres_protocol::password::scram_sha_256(request.config.database.admin_password.as_bytes());
+            Tool::new(configure)
+                .env("TRUTHDB_ADMIN_USER", &request.config.admin.user)
+                .env("TRUTHDB_DB_PASSWORD_SCRAM", verifier.clone())
+                .env("TRUTHDB_DATA_DIR", self.data_mount().unwrap_or(""))
+                // The verifier is in the environment (root-only in /proc), never in an argument;
+                // should PostgreSQL quote the CREATE ROLE statement in an error, the log does not
+                // keep it.
+                .redact(verifier)
+                .in_root(&target)
+                .run(log)?;
+        }
+        Ok(())
+    }
+
+    /// systemd-stub, the kernel, its initrd and the command line joined by ukify, checked, and
+    /// written to the ESP's fallback path.
+    fn uki(&mut self) -> Result<()> {
+        self.emit(0.0, "building the unified kernel image");
+        let target = &self.target;
+        let kernel_release = kernel_release(target)?;
+        let root_uuid = self.uuid_of(Role::Root).expect("the format step made the root");
+        let mut cmdline = vec![format!("root=UUID={root_uuid}"), "ro".into(), "rootfstype=ext4".into()];
+        cmdline.extend(self.request.spec.kernel_cmdline.iter().cloned());
+        Tool::new("ukify")
+            .args([
+                "build",
+                &format!("--linux=/boot/vmlinuz-{kernel_release}"),
+                &format!("--initrd=/boot/initrd.img-{kernel_release}"),
+                &format!("--cmdline={}", cmdline.join(" ")),
+                "--os-release=@/etc/os-release",
+                &format!("--uname={kernel_release}"),
+                &format!("--output=/run/{UKI_STAGED}"),
+            ])
+            .in_root(target)
+            .run(self.log)?;
+        verify::check_uki(&self.staged_uki, &target.join(format!("boot/vmlinuz-{kernel_release}")))?;
+        write_uki(&self.esp(), &self.staged_uki, self.log)?;
+        self.kernel_release = kernel_release;
+        Ok(())
+    }
+
+    fn boot_entry(&mut self) -> Result<()> {
+        if self.request.efi_boot_entry {
+            self.boot_entry = add_boot_entry(&self.request.disk, self.log);
+        }
+        Ok(())
+    }
+
+    /// The UKI read back, then the log handed over to the installed system; after unmounting,
+    /// the partition table and every file system checked.
+    fn verify(&mut self) -> Result<()> {
+        let log = self.log;
+        self.emit(0.0, "boot files");
+        let read_back = self.target.join("run/readback.efi");
+        Tool::new("mcopy")
+            .args(["-n", "-i", &self.esp(), &format!("::/{UKI_PATH}")])
+            .arg(read_back.to_string_lossy())
             .run(log)?;
+        verify::same_contents(&self.staged_uki, &read_back)?;
+        self.emit(0.3, "file systems");
+        log.line("the installed system's log ends here; the installer's own log goes on");
+        copy_log(log, &self.target)?;
+        Tool::new("sync").run(log)?;
+        self.mounts.unmount(&self.target.join("run"))?;
+        self.footprint_bytes = verify::used_bytes_below(&self.target);
+        self.mounts.unmount_all()?;
+        verify::check_partition_table(&self.plan, log)?;
+        for (role, device, _) in &self.partitions {
+            match role {
+                Role::Esp => Tool::new("fsck.vfat").args(["-n", device]).run(log)?,
+                Role::Root | Role::Data => Tool::new("e2fsck").args(["-f", "-n", device]).run(log)?,
+            };
+        }
+        Ok(())
     }
 
-    // Boot.
-    emit(Event::new(Phase::Boot, 0.0, "building the unified kernel image"));
-    let kernel_release = kernel_release(&target)?;
-    let root_uuid = uuid_of(Role::Root).expect("root");
-    let mut cmdline = vec![format!("root=UUID={root_uuid}"), "ro".into(), "rootfstype=ext4".into()];
-    cmdline.extend(request.spec.kernel_cmdline.iter().cloned());
-    Tool::new("ukify")
-        .args([
-            "build",
-            &format!("--linux=/boot/vmlinuz-{kernel_release}"),
-            &format!("--initrd=/boot/initrd.img-{kernel_release}"),
-            &format!("--cmdline={}", cmdline.join(" ")),
-            "--os-release=@/etc/os-release",
-            &format!("--uname={kernel_release}"),
-            &format!("--output=/run/{UKI_STAGED}"),
-        ])
-        .in_root(&target)
-        .run(log)?;
-    let staged = target.join("run").join(UKI_STAGED);
-    verify::check_uki(&staged, &target.join(format!("boot/vmlinuz-{kernel_release}")))?;
-    write_uki(&device_of(Role::Esp).expect("esp"), &staged, log)?;
-    let boot_entry = if request.efi_boot_entry { add_boot_entry(disk, log) } else { None };
-
-    // Verify, then hand the log over to the installed system.
-    emit(Event::new(Phase::Verify, 0.0, "boot files"));
-    let read_back = target.join("run/readback.efi");
-    Tool::new("mcopy")
-        .args(["-n", "-i", &device_of(Role::Esp).expect("esp"), &format!("::/{UKI_PATH}")])
-        .arg(read_back.to_string_lossy())
-        .run(log)?;
-    verify::same_contents(&staged, &read_back)?;
-    emit(Event::new(Phase::Verify, 0.3, "file systems"));
-    log.line("the installed system's log ends here; the installer's own log goes on");
-    copy_log(log, &target)?;
-    Tool::new("sync").run(log)?;
-    mounts.unmount(&target.join("run"))?;
-    let footprint_bytes = verify::used_bytes_below(&target);
-    mounts.unmount_all()?;
-    verify::check_partition_table(&plan, log)?;
-    for (role, device, _) in &partitions {
-        match role {
-            Role::Esp => Tool::new("fsck.vfat").args(["-n", device]).run(log)?,
-            Role::Root | Role::Data => Tool::new("e2fsck").args(["-f", "-n", device]).run(log)?,
-        };
+    fn finish(&mut self) -> Result<()> {
+        let (version, disk) = (&self.request.spec.version, &self.request.disk.path);
+        self.emit(0.0, format!("installed TruthDB OS {version} to {disk}"));
+        Ok(())
     }
-    emit(Event::new(Phase::Done, 0.0, format!("installed TruthDB OS {} to {}", request.spec.version, disk.path)));
-    Ok(InstallReport { disk: disk.describe(), partitions, copied, kernel_release, boot_entry, footprint_bytes })
+
+    fn into_report(self) -> InstallReport {
+        InstallReport {
+            disk: self.request.disk.describe(),
+            partitions: self.partitions,
+            copied: self.copied,
+            kernel_release: self.kernel_release,
+            boot_entry: self.boot_entry,
+            footprint_bytes: self.footprint_bytes,
+        }
+    }
 }
 
 /// The kernel may not re-read the new table by itself (a loop device, or a kernel without
@@ -289,7 +428,7 @@ fn copy_tree(
     target: &Path,
     expected: &verify::TreeSummary,
     log: &Log,
-    emit: &mut dyn FnMut(Event),
+    progress: &mut dyn FnMut(f64, String),
 ) -> Result<()> {
     let baseline = verify::used_bytes_below(target);
     std::thread::scope(|scope| {
@@ -308,11 +447,7 @@ fn copy_tree(
             let shown = (fraction * 20.0) as u64;
             if shown > last_shown {
                 last_shown = shown;
-                emit(Event::new(
-                    Phase::Copy,
-                    fraction.min(0.99),
-                    format!("{} MiB of {} MiB", written >> 20, expected.bytes >> 20),
-                ));
+                progress(fraction.min(0.99), format!("{} MiB of {} MiB", written >> 20, expected.bytes >> 20));
             }
         }
         copier.join().expect("the copy thread does not panic")
@@ -617,6 +752,88 @@ mod tests {
     use super::*;
 
     const HASH: &str = "$y$j9T$someSalt$TheSecretHashOfTheAdmin";
+
+    /// A request for a disk that passes the size checks, in a scratch directory; nothing in
+    /// it needs root until a step runs a tool.
+    fn request_in(dir: &Path) -> InstallRequest {
+        let config = crate::config::InstallConfig::parse(
+            "wipe = true\nhostname = \"db1\"\n[admin]\nuser = \"dba\"\n\
+             ssh_authorized_keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample dba@laptop\"]\n\
+             [database]\nadmin_password = \"correct horse battery\"\n",
+            "install.toml",
+        )
+        .unwrap();
+        let disk = Disk {
+            path: "/dev/vdz".into(),
+            by_id: vec![],
+            model: Some("QEMU HARDDISK".into()),
+            serial: Some("TDB-TEST".into()),
+            size_bytes: 64 << 30,
+            transport: Some("virtio".into()),
+            removable: false,
+            read_only: false,
+            children: vec![],
+        };
+        let spec = ImageSpec {
+            version: "0.1.0".into(),
+            kernel_cmdline: vec!["console=ttyS0".into()],
+            payload: crate::spec::PayloadSpec {
+                services: vec![],
+                health_check: "true".into(),
+                data_mount: None,
+                configure: None,
+            },
+        };
+        InstallRequest {
+            config,
+            disk,
+            source: dir.join("missing/filesystem.squashfs"),
+            spec,
+            work_dir: dir.join("work"),
+            efi_boot_entry: false,
+            boot_medium: None,
+        }
+    }
+
+    #[test]
+    fn an_install_that_fails_in_its_check_step_names_that_step_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::create(&dir.path().join("log")).unwrap();
+        let request = request_in(dir.path());
+        let mut events = Vec::new();
+        let e = install(&request, &log, &mut |event| events.push(event)).unwrap_err();
+        assert_eq!(e.step(), Some(Step::Check));
+        let shown = e.to_string();
+        assert!(shown.starts_with("step check: ") && shown.contains("squashfs) is not there"), "{shown}");
+        assert!(matches!(e.without_step(), Error::Config { .. }), "{e:?}");
+        assert!(events.is_empty(), "no progress before the first write: {events:?}");
+        assert!(!request.work_dir.exists(), "nothing mounted, nothing made");
+        // A refusal stays a refusal under its step, as the CLI tells them apart.
+        let refused = install(&InstallRequest { boot_medium: Some("/dev/vdz".into()), ..request }, &log, &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(refused.without_step(), Error::Refused { .. }), "{refused:?}");
+        assert!(refused.to_string().starts_with("step check: refusing to install to /dev/vdz"), "{refused}");
+    }
+
+    #[test]
+    fn a_failure_in_a_later_step_names_that_step_and_its_events_name_it_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::create(&dir.path().join("log")).unwrap();
+        let request = request_in(dir.path());
+        let mut events = Vec::new();
+        let mut on_event = |event: Event| events.push(event);
+        let mut install = Install::new(&request, &log, &mut on_event);
+        // The target has no /boot: the UKI step finds no kernel, before running any tool.
+        let e = install.run(Step::Uki, Install::uki).unwrap_err();
+        drop(install);
+        assert_eq!(e.step(), Some(Step::Uki));
+        let shown = e.to_string();
+        assert!(shown.starts_with("step uki: ") && shown.contains("target/boot"), "{shown}");
+        assert_eq!(events.len(), 1);
+        assert_eq!((events[0].step, events[0].phase()), (Step::Uki, crate::events::Phase::Boot));
+        let logged = std::fs::read_to_string(log.path()).unwrap();
+        assert!(logged.contains("step uki\n"), "the log says where each step starts: {logged}");
+    }
 
     #[test]
     fn the_admin_password_hash_is_given_on_stdin_never_on_a_command_line() {

@@ -2,17 +2,17 @@
 //! config, plans the disk layout, and installs the appliance (see [`install`]).
 //!
 //! The engine never prints and never depends on a UI: the CLI (`src/main.rs`) and the
-//! graphical front end call it, show its [`progress::Event`]s and present its errors as they
+//! graphical front end call it, show its [`events::Event`]s and present its errors as they
 //! are. Every tool it runs is logged to the install log.
 
+pub mod block_devices;
 pub mod config;
-pub mod disks;
 pub mod error;
+pub mod events;
 pub mod install;
 pub mod medium;
 pub mod mounts;
 pub mod plan;
-pub mod progress;
 pub mod spec;
 pub mod tool;
 pub mod verify;
@@ -38,7 +38,7 @@ pub fn live_medium_device() -> Option<String> {
 
 fn lsblk(args: &[&str]) -> Result<String> {
     let output = std::process::Command::new("lsblk")
-        .args(disks::LSBLK_ARGS)
+        .args(block_devices::LSBLK_ARGS)
         .args(args)
         .output()
         .map_err(|e| Error::Tool { command: "lsblk".into(), message: e.to_string() })?;
@@ -52,27 +52,27 @@ fn lsblk(args: &[&str]) -> Result<String> {
 }
 
 /// All whole disks, from the real `lsblk`, with their `/dev/disk/by-id` names.
-pub fn list_disks() -> Result<Vec<disks::Disk>> {
-    disks::parse_lsblk(&lsblk(&[])?, &by_id_names)
+pub fn list_disks() -> Result<Vec<block_devices::Disk>> {
+    block_devices::parse_lsblk(&lsblk(&[])?, &by_id_names)
 }
 
 /// One block device named by path (a disk, or the loop device of a disk image), with its
 /// partitions and holders (so the boot medium and in-use checks see them).
-pub fn describe_device(path: &str) -> Result<disks::Disk> {
-    disks::parse_lsblk_device(&lsblk(&[path])?, &by_id_names)
+pub fn describe_device(path: &str) -> Result<block_devices::Disk> {
+    block_devices::parse_lsblk_device(&lsblk(&[path])?, &by_id_names)
 }
 
 /// All disks, looked at again (every second, up to 30 s) until the selector's disk is there:
 /// a disk named by id, serial or path may still be appearing (USB, a slow controller) when
 /// the unattended install starts.
-pub fn list_disks_for(selector: &config::DiskSelector) -> Result<Vec<disks::Disk>> {
+pub fn list_disks_for(selector: &config::DiskSelector) -> Result<Vec<block_devices::Disk>> {
     let patience = std::time::Duration::from_secs(30);
-    disks::wait_for_disk(selector, patience, std::time::Duration::from_secs(1), &mut list_disks)
+    block_devices::wait_for_disk(selector, patience, std::time::Duration::from_secs(1), &mut list_disks)
 }
 
 /// Kernel name -> holders, from /sys/class/block/*/holders.
-fn read_holders() -> disks::Holders {
-    let mut holders = disks::Holders::new();
+fn read_holders() -> block_devices::Holders {
+    let mut holders = block_devices::Holders::new();
     let Ok(devices) = std::fs::read_dir("/sys/class/block") else { return holders };
     for device in devices.flatten() {
         let Ok(entries) = std::fs::read_dir(device.path().join("holders")) else { continue };
@@ -86,7 +86,7 @@ fn read_holders() -> disks::Holders {
 
 /// The disk's tree (partitions, holders) from the real `lsblk`; a disk that is gone or
 /// unreadable is refused, since nothing may be written to a disk we cannot see.
-fn disk_tree(disk: &disks::Disk) -> Result<String> {
+fn disk_tree(disk: &block_devices::Disk) -> Result<String> {
     lsblk(&[&disk.path])
         .map_err(|e| Error::Refused { disk: disk.describe(), reason: format!("it cannot be read: {e}") })
 }
@@ -94,15 +94,15 @@ fn disk_tree(disk: &disks::Disk) -> Result<String> {
 /// Right before the first write: the disk at the chosen disk's path is still the one chosen
 /// (serial, model, size, by-id names; a front end may have listed disks minutes earlier) and
 /// nothing on it is in use (mounted, swap, LVM, LUKS, md, multipath).
-pub fn recheck_before_write(chosen: &disks::Disk) -> Result<()> {
+pub fn recheck_before_write(chosen: &block_devices::Disk) -> Result<()> {
     let tree = disk_tree(chosen)?;
-    let now = disks::parse_lsblk_device(&tree, &by_id_names)?;
-    if let Some(reason) = disks::changed(chosen, &now) {
+    let now = block_devices::parse_lsblk_device(&tree, &by_id_names)?;
+    if let Some(reason) = block_devices::changed(chosen, &now) {
         return Err(Error::Refused { disk: chosen.describe(), reason });
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
-    let findings = disks::in_use(&tree, &mountinfo, &swaps, &read_holders())?;
+    let findings = block_devices::in_use(&tree, &mountinfo, &swaps, &read_holders())?;
     if !findings.is_empty() {
         return Err(Error::Refused {
             disk: chosen.describe(),
@@ -118,8 +118,8 @@ pub fn recheck_before_write(chosen: &disks::Disk) -> Result<()> {
 /// The unattended path's guards (see [`medium::unattended_refusal`]): no install over an
 /// existing one without `reinstall = true`, none on a BIOS-booted machine without
 /// `allow_bios = true`.
-pub fn unattended_guards(config: &config::InstallConfig, disk: &disks::Disk) -> Result<()> {
-    let existing = disks::existing_install(&disk_tree(disk)?)?;
+pub fn unattended_guards(config: &config::InstallConfig, disk: &block_devices::Disk) -> Result<()> {
+    let existing = block_devices::existing_install(&disk_tree(disk)?)?;
     let uefi = medium::booted_by_uefi(std::path::Path::new("/sys/firmware/efi"));
     match medium::unattended_refusal(config, uefi, existing.as_deref()) {
         Some(reason) => Err(Error::Refused { disk: disk.describe(), reason }),

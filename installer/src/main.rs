@@ -12,7 +12,9 @@ use truthdb_installer::medium::{self, MEDIUM_MOUNT, SQUASHFS_ON_MEDIUM};
 use truthdb_installer::plan::Plan;
 use truthdb_installer::spec::{IMAGE_SPEC_PATH, ImageSpec};
 use truthdb_installer::tool::Log;
-use truthdb_installer::{describe_device, disks, list_disks, list_disks_for, live_medium_device, unattended_guards};
+use truthdb_installer::{
+    block_devices, describe_device, list_disks, list_disks_for, live_medium_device, unattended_guards,
+};
 
 /// Installs TruthDB OS to a disk: lists disks, shows the plan (a dry run) and installs.
 #[derive(Parser)]
@@ -39,7 +41,13 @@ struct Target {
 #[derive(Subcommand)]
 enum Command {
     /// List the disks the appliance can be installed to (never the live medium).
-    Disks,
+    Disks {
+        /// Print every disk as a JSON array instead: its fields (path, by_id, model, serial,
+        /// size_bytes, transport, removable, read_only, children), `installable`, and
+        /// `why_not` (null when installable).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what an install with this config would erase and create (dry run).
     Plan(Target),
     /// Install: ERASES the selected disk (the config must say `wipe = true`).
@@ -64,12 +72,14 @@ enum Command {
     Auto,
 }
 
+/// Exit status: 0 done, 1 failed or refused (the error on stderr), 2 a usage error (clap's,
+/// before anything runs).
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("truthdb-installer: error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(1)
         }
     }
 }
@@ -98,7 +108,7 @@ fn resolve_disk(
     override_path: Option<&str>,
     spec: &ImageSpec,
     wait: Wait,
-) -> AnyResult<disks::Disk> {
+) -> AnyResult<block_devices::Disk> {
     let layout = install::layout_for(spec);
     match override_path {
         Some(path) => Ok(describe_device(path)?),
@@ -109,7 +119,7 @@ fn resolve_disk(
                 Wait::ForTheDisk => list_disks_for(selector)?,
                 Wait::No => list_disks()?,
             };
-            let disk = disks::select(selector, &all, medium.as_deref(), layout.min_disk_bytes())?;
+            let disk = block_devices::select(selector, &all, medium.as_deref(), layout.min_disk_bytes())?;
             unattended_guards(config, &disk)?;
             Ok(disk)
         }
@@ -126,13 +136,19 @@ enum Wait {
 
 fn run(cli: Cli) -> AnyResult<()> {
     match cli.command {
-        Command::Disks => {
+        Command::Disks { json } => {
             let spec = load_spec(None).ok();
             let layout = spec.as_ref().map(install::layout_for).unwrap_or_default();
             let medium = live_medium_device();
-            let offered = disks::installable(&list_disks()?, medium.as_deref(), layout.min_disk_bytes());
+            let all = list_disks()?;
+            if json {
+                let listed = block_devices::listing(&all, medium.as_deref(), layout.min_disk_bytes());
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+                return Ok(());
+            }
+            let offered = block_devices::installable(&all, medium.as_deref(), layout.min_disk_bytes());
             if offered.is_empty() {
-                println!("no suitable disk (at least {} needed)", disks::human_size(layout.min_disk_bytes()));
+                println!("no suitable disk (at least {} needed)", block_devices::human_size(layout.min_disk_bytes()));
             }
             for disk in offered {
                 println!("{}", disk.describe());
@@ -227,9 +243,10 @@ fn auto() -> AnyResult<()> {
             Ok(())
         }
         Err(e) => {
-            // Config and disk-selection errors come before anything is written.
+            // Config and disk-selection errors come before anything is written (in the
+            // install, only its check step refuses).
             let refused = matches!(
-                e.downcast_ref::<truthdb_installer::Error>(),
+                e.downcast_ref::<truthdb_installer::Error>().map(truthdb_installer::Error::without_step),
                 Some(
                     truthdb_installer::Error::Config { .. }
                         | truthdb_installer::Error::NoDisk { .. }

@@ -47,7 +47,7 @@ pub fn booted_by_uefi(sys_firmware_efi: &Path) -> bool {
 }
 
 /// Why an unattended install must not go on with this disk on this machine, if it must not.
-/// `existing_install` is what [`crate::disks::existing_install`] found on the disk.
+/// `existing_install` is what [`crate::block_devices::existing_install`] found on the disk.
 ///
 /// The medium stays in the machine after an unattended install: a firmware that boots it again
 /// must not erase the install it made, so a disk holding TruthDB OS needs `reinstall = true`.

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::disks::{Disk, human_size};
+use crate::block_devices::{Disk, human_size};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

@@ -224,7 +224,7 @@ fn table_matches(plan: &Plan, json: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::disks::Disk;
+    use crate::block_devices::Disk;
     use crate::plan::Layout;
 
     #[test]

@@ -8,9 +8,9 @@
 use iced_core::keyboard::{self, key::Named};
 use iced_core::{Alignment, Color, Element, Length, Theme, theme::Palette};
 use iced_widget::{button, column, container, progress_bar, row, space, text, text_input};
+use truthdb_installer::block_devices::{Disk, human_size};
 use truthdb_installer::config::{self, Admin, Database, InstallConfig, PowerAction};
-use truthdb_installer::disks::{Disk, human_size};
-use truthdb_installer::progress::Event as ProgressEvent;
+use truthdb_installer::events::Event as ProgressEvent;
 
 pub type Renderer = iced_tiny_skia::Renderer;
 pub type View<'a> = Element<'a, Msg, Theme, Renderer>;
@@ -501,7 +501,7 @@ impl App {
 
     fn installing(&self) -> View<'_> {
         let (fraction, phase) = match &self.progress {
-            Some(p) => (p.fraction as f32, p.phase.name()),
+            Some(p) => (p.fraction as f32, p.phase().name()),
             None => (0.0, "starting"),
         };
         let mut log = column![].spacing(2);

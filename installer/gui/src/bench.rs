@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use truthdb_installer::disks::Disk;
-use truthdb_installer::progress::{Event, Phase};
+use truthdb_installer::block_devices::Disk;
+use truthdb_installer::events::{Event, Step};
 
 use crate::app::{App, Machine, Msg};
 use crate::shell::Shell;
@@ -82,7 +82,7 @@ fn screens() -> Vec<(&'static str, App)> {
         installing.update(m);
     }
     for i in 0..12 {
-        installing.update(Msg::Progress(Event::new(Phase::Copy, i as f64 / 12.0, format!("copying file {i}"))));
+        installing.update(Msg::Progress(Event::new(Step::CopySystem, i as f64 / 12.0, format!("copying file {i}"))));
     }
     vec![("welcome", welcome), ("disk", disk_screen), ("settings", settings), ("installing", installing)]
 }

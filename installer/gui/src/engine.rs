@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 
+use truthdb_installer::block_devices::Disk;
 use truthdb_installer::config::InstallConfig;
-use truthdb_installer::disks::Disk;
 use truthdb_installer::install::{self, InstallRequest};
 use truthdb_installer::spec::ImageSpec;
 use truthdb_installer::tool::Log;

@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use truthdb_installer::config::PowerAction;
 use truthdb_installer::medium::{self, MEDIUM_MOUNT};
 use truthdb_installer::spec::{IMAGE_SPEC_PATH, ImageSpec};
-use truthdb_installer::{disks, install, list_disks, live_medium_device};
+use truthdb_installer::{block_devices, install, list_disks, live_medium_device};
 use truthdb_installer_gui::app::{App, Machine, Request, Screen};
 use truthdb_installer_gui::display::{self, Output, fbdev::Fbdev, kms};
 use truthdb_installer_gui::engine::{self, Mailbox};
@@ -168,7 +168,7 @@ fn reopen_output(choice: OutputChoice) -> Result<Box<dyn Output>> {
 
 fn machine(spec: &ImageSpec) -> Result<Machine> {
     let min = install::layout_for(spec).min_disk_bytes();
-    let disks = disks::installable(&list_disks()?, live_medium_device().as_deref(), min);
+    let disks = block_devices::installable(&list_disks()?, live_medium_device().as_deref(), min);
     Ok(Machine { version: spec.version.clone(), disks, min_disk_bytes: min })
 }
 

@@ -1,14 +1,20 @@
 //! The whole installer flow through iced_test's simulator (clicks and typing, tiny-skia on the
-//! CPU), plus a snapshot hash of every screen. Snapshots live in tests/snapshots/; after an
-//! intended visual change, delete the .sha256 files and run the tests once to record new ones
-//! (look at the PNGs from `TRUTHDB_GUI_SNAPSHOT_PNG=1` before committing them).
+//! CPU), plus a golden snapshot of every screen: the exact SHA-256 of its pixels, in
+//! tests/snapshots/<screen>-tiny-skia.sha256, beside the PNG it was recorded from. A mismatch
+//! names the screen, both hashes, the actual render (written to
+//! target/golden-actual/<screen>-tiny-skia.png) and the box of pixels that differ from the
+//! golden PNG. After an intended visual change, re-record every screen with
+//! `TRUTHDB_RECORD_GOLDEN=1 cargo test -p truthdb-installer-gui --test flow`, look at the PNGs,
+//! and commit them.
+
+use std::path::{Path, PathBuf};
 
 use iced_core::Settings;
 use iced_core::keyboard::{Key, key::Named};
 use iced_test::{Simulator, selector};
+use truthdb_installer::block_devices::Disk;
 use truthdb_installer::config::PowerAction;
-use truthdb_installer::disks::Disk;
-use truthdb_installer::progress::{Event as ProgressEvent, Phase};
+use truthdb_installer::events::{Event as ProgressEvent, Step};
 use truthdb_installer_gui::app::{App, Machine, Msg, Request, Screen, theme};
 use truthdb_installer_gui::shell::FONT;
 
@@ -58,17 +64,143 @@ fn type_into(app: &mut App, id: &'static str, text: &str) {
     apply(app, messages);
 }
 
+/// Re-record the golden snapshots instead of checking them.
+const RECORD: &str = "TRUTHDB_RECORD_GOLDEN";
+/// What iced_test appends to a snapshot's name (the renderer).
+const RENDERER: &str = "tiny-skia";
+
+/// Checks the screen against its golden hash (recording it when there is none, or when
+/// [`RECORD`] is set); on a mismatch, fails with everything needed to see why.
 fn snapshot(app: &App, name: &str) {
     let mut ui = sim(app);
     let snapshot = ui.snapshot(&theme()).unwrap();
-    let path = format!("{}/tests/snapshots/{name}", env!("CARGO_MANIFEST_DIR"));
-    if std::env::var_os("TRUTHDB_GUI_SNAPSHOT_PNG").is_some() {
-        snapshot.matches_image(&path).unwrap();
+    let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    let golden = golden_dir.join(name);
+    let golden_hash = golden_dir.join(format!("{name}-{RENDERER}.sha256"));
+    let golden_png = golden_dir.join(format!("{name}-{RENDERER}.png"));
+    if std::env::var_os(RECORD).is_some() {
+        // iced_test writes a snapshot only where there is none.
+        for stale in [&golden_hash, &golden_png] {
+            let _ = std::fs::remove_file(stale);
+        }
+        assert!(snapshot.matches_hash(&golden).unwrap() && snapshot.matches_image(&golden).unwrap());
+        return;
     }
-    assert!(
-        snapshot.matches_hash(&path).unwrap(),
-        "screen {name} no longer matches tests/snapshots/{name}-tiny-skia.sha256"
-    );
+    if std::env::var_os("TRUTHDB_GUI_SNAPSHOT_PNG").is_some() {
+        snapshot.matches_image(&golden).unwrap();
+    }
+    if snapshot.matches_hash(&golden).unwrap() {
+        return;
+    }
+    // The actual render, written where a person can look at it (and its hash, as iced_test
+    // computes it).
+    let actual_dir = target_dir().join("golden-actual");
+    let actual = actual_dir.join(name);
+    let actual_hash_file = actual_dir.join(format!("{name}-{RENDERER}.sha256"));
+    let actual_png = actual_dir.join(format!("{name}-{RENDERER}.png"));
+    for stale in [&actual_hash_file, &actual_png] {
+        let _ = std::fs::remove_file(stale);
+    }
+    snapshot.matches_hash(&actual).unwrap();
+    snapshot.matches_image(&actual).unwrap();
+    let expected_hash = std::fs::read_to_string(&golden_hash).unwrap_or_default();
+    let actual_hash = std::fs::read_to_string(&actual_hash_file).unwrap_or_default();
+    panic!("{}", mismatch_report(name, &golden_hash, &expected_hash, &actual_hash, &actual_png, &golden_png));
+}
+
+/// The workspace's target directory (`CARGO_TARGET_DIR` when set).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("the workspace").join("target"),
+    }
+}
+
+/// An RGBA PNG's size and pixels.
+fn read_png(path: &Path) -> Result<(u32, u32, Vec<u8>), String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().map_err(|e| e.to_string())?;
+    let mut pixels = vec![0; reader.output_buffer_size().ok_or("too large")?];
+    let info = reader.next_frame(&mut pixels).map_err(|e| e.to_string())?;
+    if info.color_type != png::ColorType::Rgba || info.bit_depth != png::BitDepth::Eight {
+        return Err(format!("{:?} {:?}, not 8-bit RGBA", info.color_type, info.bit_depth));
+    }
+    pixels.truncate(info.buffer_size());
+    Ok((info.width, info.height, pixels))
+}
+
+/// How many pixels differ between two RGBA images of the same size, and the smallest box
+/// holding them all: `(count, x0, y0, x1, y1)`, inclusive; `None` when none does.
+fn differing_box(width: u32, a: &[u8], b: &[u8]) -> Option<(usize, u32, u32, u32, u32)> {
+    let mut found: Option<(usize, u32, u32, u32, u32)> = None;
+    for (i, (pa, pb)) in a.chunks_exact(4).zip(b.chunks_exact(4)).enumerate() {
+        if pa != pb {
+            let (x, y) = (i as u32 % width, i as u32 / width);
+            found = Some(match found {
+                None => (1, x, y, x, y),
+                Some((n, x0, y0, x1, y1)) => (n + 1, x0.min(x), y0.min(y), x1.max(x), y1.max(y)),
+            });
+        }
+    }
+    found
+}
+
+/// The failure message of a golden snapshot that no longer matches.
+fn mismatch_report(
+    name: &str,
+    golden_hash: &Path,
+    expected_hash: &str,
+    actual_hash: &str,
+    actual_png: &Path,
+    golden_png: &Path,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let golden = if !golden_png.exists() {
+        format!("  golden PNG:    none at {} (nothing to diff against)", golden_png.display())
+    } else {
+        match (read_png(golden_png), read_png(actual_png)) {
+            (Ok((gw, gh, golden)), Ok((aw, ah, actual))) => {
+                let recorded = format!("{:x}", Sha256::digest(&golden)) == expected_hash.trim();
+                let which = if recorded {
+                    "the render the expected hash was recorded from"
+                } else {
+                    "STALE: its pixels do not hash to the expected hash, so the diff is against an older render"
+                };
+                let diff = if (gw, gh) != (aw, ah) {
+                    format!("the sizes differ: golden {gw}x{gh}, actual {aw}x{ah}")
+                } else {
+                    match differing_box(gw, &golden, &actual) {
+                        Some((n, x0, y0, x1, y1)) => format!(
+                            "{n} pixels differ, all within x {x0}..={x1}, y {y0}..={y1} ({}x{} px at {x0},{y0})",
+                            x1 - x0 + 1,
+                            y1 - y0 + 1
+                        ),
+                        None => "no pixel differs from the golden PNG".to_owned(),
+                    }
+                };
+                format!("  golden PNG:    {} ({which})\n  differing:     {diff}", golden_png.display())
+            }
+            (golden, actual) => format!(
+                "  golden PNG:    {} (not compared: golden {:?}, actual {:?})",
+                golden_png.display(),
+                golden.err(),
+                actual.err()
+            ),
+        }
+    };
+    format!(
+        "golden snapshot of screen `{name}` does not match (exact SHA-256 of its RGBA pixels)\n  \
+         expected hash: {expected} ({golden_hash})\n  \
+         actual hash:   {actual_hash}\n  \
+         actual PNG:    {actual_png}\n\
+         {golden}\n\
+         If the change is intended, look at the actual PNG, then re-record every screen and commit \
+         installer/gui/tests/snapshots/:\n  \
+         {RECORD}=1 cargo test -p truthdb-installer-gui --test flow",
+        expected = expected_hash.trim(),
+        golden_hash = golden_hash.display(),
+        actual_png = actual_png.display(),
+    )
 }
 
 #[test]
@@ -126,8 +258,8 @@ fn clicking_and_typing_through_every_screen_starts_the_install_and_ends_done() {
     assert_eq!(config.wipe, Some(true));
     assert_eq!(app.screen(), Screen::Installing);
 
-    app.update(Msg::Progress(ProgressEvent::new(Phase::Copy, 0.5, "copying the image")));
-    app.update(Msg::Progress(ProgressEvent::new(Phase::Configure, 0.0, "writing fstab")));
+    app.update(Msg::Progress(ProgressEvent::new(Step::CopySystem, 0.5, "copying the image")));
+    app.update(Msg::Progress(ProgressEvent::new(Step::Identity, 0.0, "writing fstab")));
     snapshot(&app, "installing");
     app.update(Msg::Finished(Ok("6.12.117-truthdb".into())));
     assert_eq!(app.screen(), Screen::Done);
@@ -215,4 +347,15 @@ fn the_keyboard_alone_reaches_every_screen() {
     assert_eq!(app.screen(), Screen::Done);
     assert_eq!(app.update(key(&app, Named::Enter).unwrap()), Some(Request::Power(PowerAction::Reboot)));
     assert_eq!(app.update(key(&app, Named::Escape).unwrap()), Some(Request::Power(PowerAction::Poweroff)));
+}
+
+#[test]
+fn the_box_of_differing_pixels_holds_every_difference_and_nothing_more() {
+    // 4x3 RGBA, two pixels changed: (1,0) and (2,2).
+    let a = vec![0u8; 4 * 3 * 4];
+    let mut b = a.clone();
+    b[4] = 255; // (1,0), red
+    b[(2 * 4 + 2) * 4 + 3] = 1;
+    assert_eq!(differing_box(4, &a, &b), Some((2, 1, 0, 2, 2)));
+    assert_eq!(differing_box(4, &a, &a), None);
 }

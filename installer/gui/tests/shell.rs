@@ -1,6 +1,6 @@
 //! The shell as the installer runs it (no simulator): frames into the shadow buffer, damage.
 
-use truthdb_installer::disks::Disk;
+use truthdb_installer::block_devices::Disk;
 use truthdb_installer_gui::app::{App, Machine, Msg, Request, Screen};
 use truthdb_installer_gui::input::Keyboard;
 use truthdb_installer_gui::shell::{PixelRect, Shell};

@@ -2,13 +2,13 @@
 //! devices and disks too small for the image. Selection by the install config must match
 //! exactly one of them.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::DiskSelector;
 use crate::error::{Error, Result};
 
 /// A whole disk, as a person choosing where to install needs to see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Disk {
     /// `/dev/vda`, `/dev/nvme0n1`, ...
     pub path: String,
@@ -155,6 +155,28 @@ pub fn unsuitable(disk: &Disk, boot_medium: Option<&str>, min_bytes: u64) -> Opt
 /// The disks a person may choose from.
 pub fn installable(disks: &[Disk], boot_medium: Option<&str>, min_bytes: u64) -> Vec<Disk> {
     disks.iter().filter(|d| unsuitable(d, boot_medium, min_bytes).is_none()).cloned().collect()
+}
+
+/// One disk in `truthdb-installer disks --json`: the disk's fields, whether it may be
+/// installed to, and if not, why not.
+#[derive(Debug, Serialize)]
+pub struct Listed<'a> {
+    #[serde(flatten)]
+    pub disk: &'a Disk,
+    pub installable: bool,
+    /// Why the disk is not offered (boot medium, read-only, too small); null when it is.
+    pub why_not: Option<String>,
+}
+
+/// Every disk with whether it may be installed to, and why not (what `disks --json` prints).
+pub fn listing<'a>(disks: &'a [Disk], boot_medium: Option<&str>, min_bytes: u64) -> Vec<Listed<'a>> {
+    disks
+        .iter()
+        .map(|disk| {
+            let why_not = unsuitable(disk, boot_medium, min_bytes);
+            Listed { disk, installable: why_not.is_none(), why_not }
+        })
+        .collect()
 }
 
 /// Removable media and USB disks (sticks, backup disks) are never picked by size.
@@ -410,6 +432,26 @@ pub fn wait_for_disk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_json_listing_has_every_disk_with_whether_and_why_not() {
+        let all = parse_lsblk(LSBLK, &|_| Vec::new()).unwrap();
+        let listed = listing(&all, Some("/dev/sda"), 10 << 30);
+        let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&listed).unwrap()).unwrap();
+        let disks = json.as_array().expect("an array");
+        assert_eq!(disks.len(), all.len(), "every disk, the refused ones too: {json}");
+        let by_path = |path: &str| disks.iter().find(|d| d["path"] == path).unwrap_or_else(|| panic!("{path}: {json}"));
+        let medium = by_path("/dev/sda");
+        assert_eq!(medium["installable"], false);
+        assert!(medium["why_not"].as_str().unwrap().contains("booted from"), "{medium}");
+        let target = by_path("/dev/vda");
+        assert_eq!(target["installable"], true);
+        assert!(target["why_not"].is_null(), "{target}");
+        for field in ["by_id", "model", "serial", "size_bytes", "transport", "removable", "read_only", "children"] {
+            assert!(target.get(field).is_some(), "no {field}: {target}");
+        }
+        assert!(target["size_bytes"].as_u64().unwrap() > 0, "{target}");
+    }
 
     /// lsblk of a QEMU guest booted from a USB stick (sda) with two virtio disks.
     const LSBLK: &str = r#"{"blockdevices": [
