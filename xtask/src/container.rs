@@ -553,7 +553,7 @@ pub fn run_if_wanted(
     takes_container_options: bool,
 ) -> Result<Option<i32>> {
     let auto = match (args.container, command) {
-        (true, None) => bail!(
+        (true, None) => crate::util::usage_error!(
             "--container: this command runs on the host only (`cargo xtask vm` needs this machine's \
              display and terminal; the others need no build tools)"
         ),
@@ -563,7 +563,7 @@ pub fn run_if_wanted(
     };
     if !args.container && auto.is_none() {
         if let Some(option) = args.any_option().filter(|_| !takes_container_options) {
-            bail!("{option} applies to container builds: add --container");
+            crate::util::usage_error!("{option} applies to container builds: add --container");
         }
         return Ok(None);
     }
@@ -591,7 +591,9 @@ impl BuilderImageArgs {
 /// xtask's exit code there. `command` names the command for messages.
 pub fn run(project: &Project, args: &ContainerArgs, host_args: &[String], command: &str) -> Result<i32> {
     if args.cache_dir.is_some() && std::env::consts::OS != "linux" {
-        bail!("--cache-dir mounts a host directory as the cache, which only a Linux host can share; leave it out");
+        crate::util::usage_error!(
+            "--cache-dir mounts a host directory as the cache, which only a Linux host can share; leave it out"
+        );
     }
     let engine = detect_engine(args.engine)?;
     if engine.emulated {

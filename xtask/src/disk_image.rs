@@ -152,7 +152,10 @@ pub fn check_args(args: &DiskArgs) -> Result<()> {
         .with_context(|| format!("reading install config {}", args.config.display()))?;
     truthdb_installer::config::InstallConfig::parse(&text, &args.config.display().to_string())?;
     if args.size_gib < 11 {
-        bail!("--size-gib {}: the appliance needs at least 11 GiB (ESP, root and data partitions)", args.size_gib);
+        crate::util::usage_error!(
+            "--size-gib {}: the appliance needs at least 11 GiB (ESP, root and data partitions)",
+            args.size_gib
+        );
     }
     Ok(())
 }

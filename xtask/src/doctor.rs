@@ -138,16 +138,51 @@ pub struct DoctorArgs {
     /// Install missing tools with apt (as root).
     #[arg(long)]
     install: bool,
+    /// Print each tool, its package, what it is for and whether it is present, as JSON on
+    /// stdout (after any --install).
+    #[arg(long)]
+    json: bool,
 }
 
 impl DoctorArgs {
     pub fn run(self) -> Result<()> {
-        run(self.install)
+        if !self.json {
+            return run(self.install);
+        }
+        if self.install {
+            ensure(&ALL_PURPOSES)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&report())?);
+        if !missing_packages(&ALL_PURPOSES).is_empty() {
+            bail!("missing host tools: run `cargo xtask doctor --install` as root");
+        }
+        Ok(())
     }
 }
 
+/// The purposes `doctor --install` installs for (the container test's engine is installed by
+/// `cargo xtask test` only: a developer chooses their own engine).
+const ALL_PURPOSES: [Purpose; 5] =
+    [Purpose::Build, Purpose::WorkspaceTests, Purpose::BootTest, Purpose::Disk, Purpose::InstallTest];
+
+/// The host tools and whether each is present, for `doctor --json`.
+fn report() -> serde_json::Value {
+    let tools: Vec<serde_json::Value> = HOST_TOOLS
+        .iter()
+        .map(|tool| {
+            serde_json::json!({
+                "probe": tool.probe,
+                "package": tool.package,
+                "purpose": format!("{:?}", tool.purpose),
+                "present": present(tool),
+            })
+        })
+        .collect();
+    serde_json::json!({ "root": crate::util::host::is_root(), "tools": tools })
+}
+
 fn run(install: bool) -> Result<()> {
-    let all = [Purpose::Build, Purpose::WorkspaceTests, Purpose::BootTest, Purpose::Disk, Purpose::InstallTest];
+    let all = ALL_PURPOSES;
     for tool in HOST_TOOLS {
         let mark = if present(tool) { "ok     " } else { "MISSING" };
         println!("{mark} {:<48} (package {}, for {:?})", tool.probe, tool.package, tool.purpose);

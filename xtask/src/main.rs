@@ -27,6 +27,8 @@ struct Cli {
     #[command(flatten)]
     project: ProjectArgs,
     #[command(flatten)]
+    output: util::progress::OutputArgs,
+    #[command(flatten)]
     container: container::ContainerArgs,
     #[command(subcommand)]
     command: Command,
@@ -103,13 +105,15 @@ impl Command {
     }
 }
 
+/// Exit codes: 0 success, 1 a failure, 2 a usage error (clap's own, or a [`util::UsageError`]).
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli.output.apply();
     match dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            eprintln!("{}: {err:#}", util::progress::red("error"));
+            if err.downcast_ref::<util::UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }

@@ -72,7 +72,9 @@ impl Project {
         let mut version = workspace_version(&root.join("Cargo.toml"))?;
         if let Some(suffix) = version_suffix {
             if suffix.is_empty() || !suffix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.') {
-                bail!("--version-suffix {suffix:?}: use lower-case letters, digits and dots, e.g. nightly.20261122");
+                crate::util::usage_error!(
+                    "--version-suffix {suffix:?}: use lower-case letters, digits and dots, e.g. nightly.20261122"
+                );
             }
             version = format!("{version}-{suffix}");
         }

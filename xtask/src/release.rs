@@ -103,7 +103,7 @@ fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
     let key = match (&args.key, args.dry_run) {
         (Some(key), _) => key.clone(),
         (None, true) => dist.join(DEVELOPMENT_KEY_FILE),
-        (None, false) => bail!("--key <release public key> is required to check the signatures"),
+        (None, false) => crate::util::usage_error!("--key <release public key> is required to check the signatures"),
     };
     publish::run_verify_command(&dist, Some(&key))?;
 

@@ -174,3 +174,40 @@ fn a_plain_file_beside_its_template_is_refused() {
     p.write("lb-config/auto/config", "#!/bin/sh\nlb config noauto --distribution sid\n");
     assert_config_fails(&p, &["lb-config/auto/config", "lb-config/auto/config.j2"]);
 }
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1() {
+    let p = ProjectCopy::new();
+    // clap's own, and the ones xtask finds in flags clap cannot judge.
+    for args in [
+        &["iso", "--no-such-flag"][..],
+        &["--version-suffix", "Nightly!", "config"],
+        &["--engine", "docker", "config"],
+        &["--container", "vm"],
+    ] {
+        let out = p.xtask(args);
+        assert_eq!(out.status.code(), Some(2), "xtask {args:?}: {}", stderr(&out));
+    }
+    let out = p.xtask(&["verify", p.path("no-such-dir").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "a failed verify: {}", stderr(&out));
+}
+
+#[test]
+fn verify_json_reports_a_failure_as_json_too() {
+    let p = ProjectCopy::new();
+    let out = p.xtask(&["verify", "--json", p.path("no-such-dir").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(json["ok"], false);
+    assert!(json["error"].as_str().unwrap().contains("no-such-dir"), "{json}");
+}
+
+#[test]
+fn doctor_json_lists_every_tool() {
+    let p = ProjectCopy::new();
+    let out = p.xtask(&["doctor", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let tools = json["tools"].as_array().unwrap();
+    assert!(tools.iter().any(|t| t["probe"] == "debootstrap" && t["present"].is_boolean()), "{json}");
+    assert!(tools.len() >= 10);
+}

@@ -233,18 +233,67 @@ pub struct VerifyArgs {
     /// published beside development builds.
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Print the result as JSON on stdout (`"ok": false` and the error when it fails).
+    #[arg(long)]
+    json: bool,
 }
 
 impl VerifyArgs {
     pub fn run(self) -> Result<()> {
-        run_verify_command(&self.dir, self.key.as_deref())
+        if !self.json {
+            return run_verify_command(&self.dir, self.key.as_deref()).map(drop);
+        }
+        match verify(&self.dir, self.key.as_deref(), &mut |_| {}) {
+            Ok(verified) => {
+                println!("{}", serde_json::to_string_pretty(&verified)?);
+                Ok(())
+            }
+            Err(e) => {
+                let failed = serde_json::json!({"dir": self.dir, "ok": false, "error": format!("{e:#}")});
+                println!("{}", serde_json::to_string_pretty(&failed)?);
+                Err(e)
+            }
+        }
     }
 }
 
-pub fn run_verify_command(dir: &Path, key: Option<&Path>) -> Result<()> {
+/// What `verify` found: every file checked against both sums, and who signed them.
+#[derive(Debug, Serialize)]
+pub struct Verified {
+    pub dir: PathBuf,
+    pub ok: bool,
+    /// Files whose SHA-256 and SHA-512 match the sums.
+    pub files: Vec<String>,
+    /// `SHA256SUMS.sign` / `SHA512SUMS.sign` and the fingerprint of the key that made each.
+    pub signatures: Vec<Signature>,
+    /// Checked against the throwaway development key published beside the files.
+    pub development_key: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Signature {
+    pub file: String,
+    pub fingerprint: String,
+}
+
+/// `cargo xtask verify DIR`, as text on stdout.
+pub fn run_verify_command(dir: &Path, key: Option<&Path>) -> Result<Verified> {
+    let verified = verify(dir, key, &mut |line| println!("{line}"))?;
+    if verified.development_key {
+        println!(
+            "WARNING: signed with a throwaway DEVELOPMENT key ({DEVELOPMENT_KEY_FILE}), NOT a release key: \
+             this proves the files match each other, not who made them"
+        );
+    }
+    println!("verified {} file(s) in {}", verified.files.len(), dir.display());
+    Ok(verified)
+}
+
+/// Checks the sums and their signatures in `dir`, telling `say` each result as it comes.
+fn verify(dir: &Path, key: Option<&Path>, say: &mut dyn FnMut(String)) -> Result<Verified> {
     let checked = verify_sums(dir, &Algorithm::ALL)?;
     for name in &checked {
-        println!("OK  {name}  (SHA256, SHA512)");
+        say(format!("OK  {name}  (SHA256, SHA512)"));
     }
     let development_key = dir.join(DEVELOPMENT_KEY_FILE);
     let key: PathBuf = match key {
@@ -255,6 +304,7 @@ pub fn run_verify_command(dir: &Path, key: Option<&Path>) -> Result<()> {
         ),
     };
     let development = key == development_key;
+    let mut signatures = Vec::new();
     for algorithm in Algorithm::ALL {
         let sums = dir.join(algorithm.sums_file());
         let sig = dir.join(format!("{}.sign", algorithm.sums_file()));
@@ -262,16 +312,10 @@ pub fn run_verify_command(dir: &Path, key: Option<&Path>) -> Result<()> {
             bail!("{} is missing: the sums are unsigned", sig.display());
         }
         let fingerprint = signing::verify_detached(&sig, &sums, &key)?;
-        println!("OK  {}.sign  good signature by {fingerprint}", algorithm.sums_file());
+        say(format!("OK  {}.sign  good signature by {fingerprint}", algorithm.sums_file()));
+        signatures.push(Signature { file: format!("{}.sign", algorithm.sums_file()), fingerprint });
     }
-    if development {
-        println!(
-            "WARNING: signed with a throwaway DEVELOPMENT key ({DEVELOPMENT_KEY_FILE}), NOT a release key: \
-             this proves the files match each other, not who made them"
-        );
-    }
-    println!("verified {} file(s) in {}", checked.len(), dir.display());
-    Ok(())
+    Ok(Verified { dir: dir.to_owned(), ok: true, files: checked, signatures, development_key: development })
 }
 
 #[cfg(test)]
@@ -334,8 +378,16 @@ mod tests {
                 "truthdb-os-0.1.0-amd64.packages",
             ]
         );
-        run_verify_command(dist.path(), None).unwrap();
+        let verified = run_verify_command(dist.path(), None).unwrap();
         assert_eq!(published_build(dist.path(), "truthdb-os-0.1.0-amd64"), Some(info()));
+        // What `verify --json` prints: every payload file, both signatures, the key's kind.
+        let json = serde_json::to_value(&verified).unwrap();
+        assert_eq!(json["ok"], true);
+        assert_eq!(json["files"].as_array().unwrap().len(), 3, "{json}");
+        let signed: Vec<&str> =
+            json["signatures"].as_array().unwrap().iter().map(|s| s["file"].as_str().unwrap()).collect();
+        assert_eq!(signed, ["SHA256SUMS.sign", "SHA512SUMS.sign"]);
+        assert_eq!(json["development_key"], true);
 
         // A corrupted image is caught by the sums.
         fs::write(dist.path().join("truthdb-os-0.1.0-amd64.hybrid.iso"), "corrupt").unwrap();

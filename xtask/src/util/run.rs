@@ -83,6 +83,9 @@ impl Cmd {
     }
 
     fn expression(&self) -> duct::Expression {
+        // Arguments never hold secrets (they travel on stdin or in the environment, which is
+        // not shown), so `-v` may print every command.
+        crate::util::progress::verbose(|| format!("+ {self}"));
         // A fixed, small environment: the build must not change with the caller's locale,
         // aliases or a stray variable. Only PATH (so tools are found) and TERM pass through.
         let mut env: Vec<(OsString, OsString)> = vec![

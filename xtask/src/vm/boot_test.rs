@@ -58,6 +58,8 @@ pub struct BootTestConfig {
     pub memory_mib: u32,
     pub expected_version: String,
     pub log_dir: PathBuf,
+    /// Report as JSON on stdout instead of `PASS` lines.
+    pub json: bool,
     /// Where the `auto` probe's result is recorded for `cargo xtask vm` (see
     /// [`crate::vm::qemu::record_kvm_probe`]).
     pub kvm_probe_cache: PathBuf,
@@ -139,6 +141,9 @@ pub struct BootTestArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 2048)]
     memory: u32,
+    /// Print the result of each mode as JSON on stdout (also when a mode fails).
+    #[arg(long)]
+    json: bool,
 }
 
 impl BootTestArgs {
@@ -154,6 +159,7 @@ impl BootTestArgs {
             expected_version: project.version.clone(),
             log_dir: project.work_dir().join("boot-test"),
             kvm_probe_cache: project.kvm_probe_file(),
+            json: self.json,
         };
         run(&config)?;
         Ok(())
@@ -205,6 +211,7 @@ pub fn run(config: &BootTestConfig) -> Result<Vec<BootOutcome>> {
         }
     }
     let mut failures = Vec::new();
+    let mut json_rows = Vec::new();
     let at_once = crate::vm::qemu::vms_at_once();
     for batch in modes.chunks(at_once) {
         let names: Vec<String> = batch.iter().map(|m| m.to_string()).collect();
@@ -215,15 +222,27 @@ pub fn run(config: &BootTestConfig) -> Result<Vec<BootOutcome>> {
         for (&mode, result) in batch.iter().zip(results) {
             match result.and_then(|o| check_marker(&o.marker_line, &config.expected_version).map(|_| o)) {
                 Ok(outcome) => {
-                    report(&outcome);
+                    if config.json {
+                        json_rows.push(serde_json::json!({
+                            "mode": mode.to_string(), "ok": true, "accel": outcome.accel,
+                            "seconds": outcome.elapsed.as_secs_f64(), "marker": outcome.marker_line,
+                        }));
+                    } else {
+                        report(&outcome);
+                    }
                     outcomes.push(outcome);
                 }
                 Err(e) => {
                     eprintln!("FAIL {mode}: {e:#}");
+                    json_rows
+                        .push(serde_json::json!({"mode": mode.to_string(), "ok": false, "error": format!("{e:#}")}));
                     failures.push(mode.to_string());
                 }
             }
         }
+    }
+    if config.json {
+        println!("{}", serde_json::to_string_pretty(&json_rows)?);
     }
     if !failures.is_empty() {
         bail!("boot test failed in {} mode(s): {}", failures.len(), failures.join(", "));
@@ -263,6 +282,7 @@ mod tests {
             expected_version: "0.1.0".into(),
             log_dir: "/logs".into(),
             kvm_probe_cache: "/kvm-probe".into(),
+            json: false,
         };
         let ovmf = (std::path::Path::new("/CODE.fd"), std::path::Path::new("/VARS.fd"));
         let line = |mode: BootMode, accel| {
