@@ -17,6 +17,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::stages::build_root::BuildRoot;
 use crate::stages::chroot_cache::{self, ChrootCache, PackagesKey, Restored};
+use crate::stages::installer_build::ImageInstaller;
+use crate::stages::kernel::KernelPackage;
 use crate::stages::render::LiveBuildTree;
 use crate::stages::sandbox::RootCommand;
 use crate::util::fsx;
@@ -30,16 +32,14 @@ pub struct LbBuildInputs<'a> {
     pub image_stem: String,
     pub source_date_epoch: u64,
     pub log: PathBuf,
-    /// The kernel package to install instead of Debian's (`linux-image-<release>_*.deb`).
-    pub kernel_deb: PathBuf,
-    /// Its release: the image's `/live/vmlinuz` and initrd must be this kernel's.
-    pub kernel_release: String,
+    /// The kernel package to install instead of Debian's (`linux-image-<release>_*.deb`);
+    /// the image's `/live/vmlinuz` and initrd must be its release's.
+    pub kernel: &'a KernelPackage,
     /// The payload's own .deb files, installed like the kernel.
     pub payload_debs: Vec<PathBuf>,
     /// The installer binaries, installed as `/usr/bin/truthdb-installer` and
     /// `/usr/bin/truthdb-installer-gui`.
-    pub installer: PathBuf,
-    pub installer_gui: PathBuf,
+    pub installer: &'a ImageInstaller,
     /// The version the installer must report when run inside the image.
     pub version: String,
     /// The live system's squashfs compression.
@@ -128,7 +128,7 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
     let local_debs = inputs.build_dir.join("config/packages.chroot");
     fsx::refuse_symlinks_on_path(&inputs.build_dir, &local_debs)?;
     fs::create_dir_all(&local_debs)?;
-    for deb in std::iter::once(&inputs.kernel_deb).chain(&inputs.payload_debs) {
+    for deb in std::iter::once(&inputs.kernel.deb).chain(&inputs.payload_debs) {
         let deb_name = deb.file_name().context("package has no file name")?;
         fsx::refuse_symlinks_on_path(&inputs.build_dir, &local_debs.join(deb_name))?;
         fs::copy(deb, local_debs.join(deb_name))
@@ -137,7 +137,9 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
     let bin = inputs.build_dir.join("config/includes.chroot/usr/bin");
     fsx::refuse_symlinks_on_path(&inputs.build_dir, &bin)?;
     fs::create_dir_all(&bin)?;
-    for (binary, name) in [(&inputs.installer, "truthdb-installer"), (&inputs.installer_gui, "truthdb-installer-gui")] {
+    for (binary, name) in
+        [(&inputs.installer.engine, "truthdb-installer"), (&inputs.installer.gui, "truthdb-installer-gui")]
+    {
         // The overlay may hold symlinks (kept as links): never copy through one onto the host.
         fsx::refuse_symlinks_on_path(&inputs.build_dir, &bin.join(name))?;
         fs::copy(binary, bin.join(name))
@@ -205,7 +207,7 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
             bail!("lb build finished but produced no {what} at {} (see {})", path.display(), inputs.log.display());
         }
     }
-    check_boot_files(&inputs.build_dir.join("binary/live"), &inputs.kernel_release)?;
+    check_boot_files(&inputs.build_dir.join("binary/live"), &inputs.kernel.release)?;
     // Prove the installer runs on the image's own libraries (and that the image has them all:
     // libinput, libudev, libxkbcommon for the GUI).
     for name in ["truthdb-installer", "truthdb-installer-gui"] {
