@@ -611,14 +611,16 @@ fn workflows_run_as_a_runner_user() {
     let (origin, commit) = publish_origin(version, &ids);
     eprintln!("==> runner user {USER} (uid {}), origin {} at {commit}", ids.uid, origin.display());
 
-    let dir = repo_root().join(".github/workflows");
-    let mut names: Vec<String> =
-        fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
+    // The workflows of the commit the jobs check out (this tree when the test started).
+    let git = |args: &[&str]| run_root(Command::new("git").args(args).current_dir(repo_root()));
+    let names: Vec<String> = git(&["ls-tree", "--name-only", &commit, ".github/workflows/"])
+        .lines()
+        .filter_map(|l| l.strip_prefix(".github/workflows/").map(str::to_owned))
+        .collect();
     let mut failures = Vec::new();
     let mut table = Vec::new();
     for workflow in &names {
-        let text = fs::read_to_string(dir.join(workflow)).unwrap();
+        let text = git(&["show", &format!("{commit}:.github/workflows/{workflow}")]);
         let doc = YamlLoader::load_from_str(&text).unwrap().remove(0);
         for (name, _) in doc["jobs"].as_hash().unwrap() {
             let name = name.as_str().unwrap();
