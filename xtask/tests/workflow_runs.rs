@@ -441,12 +441,15 @@ impl Job<'_> {
         );
         let what = git_ref.strip_prefix("refs/tags/").map(str::to_owned).unwrap_or_else(|| self.commit.to_owned());
         self.as_user_ok(Command::new("git").args(["checkout", "--quiet", "--detach", &what]).current_dir(workspace));
-        // The files' times of this tree, so cargo's cache sees what changed since its last run.
+        // The files' times of this tree, so cargo's cache sees what changed since its last run;
+        // only where the content is the same (a file changed since the snapshot keeps "now").
         let files =
             run_root(Command::new("git").args(["-c", "safe.directory=*", "ls-files", "-z"]).current_dir(workspace));
         for file in files.split('\0').filter(|f| !f.is_empty()) {
-            if let Ok(meta) = fs::symlink_metadata(repo_root().join(file))
+            let here = repo_root().join(file);
+            if let Ok(meta) = fs::symlink_metadata(&here)
                 && meta.is_file()
+                && fs::read(&here).ok() == fs::read(workspace.join(file)).ok()
                 && let Ok(handle) = fs::File::options().write(true).open(workspace.join(file))
             {
                 handle.set_modified(meta.modified().unwrap()).unwrap();
