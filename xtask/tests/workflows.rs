@@ -29,10 +29,13 @@ fn run_steps(doc: &Yaml) -> Vec<String> {
     out
 }
 
-/// `cargo xtask <command>` words used in some text (flags before the command skipped).
+/// `cargo xtask <command>` words used in some text, and those of the built binary
+/// (`target/debug/xtask <command>`, as root runs it), flags before the command skipped.
 fn xtask_commands(text: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    for part in text.split("cargo xtask").skip(1) {
+    let parts = text.split("cargo xtask").skip(1).chain(text.split("target/debug/xtask").skip(1));
+    for part in parts {
+        let part = part.trim_start_matches('"');
         let words = part.split_whitespace().collect::<Vec<_>>();
         let mut i = 0;
         while i < words.len() && words[i].starts_with("--") {
@@ -46,6 +49,18 @@ fn xtask_commands(text: &str) -> BTreeSet<String> {
         }
     }
     found
+}
+
+/// The text of a workflow file.
+fn workflow_text(name: &str) -> String {
+    fs::read_to_string(repo_root().join(".github/workflows").join(name)).unwrap()
+}
+
+/// `owner/action@<40 hex digits> # vN...`: pinned by commit, its version said beside it.
+fn pinned_by_commit(line: &str) -> bool {
+    let Some((_, rest)) = line.split_once('@') else { return false };
+    let (sha, comment) = rest.split_once(" # ").unwrap_or((rest, ""));
+    sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) && !comment.trim().is_empty()
 }
 
 #[test]
@@ -109,19 +124,89 @@ fn permissions_are_least_privilege_and_secrets_stay_out_of_pull_requests() {
 }
 
 #[test]
-fn actions_are_pinned_by_version() {
+fn actions_are_pinned_by_commit_or_version() {
+    for name in ["ci.yml", "nightly.yml", "release.yml"] {
+        for line in workflow_text(name)
+            .lines()
+            .filter(|l| l.trim_start().starts_with("- uses:") || l.trim_start().starts_with("uses:"))
+        {
+            let uses = line.split_once("uses:").unwrap().1.trim();
+            // The release's job holds the signing key: every action it runs is pinned by commit.
+            let by_commit = pinned_by_commit(uses);
+            assert!(by_commit || name != "release.yml", "release.yml: {uses} is not pinned by commit (`@<sha> # vN`)");
+            // Third-party actions too, everywhere.
+            assert!(by_commit || uses.starts_with("actions/"), "{name}: {uses} is not pinned by commit");
+            let version =
+                uses.split_once('@').map(|(_, v)| v).unwrap_or_else(|| panic!("{name}: {uses} is not pinned"));
+            assert!(
+                by_commit || (version.starts_with('v') && version[1..].starts_with(|c: char| c.is_ascii_digit())),
+                "{name}: {uses}"
+            );
+        }
+    }
+}
+
+#[test]
+fn nightly_and_release_never_overlap_and_a_release_is_never_cancelled() {
+    for name in ["nightly.yml", "release.yml"] {
+        let doc = workflow(name);
+        assert!(doc["concurrency"]["group"].as_str().is_some(), "{name}: no concurrency group");
+    }
+    assert_eq!(workflow("release.yml")["concurrency"]["cancel-in-progress"].as_bool(), Some(false));
+}
+
+/// Jobs on GitHub's Linux runners that run cargo: they build as the runner user (sudo looks
+/// commands up in its secure_path, which has no ~/.cargo/bin, and root's cargo would leave
+/// root's files in target/ and ~/.cargo), install the workspace's rust-version and cache cargo.
+#[test]
+fn cargo_runs_as_the_runner_user_with_the_workspace_toolchain_and_a_cache() {
+    let manifest = fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    assert!(manifest.lines().any(|l| l.starts_with("rust-version = \"")), "Cargo.toml has no rust-version");
     for name in ["ci.yml", "nightly.yml", "release.yml"] {
         let doc = workflow(name);
-        for (_, job) in doc["jobs"].as_hash().unwrap() {
-            for step in job["steps"].as_vec().unwrap() {
-                if let Some(uses) = step["uses"].as_str() {
-                    let (_, version) = uses.split_once('@').unwrap_or_else(|| panic!("{name}: {uses} is not pinned"));
-                    assert!(
-                        version.starts_with('v') && version[1..].starts_with(|c: char| c.is_ascii_digit()),
-                        "{name}: {uses}"
-                    );
+        for (job_name, job) in doc["jobs"].as_hash().unwrap() {
+            let job_name = job_name.as_str().unwrap();
+            if !job["runs-on"].as_str().is_some_and(|r| r.starts_with("ubuntu")) {
+                continue;
+            }
+            let steps = job["steps"].as_vec().unwrap();
+            let runs: Vec<&str> = steps.iter().filter_map(|s| s["run"].as_str()).collect();
+            for run in &runs {
+                for line in run.lines() {
+                    let sudo_cargo = line.split("sudo").skip(1).any(|rest| {
+                        rest.split_whitespace().find(|w| !w.starts_with('-')).is_some_and(|w| w == "cargo")
+                    });
+                    assert!(!sudo_cargo, "{name}/{job_name}: sudo runs cargo: {line}");
                 }
             }
+            if !runs.iter().any(|r| r.contains("cargo ") || r.contains(".ci/run") || r.contains("target/debug/xtask")) {
+                continue;
+            }
+            let uses: Vec<&str> = steps.iter().filter_map(|s| s["uses"].as_str()).collect();
+            let toolchain =
+                steps.iter().find(|s| s["uses"].as_str().is_some_and(|u| u.starts_with("dtolnay/rust-toolchain@")));
+            let toolchain = toolchain.unwrap_or_else(|| panic!("{name}/{job_name}: no toolchain step"));
+            assert_eq!(
+                toolchain["with"]["toolchain"].as_str(),
+                Some("${{ steps.rust.outputs.version }}"),
+                "{name}/{job_name}"
+            );
+            let reads_version = steps.iter().any(|s| {
+                s["id"].as_str() == Some("rust")
+                    && s["run"].as_str().is_some_and(|r| r.contains("rust-version") && r.contains("Cargo.toml"))
+            });
+            assert!(reads_version, "{name}/{job_name}: the toolchain is not the workspace's rust-version");
+            let cache = steps.iter().find(|s| {
+                s["uses"].as_str().is_some_and(|u| u.starts_with("actions/cache"))
+                    && s["with"]["path"].as_str().is_some_and(|p| p.contains("~/.cargo/registry"))
+            });
+            let cache = cache.unwrap_or_else(|| panic!("{name}/{job_name}: no cargo cache ({uses:?})"));
+            let path = cache["with"]["path"].as_str().unwrap();
+            assert!(
+                path.contains("~/.cargo/git") && path.lines().any(|l| l.trim() == "target"),
+                "{name}/{job_name}: {path}"
+            );
+            assert!(cache["with"]["key"].as_str().unwrap().contains("hashFiles('Cargo.lock')"), "{name}/{job_name}");
         }
     }
 }
