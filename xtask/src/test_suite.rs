@@ -3,7 +3,9 @@
 //! 1. host tools (installed as root when missing);
 //! 2. `cargo test --workspace`: unit, golden, bad-input, hostile-input, tidy and workflow
 //!    tests (all that `--fast` runs);
-//! 3. the end-to-end tests in `xtask/tests/e2e.rs` (`#[ignore]`d in a plain `cargo test`
+//! 3. the workflows' `run:` steps as a GitHub runner's user with Ubuntu's sudoers defaults, up
+//!    to each job's heavy build (`xtask/tests/workflow_runs.rs`, `#[ignore]`d: it needs root);
+//! 4. the end-to-end tests in `xtask/tests/e2e.rs` (`#[ignore]`d in a plain `cargo test`
 //!    because they need root, the Debian mirror and QEMU): listed with `cargo test -- --list
 //!    --ignored` (so none can be left out), named `e2e_NN_...` in running order, each run as
 //!    its own `cargo test ... --exact <name>` so that a failure does not stop the next. The
@@ -27,6 +29,9 @@ use crate::util::run::Cmd;
 
 /// The name of the workspace tests' row in the summary.
 const WORKSPACE_TESTS: &str = "unit, golden, bad-input and workflow tests";
+
+/// The row of the workflow steps run as a runner's user (`xtask/tests/workflow_runs.rs`).
+const WORKFLOW_RUNS: &str = "workflows run as a runner user";
 
 /// What an e2e test says when it cannot start because `e2e_01` left no ISO (or build root):
 /// such a test is reported as skipped, not as a failure of its own (e2e.rs, `NEEDS_E2E_01`).
@@ -82,6 +87,16 @@ fn run(project: &Project, fast: bool) -> Result<ExitCode> {
     }
     let workspace = || cargo().args(["test", "--workspace", "--locked"]).run_inherit();
     let mut rows = vec![timed(WORKSPACE_TESTS, || Outcome::of(workspace()))];
+    // The workflows' own steps, as a GitHub runner's user runs them (needs root to make that
+    // user; stops before each job's heavy build, which the e2e tests below cover).
+    eprintln!("==> {WORKFLOW_RUNS}");
+    let workflow_runs = || {
+        cargo()
+            .args(["test", "--locked", "-p", "xtask", "--test", "workflow_runs", "--"])
+            .args(["--ignored", "--nocapture", "--exact", "workflows_run_as_a_runner_user"])
+            .run_inherit()
+    };
+    rows.push(timed(WORKFLOW_RUNS, || Outcome::of(workflow_runs())));
     let e2e = || cargo().args(["test", "--locked", "-p", "xtask", "--test", "e2e", "--"]);
     let names = match e2e().args(["--list", "--ignored"]).read().and_then(|list| e2e_tests(&list)) {
         Ok(names) => names,

@@ -30,7 +30,7 @@ pub fn reexec_as_root_if_needed() -> Result<()> {
     }
     eprintln!("not root: re-running with sudo");
     let status = std::process::Command::new("sudo")
-        .arg("--preserve-env=SOURCE_DATE_EPOCH,TRUTHDB_CACHE_DIR,TRUTHDB_SIGNING_KEY,TRUTHDB_SIGNING_KEY_FILE,TRUTHDB_SIGNING_KEY_PASSPHRASE,PATH,CARGO_HOME,RUSTUP_HOME")
+        .arg("--preserve-env=SOURCE_DATE_EPOCH,TRUTHDB_CACHE_DIR,TRUTHDB_SIGNING_KEY,TRUTHDB_SIGNING_KEY_FILE,TRUTHDB_SIGNING_KEY_PASSPHRASE,PATH,CARGO,CARGO_HOME,RUSTUP_HOME")
         .arg(exe)
         .args(args)
         .status()?;
