@@ -109,7 +109,7 @@ impl<'a> Pipeline<'a> {
             root,
             cache_dir: self.cache.clone(),
             work_dir: project.work_dir().join("kernel"),
-            source_date_epoch: project::source_date_epoch_of(&project.root, Some("kernel"))?,
+            source_date_epoch: project::source_date_epoch_of(&project.root, &project::KERNEL_INPUTS)?,
             log,
         })
     }

@@ -137,19 +137,23 @@ pub fn cache_dir() -> PathBuf {
 
 /// `SOURCE_DATE_EPOCH`: the caller's if set (a rebuilder's), else the last commit's time.
 pub fn source_date_epoch(root: &Path) -> Result<u64> {
-    source_date_epoch_of(root, None)
+    source_date_epoch_of(root, &[])
 }
 
-/// Like [`source_date_epoch`], but the last commit that touched `path`: the kernel's
-/// timestamp changes only when `kernel/` does, so unrelated commits do not rebuild it.
-pub fn source_date_epoch_of(root: &Path, path: Option<&str>) -> Result<u64> {
+/// The git pathspecs of the kernel's inputs: `kernel/` less its documentation, so that a
+/// README edit does not rebuild the kernel (18 minutes) with a new timestamp.
+pub const KERNEL_INPUTS: [&str; 2] = ["kernel", ":(exclude,glob)kernel/**/*.md"];
+
+/// Like [`source_date_epoch`], but the last commit that touched `paths` (git pathspecs): the
+/// kernel's timestamp changes only when its inputs do, so unrelated commits do not rebuild it.
+pub fn source_date_epoch_of(root: &Path, paths: &[&str]) -> Result<u64> {
     if let Some(value) = std::env::var_os("SOURCE_DATE_EPOCH") {
         let value = value.to_string_lossy();
         return value.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number"));
     }
     let out = crate::util::run::Cmd::new("git")
         .args(["-c", "safe.directory=*", "log", "-1", "--format=%ct", "--"])
-        .args(path)
+        .args(paths)
         .dir(root)
         .read()
         .context("reading the last commit's time for SOURCE_DATE_EPOCH (or set SOURCE_DATE_EPOCH)")?;
@@ -159,4 +163,44 @@ pub fn source_date_epoch_of(root: &Path, path: Option<&str>) -> Result<u64> {
         bail!("SOURCE_DATE_EPOCH {epoch} is before 1980, which FAT cannot store");
     }
     Ok(epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit in `repo` at `time` (seconds since the epoch) with `file` written.
+    fn commit(repo: &Path, file: &str, time: u64) {
+        std::fs::create_dir_all(repo.join(file).parent().unwrap()).unwrap();
+        std::fs::write(repo.join(file), time.to_string()).unwrap();
+        let git = |args: &[&str]| {
+            let date = format!("@{time} +0000");
+            crate::util::run::Cmd::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "safe.directory=*"])
+                .args(args)
+                .env("GIT_AUTHOR_DATE", &date)
+                .env("GIT_COMMITTER_DATE", &date)
+                .dir(repo)
+                .run()
+                .unwrap()
+        };
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", file]);
+    }
+
+    #[test]
+    fn a_readme_edit_keeps_the_kernels_timestamp() {
+        if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
+            return; // the caller's timestamp wins, by design
+        }
+        let repo = tempfile::tempdir().unwrap();
+        crate::util::run::Cmd::new("git").args(["init", "-q"]).dir(repo.path()).run().unwrap();
+        commit(repo.path(), "kernel/config/10-x.config", 1_700_000_000);
+        commit(repo.path(), "kernel/README.md", 1_700_000_100);
+        commit(repo.path(), "kernel/patches/README.md", 1_700_000_200);
+        assert_eq!(source_date_epoch_of(repo.path(), &KERNEL_INPUTS).unwrap(), 1_700_000_000);
+        commit(repo.path(), "kernel/kernel.toml", 1_700_000_300);
+        assert_eq!(source_date_epoch_of(repo.path(), &KERNEL_INPUTS).unwrap(), 1_700_000_300);
+        assert_eq!(source_date_epoch(repo.path()).unwrap(), 1_700_000_300);
+    }
 }

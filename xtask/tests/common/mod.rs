@@ -71,11 +71,11 @@ impl ProjectCopy {
     }
 }
 
-/// The repository's kernel timestamp: the last commit touching `kernel/` (what `iso` and
-/// `kernel` use when SOURCE_DATE_EPOCH is not set).
+/// The repository's kernel timestamp: the last commit touching `kernel/` less its READMEs
+/// (what `iso` and `kernel` use when SOURCE_DATE_EPOCH is not set).
 pub fn kernel_epoch() -> u64 {
     let out = Command::new("git")
-        .args(["-c", "safe.directory=*", "log", "-1", "--format=%ct", "--", "kernel"])
+        .args(["-c", "safe.directory=*", "log", "-1", "--format=%ct", "--", "kernel", ":(exclude,glob)kernel/**/*.md"])
         .current_dir(repo_root())
         .output()
         .unwrap();
