@@ -101,10 +101,11 @@ pub struct LiveBuildKernel {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const PIN: &str = r#"
+    /// A valid pin, for the tests here and in `stages::kernel`.
+    pub(crate) const PIN: &str = r#"
 [source]
 kind = "debian-package"
 package = "linux-source-6.12"

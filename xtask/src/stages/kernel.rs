@@ -370,16 +370,7 @@ pub fn apply_patch(src: &Path, patch: &Path, log: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const PIN: &str = r#"
-[source]
-kind = "debian-package"
-package = "linux-source-6.12"
-version = "6.12.117-1"
-[build]
-local_version = "-truthdb"
-base_config = "x86_64_defconfig"
-"#;
+    use crate::project::kernel_pin::tests::PIN;
 
     #[test]
     fn the_repository_pin_is_valid() {
