@@ -169,10 +169,11 @@ pub fn detect_engine(choice: Option<EngineKind>) -> Result<Engine> {
 
 fn probe_engine(kind: EngineKind) -> Result<Engine> {
     let program = kind.program();
-    // One `info` answers: is the daemon there, is it rootless, what architecture does it run.
+    // One `info` answers: is the daemon there, what architecture and kind of containers does it
+    // run, is it rootless.
     let format = match kind {
-        EngineKind::Docker => "{{.Architecture}} {{json .SecurityOptions}}",
-        EngineKind::Podman => "{{.Host.Arch}} {{.Host.Security.Rootless}}",
+        EngineKind::Docker => "{{.Architecture}} {{.OSType}} {{json .SecurityOptions}}",
+        EngineKind::Podman => "{{.Host.Arch}} {{.Host.OS}} {{.Host.Security.Rootless}}",
     };
     let out = Cmd::new(program).args(["info", "--format", format]).output_unchecked()?;
     if !out.status.success() {
@@ -183,8 +184,20 @@ fn probe_engine(kind: EngineKind) -> Result<Engine> {
         };
         bail!("{program} is installed but does not answer (`{program} info` failed: {said}): {start}");
     }
-    let info = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let (arch, security) = info.split_once(' ').unwrap_or((&info, ""));
+    engine_from_info(kind, String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The engine as its `info` line (see [`probe_engine`]) describes it, or why it cannot build.
+fn engine_from_info(kind: EngineKind, info: &str) -> Result<Engine> {
+    let program = kind.program();
+    let mut words = info.splitn(3, ' ');
+    let (arch, os, security) = (words.next().unwrap_or(""), words.next().unwrap_or(""), words.next().unwrap_or(""));
+    if os == "windows" {
+        bail!(
+            "{program} runs Windows containers here, and the builder image is a Linux image: switch Docker \
+             Desktop to Linux containers (its tray menu, \"Switch to Linux containers\") and run again"
+        );
+    }
     let rootless = match kind {
         EngineKind::Docker => security.contains("rootless"),
         EngineKind::Podman => security.trim() == "true",
@@ -768,6 +781,20 @@ mod tests {
 
     fn strings(words: &[&str]) -> Vec<String> {
         words.iter().map(|w| (*w).to_owned()).collect()
+    }
+
+    #[test]
+    fn an_engines_info_line_decides_whether_it_can_build() {
+        let docker = engine_from_info(EngineKind::Docker, r#"x86_64 linux ["name=seccomp,profile=builtin"]"#).unwrap();
+        assert!(!docker.emulated);
+        let arm = engine_from_info(EngineKind::Docker, r#"aarch64 linux ["name=seccomp"]"#).unwrap();
+        assert!(arm.emulated && arm.host_flags.ends_with(&["--platform".to_owned(), "linux/amd64".to_owned()]));
+        let windows = engine_from_info(EngineKind::Docker, r#"x86_64 windows []"#).unwrap_err();
+        assert!(format!("{windows:#}").contains("Switch to Linux containers"), "{windows:#}");
+        let rootless = engine_from_info(EngineKind::Docker, r#"x86_64 linux ["name=rootless"]"#).unwrap_err();
+        assert!(format!("{rootless:#}").contains("rootless"));
+        assert!(engine_from_info(EngineKind::Podman, "amd64 linux true").is_err(), "rootless podman");
+        assert!(!engine_from_info(EngineKind::Podman, "amd64 linux false").unwrap().emulated);
     }
 
     #[test]

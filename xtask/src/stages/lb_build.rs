@@ -144,7 +144,7 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
         fsx::refuse_symlinks_on_path(&inputs.build_dir, &bin.join(name))?;
         fs::copy(binary, bin.join(name))
             .with_context(|| format!("copying {} into config/includes.chroot", binary.display()))?;
-        fs::set_permissions(bin.join(name), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        fsx::set_mode(&bin.join(name), 0o755)?;
     }
     let packages_key = PackagesKey::of(&inputs.build_dir, &inputs.root.key)?;
     let epoch = inputs.source_date_epoch.to_string();

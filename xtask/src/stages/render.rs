@@ -20,7 +20,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -166,7 +165,7 @@ fn write_image_spec(inputs: &RenderInputs, includes: &Path) -> Result<()> {
         m.payload.health_check
     );
     let check = fsx::write_in_tree(includes, dir.strip_prefix(includes)?.join("health-check"), script)?;
-    fs::set_permissions(&check, fs::Permissions::from_mode(0o755))?;
+    fsx::set_mode(&check, 0o755)?;
     Ok(())
 }
 
@@ -226,10 +225,10 @@ fn render_tree(src: &Path, label: &str, dest: &Path, context: &TemplateContext, 
         let target = dest.join(rel);
         fsx::refuse_symlinks_on_path(dest, &target)?;
         let kind = entry.file_type();
-        let mode = entry.metadata()?.permissions().mode() & 0o7777;
+        let mode = fsx::mode(&entry.metadata()?);
         if kind.is_dir() {
             fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
-            fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+            fsx::set_mode(&target, mode)?;
             fsx::chown_root(&target)?;
             continue;
         }
@@ -264,7 +263,7 @@ fn render_tree(src: &Path, label: &str, dest: &Path, context: &TemplateContext, 
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .with_context(|| format!("rendering template {label}/{name}"))?;
         fs::write(&target, text).with_context(|| format!("writing {}", target.display()))?;
-        fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+        fsx::set_mode(&target, mode)?;
         fsx::chown_root(&target)?;
     }
     Ok(())
@@ -316,7 +315,7 @@ fn copy_hooks(src: &Path, dest: &Path) -> Result<()> {
         if !meta.is_file() {
             bail!("hook {} is not a regular file", path.display());
         }
-        if meta.permissions().mode() & 0o111 == 0 {
+        if fsx::mode(&meta) & 0o111 == 0 {
             bail!("hook {} is not executable (chmod +x it)", path.display());
         }
         fsx::copy_entry(&path, &dest.join(&name))?;

@@ -6,7 +6,6 @@
 //! build only; its user id and the published key file say it is not a release key.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -177,11 +176,12 @@ fn gpg_job(job: &str, args: &[&str], input: &[u8]) -> Result<String> {
     }
     remove_orphaned_homes(&std::env::temp_dir());
     // 0700 from the start (not chmod after): the home will hold the secret key.
-    let home = tempfile::Builder::new()
-        .prefix(&format!("{HOME_PREFIX}{}-", std::process::id()))
-        .permissions(fs::Permissions::from_mode(0o700))
-        .tempdir()
-        .context("creating a GnuPG home")?;
+    let prefix = format!("{HOME_PREFIX}{}-", std::process::id());
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    #[cfg(unix)]
+    builder.permissions(<fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700));
+    let home = builder.tempdir().context("creating a GnuPG home")?;
     let result = Cmd::new("sh")
         .args(["-c", GPG_JOB, "sh", job])
         .arg(home.path())

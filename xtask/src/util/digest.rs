@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -40,7 +39,7 @@ impl Hasher {
             let meta =
                 entry.path().symlink_metadata().with_context(|| format!("reading {}", entry.path().display()))?;
             self.field("path", rel.as_os_str().as_encoded_bytes());
-            self.field("mode", (meta.permissions().mode() & 0o7777).to_le_bytes());
+            self.field("mode", crate::util::fsx::mode(&meta).to_le_bytes());
             let kind = entry.file_type();
             if kind.is_symlink() {
                 let target = fs::read_link(entry.path())?;
@@ -85,7 +84,7 @@ pub fn tree_digest(dir: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{PermissionsExt, symlink};
 
     fn sample(dir: &Path) {
         fs::create_dir_all(dir.join("etc")).unwrap();

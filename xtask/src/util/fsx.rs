@@ -1,9 +1,41 @@
 //! File-system helpers shared by stages: tree copies that keep modes and symlinks, removal
 //! that refuses to walk into a mount, atomic file writes.
+//!
+//! This is also the one place that knows Unix permission bits, symlinks and owners
+//! ([`mode`], [`set_mode`]): the pipeline runs on Linux only (elsewhere xtask starts it in the
+//! builder container), but xtask itself compiles for macOS and Windows hosts too, where these
+//! helpers say what a Unix tree would have and refuse what only Unix can do.
 
 use std::fs;
+#[cfg(unix)]
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
+
+/// The permission bits (`0o7777`) of a file or directory.
+#[cfg(unix)]
+pub fn mode(meta: &fs::Metadata) -> u32 {
+    meta.permissions().mode() & 0o7777
+}
+
+/// Not a Unix host: what a Unix tree made from these files would have.
+#[cfg(not(unix))]
+pub fn mode(meta: &fs::Metadata) -> u32 {
+    match (meta.is_dir(), meta.permissions().readonly()) {
+        (true, _) => 0o755,
+        (false, true) => 0o444,
+        (false, false) => 0o644,
+    }
+}
+
+/// Sets the permission bits of `path`.
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    #[cfg(unix)]
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
+    #[cfg(not(unix))]
+    let _ = (path, mode); // no permission bits to set
+    Ok(())
+}
 
 use anyhow::{Context, Result, bail};
 
@@ -20,8 +52,7 @@ pub fn copy_tree(src: &Path, dest: &Path, skip: &[&str]) -> Result<()> {
         refuse_symlinks_on_path(dest, &target)?;
         if entry.file_type().is_dir() {
             fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
-            let mode = entry.metadata()?.permissions().mode() & 0o7777;
-            fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+            set_mode(&target, mode(&entry.metadata()?))?;
             chown_root(&target)?;
         } else {
             if target.symlink_metadata().is_ok() {
@@ -85,7 +116,10 @@ pub fn copy_entry(src: &Path, dest: &Path) -> Result<()> {
     let meta = src.symlink_metadata().with_context(|| format!("reading {}", src.display()))?;
     if meta.file_type().is_symlink() {
         let target = fs::read_link(src).with_context(|| format!("reading symlink {}", src.display()))?;
+        #[cfg(unix)]
         symlink(&target, dest).with_context(|| format!("creating symlink {}", dest.display()))?;
+        #[cfg(not(unix))]
+        bail!("{} is a symlink, which only a Unix host can copy as one ({})", src.display(), target.display());
     } else if meta.is_file() {
         fs::copy(src, dest).with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
     } else {
@@ -97,9 +131,12 @@ pub fn copy_entry(src: &Path, dest: &Path) -> Result<()> {
 /// live-build copies `includes.chroot` with `cp -a`: a file owned by the developer's uid would
 /// keep that uid inside the image. As root we give everything we copy to root:root.
 pub fn chown_root(path: &Path) -> Result<()> {
+    #[cfg(unix)]
     if crate::util::host::is_root() {
         std::os::unix::fs::lchown(path, Some(0), Some(0)).with_context(|| format!("chown root {}", path.display()))?;
     }
+    #[cfg(not(unix))]
+    let _ = path; // no owners to set
     Ok(())
 }
 

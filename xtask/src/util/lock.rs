@@ -7,7 +7,7 @@
 //! a stale lock behind.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+#[cfg(unix)]
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,14 +33,12 @@ pub fn acquire(path: &Path, what: &str) -> Result<Lock> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("opening lock file {}", path.display()))?;
-    if flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+    let mut options = File::options();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let file = options.open(path).with_context(|| format!("opening lock file {}", path.display()))?;
+    if flock(&file, LOCK_EX | LOCK_NB).is_err() {
         if NO_WAIT.load(Ordering::Relaxed) {
             bail!(
                 "{what} is in use by another run (lock {} is held); wait for it to finish, or run without --no-wait",
@@ -48,7 +46,7 @@ pub fn acquire(path: &Path, what: &str) -> Result<Lock> {
             );
         }
         eprintln!("waiting for another run to finish with {what} (lock {})...", path.display());
-        flock(&file, libc::LOCK_EX).with_context(|| format!("waiting for lock {}", path.display()))?;
+        flock(&file, LOCK_EX).with_context(|| format!("waiting for lock {}", path.display()))?;
     }
     Ok(Lock { _file: file })
 }
@@ -65,7 +63,24 @@ pub fn cache_entry(entry: &Path) -> Result<Lock> {
     acquire(&parent.join(format!(".{name}.lock")), &format!("the cache entry {}", entry.display()))
 }
 
+#[cfg(unix)]
+use libc::{LOCK_EX, LOCK_NB};
+
+/// Not a Unix host: xtask only starts the builder container there, and the build inside it
+/// takes its locks on Linux; the host side writes nothing another run could be using.
+#[cfg(not(unix))]
+const LOCK_EX: i32 = 2;
+#[cfg(not(unix))]
+const LOCK_NB: i32 = 4;
+
+#[cfg(not(unix))]
+fn flock(_file: &File, _operation: i32) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(unix)]
 fn flock(file: &File, operation: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     loop {
         // SAFETY: a plain syscall on a descriptor this function borrows.
         if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {

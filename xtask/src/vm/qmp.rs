@@ -2,6 +2,11 @@
 //! graphical installer test does to a machine: take screendumps and press keys.
 
 use std::io::{BufRead, BufReader, Write};
+/// QEMU's QMP socket is a Unix socket; VMs run on Linux only (elsewhere in the builder
+/// container). On Windows the type exists so that xtask compiles; connecting fails.
+#[cfg(not(unix))]
+use std::net::TcpStream as UnixStream;
+#[cfg(unix)]
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,8 +23,12 @@ impl Qmp {
     /// Connects (QEMU creates the socket shortly after it starts) and leaves negotiation mode.
     pub fn connect(socket: &Path, patience: Duration) -> Result<Qmp> {
         let started = Instant::now();
+        #[cfg(unix)]
+        let connect = || UnixStream::connect(socket);
+        #[cfg(not(unix))]
+        let connect = || Err::<UnixStream, _>(std::io::Error::other("QMP's Unix socket needs a Unix host"));
         let stream = loop {
-            match UnixStream::connect(socket) {
+            match connect() {
                 Ok(stream) => break stream,
                 Err(e) if started.elapsed() > patience => {
                     return Err(e).with_context(|| format!("connecting to QMP at {}", socket.display()));
