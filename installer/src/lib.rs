@@ -37,4 +37,3 @@ pub const VERSION: &str = match option_env!("TRUTHDB_VERSION") {
     Some(v) => v,
     None => env!("CARGO_PKG_VERSION"),
 };
-

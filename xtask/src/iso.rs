@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 
 use crate::doctor::{self, Purpose};
 use crate::project::{self, Project};
+use crate::stages::apt_sources::{self, RepositoryPackages};
 use crate::stages::build_root::{self, BuildRoot, BuildRootSpec};
 use crate::stages::chroot_cache::ChrootCache;
 use crate::stages::installer_build::{self, ImageInstaller, InstallerBuildInputs};
@@ -204,8 +205,9 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     if build.is_up_to_date(&digest)? {
         return Ok(());
     }
+    let repositories = build.apt_sources()?;
     let root = build.cx.build_root()?;
-    build.package_check(&root, &tree)?;
+    build.package_check(&root, &tree, &repositories)?;
     let kernel = build.cx.kernel(&root)?;
     let installer = build.installer(&root)?;
     let payload_debs = build.payload_debs()?;
@@ -285,10 +287,29 @@ impl<'a> IsoBuild<'a> {
         Ok(true)
     }
 
-    /// Step "package check": every name in packages.list exists in the suite.
-    fn package_check(&self, root: &BuildRoot, tree: &LiveBuildTree) -> Result<()> {
+    /// Step "apt sources": each extra apt repository reachable and signed by its key.
+    fn apt_sources(&self) -> Result<RepositoryPackages> {
+        let project = self.project();
+        let appliance = &project.appliance;
+        if appliance.apt_repositories.is_empty() {
+            return Ok(RepositoryPackages::default());
+        }
+        stage("apt sources", |s| {
+            s.set(&format!("{} extra repositories: InRelease signed by their keys", appliance.apt_repositories.len()));
+            apt_sources::check(
+                &appliance.apt_repositories,
+                &project.lb_config_dir(),
+                &appliance.architecture,
+                &apt_sources::work_dir(&project.work_dir()),
+            )
+        })
+    }
+
+    /// Step "package check": every name in packages.list exists in the suite (or in an extra
+    /// repository).
+    fn package_check(&self, root: &BuildRoot, tree: &LiveBuildTree, extra: &RepositoryPackages) -> Result<()> {
         let suite = &self.project().appliance.suite;
-        stage("package check", |_| build_root::check_packages_exist(root, &tree.packages, suite))
+        stage("package check", |_| build_root::check_packages_exist(root, &tree.packages, suite, extra))
     }
 
     /// Step "installer build": the installer's release binaries for the image's suite.

@@ -1,9 +1,10 @@
 //! The stages of `cargo xtask iso`, in the order `iso::run` calls them. Each takes a small typed
 //! input and returns what the next stage needs; none of them knows about the command line.
 //!
-//! render -> build root (+ package check) -> kernel -> installer build -> payload debs ->
+//! render -> apt sources -> build root (+ package check) -> kernel -> installer build -> payload debs ->
 //! lb build (with its chroot cache) -> publish (checksums, signatures)
 
+pub mod apt_sources;
 pub mod build_root;
 pub mod checksums;
 pub mod chroot_cache;

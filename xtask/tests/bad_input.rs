@@ -211,3 +211,24 @@ fn doctor_json_lists_every_tool() {
     assert!(tools.iter().any(|t| t["probe"] == "debootstrap" && t["present"].is_boolean()), "{json}");
     assert!(tools.len() >= 10);
 }
+
+#[test]
+fn a_bad_apt_repository_is_named_by_its_field_or_key_file() {
+    let repo = |url: &str, key: &str| {
+        format!(
+            "\n[[apt_repositories]]\nname = \"vendor\"\nurl = \"{url}\"\nsuite = \"trixie\"\ncomponents = [\"main\"]\n\
+             key = \"{key}\"\n"
+        )
+    };
+    let p = ProjectCopy::new();
+    p.append("lb-config/appliance.toml", &repo("ftp://vendor.example/apt", "apt-keys/vendor.asc"));
+    assert_config_fails(&p, &["appliance.toml", "apt_repositories[0].url"]);
+    let p = ProjectCopy::new();
+    p.append("lb-config/appliance.toml", &repo("https://vendor.example/apt", "../../etc/passwd"));
+    assert_config_fails(&p, &["apt_repositories[0].key", "inside lb-config/"]);
+    let p = ProjectCopy::new();
+    p.append("lb-config/appliance.toml", &repo("https://vendor.example/apt", "apt-keys/vendor.asc"));
+    assert_config_fails(&p, &["apt-keys/vendor.asc"]);
+    p.write("lb-config/apt-keys/vendor.asc", "not a key\n");
+    assert_config_fails(&p, &["lb-config/apt-keys/vendor.asc", "not an armored OpenPGP public key"]);
+}

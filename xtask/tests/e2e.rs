@@ -611,3 +611,80 @@ fn e2e_09_container_build_boots_and_matches_the_native_one() {
     }
     assert!(leftover_containers().is_empty(), "containers left: {:?}", leftover_containers());
 }
+
+/// Adds `repository` to the copy's manifest as `[[apt_repositories]]` named `local`, its key
+/// written to `lb-config/apt-keys/local.asc`.
+fn add_apt_repository(project: &ProjectCopy, url: &str, key: &str) {
+    project.write("lb-config/apt-keys/local.asc", key);
+    project.append(
+        "lb-config/appliance.toml",
+        &format!(
+            "\n[[apt_repositories]]\nname = \"local\"\nurl = \"{url}\"\nsuite = \"trixie\"\ncomponents = [\"main\"]\n\
+             key = \"apt-keys/local.asc\"\npin_priority = 500\n"
+        ),
+    );
+}
+
+#[test]
+#[ignore = "needs root, the Debian mirror and e2e_01's build root"]
+fn e2e_10_extra_apt_repository_is_checked_before_the_build() {
+    build_root(); // the package check below asks the build root e2e_01 left
+    let repository = common::LocalAptRepository::new("truthdb-local-hello", "trixie");
+
+    // Rendered as live-build's own archive files, for the build and kept in the image.
+    let project = ProjectCopy::new();
+    add_apt_repository(&project, &repository.url, &repository.key);
+    let rendered = project.path("rendered");
+    let out = project.xtask(&["config", "--out", rendered.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for stage in ["chroot", "binary"] {
+        let list = fs::read_to_string(rendered.join(format!("config/archives/local.list.{stage}"))).unwrap();
+        assert_eq!(list, format!("deb {} trixie main\n", repository.url));
+        let key = fs::read_to_string(rendered.join(format!("config/archives/local.key.{stage}"))).unwrap();
+        assert_eq!(key, repository.key);
+        let pin = fs::read_to_string(rendered.join(format!("config/archives/local.pref.{stage}"))).unwrap();
+        assert_eq!(pin, "Package: *\nPin: origin \"127.0.0.1\"\nPin-Priority: 500\n");
+    }
+
+    // Reachable and signed by its key: its package is found there (only the unknown one is
+    // named), before anything is built.
+    let dist = project.path("dist");
+    fs::create_dir_all(&dist).unwrap();
+    fs::write(dist.join("SHA256SUMS"), "previous release\n").unwrap();
+    let before = snapshot(&dist);
+    project.append_line("packages.list", "truthdb-local-hello");
+    let unknown = project.append_line("packages.list", "truthdb-no-such-package");
+    let out = project.xtask_at_epoch(&["iso", "--dist", dist.to_str().unwrap()], kernel_epoch());
+    let err = stderr(&out);
+    eprintln!("{err}");
+    assert!(!out.status.success());
+    assert!(err.contains("done  apt sources"), "the repository check did not pass: {err}");
+    assert!(err.contains(&format!("packages.list:{unknown}: unknown package \"truthdb-no-such-package\"")), "{err}");
+    assert!(!err.contains("unknown package \"truthdb-local-hello\""), "the repository's package was not found: {err}");
+    assert_eq!(snapshot(&dist), before, "dist/ changed after a failed build");
+
+    // Signed by another key: refused, naming the repository, within seconds.
+    let other = common::LocalAptRepository::new("truthdb-other", "trixie");
+    let project = ProjectCopy::new();
+    add_apt_repository(&project, &repository.url, &other.key);
+    let started = std::time::Instant::now();
+    let out = project.xtask(&["iso", "--dist", dist.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains(&repository.url) && err.contains("not signed by the key"), "{err}");
+    assert!(started.elapsed().as_secs() < 60, "the refusal took {:?}", started.elapsed());
+    assert_eq!(snapshot(&dist), before);
+
+    // Unreachable (nothing listens there any more): fails within seconds naming the URL.
+    let gone = other.url.clone();
+    drop(other);
+    let project = ProjectCopy::new();
+    add_apt_repository(&project, &gone, &repository.key);
+    let started = std::time::Instant::now();
+    let out = project.xtask(&["iso", "--dist", dist.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("cannot fetch {gone}/dists/trixie/InRelease")), "{err}");
+    assert!(started.elapsed().as_secs() < 60, "the failure took {:?}", started.elapsed());
+    assert_eq!(snapshot(&dist), before);
+}

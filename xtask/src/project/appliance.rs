@@ -34,6 +34,79 @@ pub struct Appliance {
     /// The database service the appliance runs (none: a bare appliance).
     #[serde(default)]
     pub payload: Payload,
+    /// Apt repositories besides the Debian archive (a vendor's own, such as TruthDB's), used to
+    /// build the image and kept in it, so the installed system updates their packages too.
+    #[serde(default)]
+    pub apt_repositories: Vec<AptRepository>,
+}
+
+/// One extra apt repository: rendered as live-build's `config/archives/<name>.list.chroot`,
+/// `.key.chroot` (and `.pref.chroot` when pinned), each also as `.binary` to stay in the image.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AptRepository {
+    /// Short name: the file names in `config/archives/` and on the installed system.
+    pub name: String,
+    /// The repository's base URL (http://, https:// or file://).
+    pub url: String,
+    /// Its suite (`dists/<suite>/`), e.g. trixie.
+    pub suite: String,
+    /// Its components, e.g. ["main"].
+    pub components: Vec<String>,
+    /// The repository's signing key: an armored OpenPGP public key, a path relative to
+    /// `lb-config/` (by convention `apt-keys/<name>.asc`). The build fails unless it signed the
+    /// repository's `InRelease`.
+    pub key: String,
+    /// Optional apt pinning of the repository's origin (its host name), e.g. 1001 to prefer
+    /// its packages over Debian's, or 100 to install them only where Debian has none.
+    pub pin_priority: Option<i32>,
+}
+
+impl AptRepository {
+    /// The host name apt's `Pin: origin` matches (empty for a file:// repository).
+    pub fn origin(&self) -> &str {
+        let rest = self.url.split_once("://").map_or("", |(_, rest)| rest);
+        let host = rest.split('/').next().unwrap_or("");
+        host.rsplit('@').next().unwrap_or(host).split(':').next().unwrap_or("")
+    }
+
+    /// The `sources.list` line of the repository.
+    pub fn sources_line(&self) -> String {
+        format!("deb {} {} {}\n", self.url, self.suite, self.components.join(" "))
+    }
+
+    fn validate(&self, index: usize) -> Result<()> {
+        let field = |name: &str| format!("apt_repositories[{index}].{name}");
+        let simple = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            bail!("field `{}`: {:?} must be lower-case letters, digits or '-'", field("name"), self.name);
+        }
+        let rest = ["http://", "https://", "file://"].iter().find_map(|p| self.url.strip_prefix(p));
+        if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+            bail!("field `{}`: {:?} is not an http://, https:// or file:// URL", field("url"), self.url);
+        }
+        check_live_build_value(&field("url"), &self.url)?;
+        if self.suite.is_empty() || !self.suite.chars().all(|c| simple(c) || c == '/') {
+            bail!("field `{}`: {:?} is not a suite name", field("suite"), self.suite);
+        }
+        if self.components.is_empty() {
+            bail!("field `{}` is empty (at least one, e.g. \"main\")", field("components"));
+        }
+        if let Some(bad) = self.components.iter().find(|c| c.is_empty() || !c.chars().all(simple)) {
+            bail!("field `{}`: {bad:?} is not a component name", field("components"));
+        }
+        let key = Path::new(&self.key);
+        if key.is_absolute() || key.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            bail!("field `{}`: {:?} must be a path inside lb-config/", field("key"), self.key);
+        }
+        if let Some(priority) = self.pin_priority
+            && !(-1000..=1001).contains(&priority)
+        {
+            bail!("field `{}`: {priority} is outside -1000..=1001", field("pin_priority"));
+        }
+        Ok(())
+    }
 }
 
 /// What the appliance runs: packages, services, a health check, where its data lives.
@@ -239,6 +312,12 @@ impl Appliance {
             bail!("field `boot.menu_timeout_seconds` is 0: the menu would wait forever for a key");
         }
         self.payload.validate()?;
+        for (index, repository) in self.apt_repositories.iter().enumerate() {
+            repository.validate(index)?;
+            if self.apt_repositories[..index].iter().any(|r| r.name == repository.name) {
+                bail!("field `apt_repositories[{index}].name`: {:?} is used twice", repository.name);
+            }
+        }
         let volume = self.volume_id(version);
         if volume.len() > MAX_VOLUME_ID || !volume.is_ascii() {
             bail!("field `iso.volume`: {volume:?} (with the version) is longer than {MAX_VOLUME_ID} ASCII characters");

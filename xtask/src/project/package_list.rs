@@ -1,7 +1,7 @@
 //! `packages.list`: the Debian packages installed into the image, one per line.
 //!
 //! Syntax errors are caught here, with file and line; whether a name exists in the archive is
-//! asked of the build root's apt (see `lb_build::check_packages_exist`), which knows the suite.
+//! asked of the build root's apt (see `build_root::check_packages_exist`), which knows the suite.
 
 use std::path::{Path, PathBuf};
 

@@ -254,14 +254,17 @@ fn parse_candidates(policy: &str) -> Vec<String> {
     known
 }
 
-/// Fails with one line per unknown package, naming where it was listed.
+/// Fails with one line per unknown package (in neither the suite nor an extra apt repository),
+/// naming where it was listed.
 pub fn check_packages_exist(
     root: &BuildRoot,
     list: &crate::project::package_list::PackageList,
     suite: &str,
+    extra: &crate::stages::apt_sources::RepositoryPackages,
 ) -> Result<()> {
     let names: Vec<&str> = list.names().collect();
-    let missing = missing_packages(root, &names)?;
+    let mut missing = missing_packages(root, &names)?;
+    missing.retain(|name| !extra.by_package.contains_key(name));
     if !missing.is_empty() {
         let lines: Vec<String> =
             missing.iter().map(|name| format!("  {}: unknown package {name:?}", list.location(name))).collect();

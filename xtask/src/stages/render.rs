@@ -94,6 +94,45 @@ struct TemplateContext<'a> {
 /// The manifest file sits in `lb-config/` but is input to the render, not part of its output.
 const MANIFEST_FILE: &str = "appliance.toml";
 const HOOK_SUFFIXES: [&str; 2] = [".hook.chroot", ".hook.binary"];
+/// Where the extra apt repositories' keys live by convention (`lb-config/apt-keys/`): read
+/// through the manifest, not copied into the tree as they are.
+const APT_KEYS_DIR: &str = "apt-keys";
+
+/// The manifest's extra apt repositories as live-build's own archive files: `<name>.list`,
+/// `<name>.key` and, when pinned, `<name>.pref`, each with the `.chroot` suffix (used while the
+/// packages are installed) and `.binary` (kept in the image, so the installed system's apt
+/// still knows the repository).
+fn write_apt_repositories(inputs: &RenderInputs, config: &Path) -> Result<()> {
+    for repository in &inputs.appliance.apt_repositories {
+        let key_path = inputs.lb_config_dir.join(&repository.key);
+        let key = fs::read_to_string(&key_path).with_context(|| {
+            format!("reading the key of apt repository {:?} ({})", repository.name, key_path.display())
+        })?;
+        if !key.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----") {
+            bail!(
+                "lb-config/{}: the key of apt repository {:?} is not an armored OpenPGP public key \
+                 (export it with `gpg --armor --export`)",
+                repository.key,
+                repository.name
+            );
+        }
+        let mut files = vec![("list", repository.sources_line()), ("key", key)];
+        if let Some(priority) = repository.pin_priority {
+            let pin = format!("Package: *\nPin: origin \"{}\"\nPin-Priority: {priority}\n", repository.origin());
+            files.push(("pref", pin));
+        }
+        for (kind, text) in files {
+            for stage in ["chroot", "binary"] {
+                let rel = format!("archives/{}.{kind}.{stage}", repository.name);
+                if config.join(&rel).symlink_metadata().is_ok() {
+                    bail!("lb-config/config/{rel} exists and apt repository {:?} would replace it", repository.name);
+                }
+                fsx::write_in_tree(config, rel, &text)?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Renders into `out`, replacing whatever was there. The tree is assembled beside `out` and
 /// renamed into place, so `out` is never a half-rendered mix.
@@ -127,7 +166,8 @@ pub fn render(inputs: &RenderInputs, out: &Path) -> Result<LiveBuildTree> {
                 bail!("lb-config/{dir}/ exists: its files belong in {home} (one place for each kind of input)");
             }
         }
-        render_tree(&inputs.lb_config_dir, "lb-config", &staging, &context, &[MANIFEST_FILE])?;
+        render_tree(&inputs.lb_config_dir, "lb-config", &staging, &context, &[MANIFEST_FILE, APT_KEYS_DIR])?;
+        write_apt_repositories(inputs, &staging.join("config"))?;
         copy_hooks(&inputs.hooks_dir, &staging.join("config/hooks/normal"))?;
         render_tree(&inputs.overlay_dir, "overlay", &staging.join("config/includes.chroot"), &context, &["README.md"])?;
         write_image_spec(inputs, &staging.join("config/includes.chroot"))?;

@@ -110,3 +110,118 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     entries.sort();
     entries
 }
+
+/// A signed apt repository on disk, made the way a vendor's is (a .deb, `Packages`, a
+/// `Release` with sha256 sums, an `InRelease` clear-signed with the repository's own key),
+/// and served over HTTP on 127.0.0.1 while the value lives.
+pub struct LocalAptRepository {
+    pub dir: tempfile::TempDir,
+    /// The repository's public key, armored.
+    pub key: String,
+    pub url: String,
+    server: std::process::Child,
+}
+
+impl LocalAptRepository {
+    /// One package, `package` 1.0 (architecture all, a file in /usr/share/doc), suite `suite`,
+    /// component main.
+    pub fn new(package: &str, suite: &str) -> LocalAptRepository {
+        let dir = tempfile::Builder::new().prefix("truthdb-apt-").tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let gnupg = dir.path().join("gnupg");
+        fs::create_dir_all(&gnupg).unwrap();
+        fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let gpg = |args: &[&str]| {
+            let out = Command::new("gpg").env("GNUPGHOME", &gnupg).arg("--batch").args(args).output().unwrap();
+            assert!(out.status.success(), "gpg {args:?}: {}", stderr(&out));
+            out.stdout
+        };
+        gpg(&[
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "Test Repository <repo@example.invalid>",
+            "ed25519",
+            "sign",
+            "1d",
+        ]);
+        let key = String::from_utf8(gpg(&["--armor", "--export"])).unwrap();
+
+        // The package.
+        let build = dir.path().join("build");
+        fs::create_dir_all(build.join("DEBIAN")).unwrap();
+        fs::create_dir_all(build.join(format!("usr/share/doc/{package}"))).unwrap();
+        fs::write(build.join(format!("usr/share/doc/{package}/README")), "from a local apt repository\n").unwrap();
+        fs::write(
+            build.join("DEBIAN/control"),
+            format!(
+                "Package: {package}\nVersion: 1.0\nArchitecture: all\nMaintainer: Test <repo@example.invalid>\n\
+                 Description: a package of a test repository\n"
+            ),
+        )
+        .unwrap();
+        let pool = root.join("pool/main");
+        fs::create_dir_all(&pool).unwrap();
+        let deb = pool.join(format!("{package}_1.0_all.deb"));
+        let status = Command::new("dpkg-deb").args(["--root-owner-group", "--build"]).arg(&build).arg(&deb).output();
+        assert!(status.unwrap().status.success());
+
+        // Its index and the signed Release.
+        let control = Command::new("dpkg-deb").arg("--field").arg(&deb).output().unwrap().stdout;
+        let bytes = fs::read(&deb).unwrap();
+        let packages = format!(
+            "{}Filename: pool/main/{package}_1.0_all.deb\nSize: {}\nSHA256: {}\n\n",
+            String::from_utf8(control).unwrap(),
+            bytes.len(),
+            sha256_hex(&bytes)
+        );
+        let dists = root.join(format!("dists/{suite}"));
+        fs::create_dir_all(dists.join("main/binary-amd64")).unwrap();
+        fs::write(dists.join("main/binary-amd64/Packages"), &packages).unwrap();
+        let release = format!(
+            "Origin: Test\nLabel: Test\nSuite: {suite}\nCodename: {suite}\nArchitectures: amd64 all\n\
+             Components: main\nSHA256:\n {} {} main/binary-amd64/Packages\n",
+            sha256_hex(packages.as_bytes()),
+            packages.len()
+        );
+        fs::write(dists.join("Release"), &release).unwrap();
+        let in_release = dists.join("InRelease");
+        gpg(&[
+            "--yes",
+            "--clearsign",
+            "--output",
+            in_release.to_str().unwrap(),
+            dists.join("Release").to_str().unwrap(),
+        ]);
+
+        // Served on a free port of 127.0.0.1.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let server = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+            .current_dir(&root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        LocalAptRepository { dir, key, url, server }
+    }
+}
+
+impl Drop for LocalAptRepository {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

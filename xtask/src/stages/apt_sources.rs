@@ -1,0 +1,160 @@
+//! Stage "apt sources": the manifest's extra apt repositories, checked before anything is
+//! built, so that a repository this machine cannot reach, or one not signed by the key in the
+//! project, fails in seconds naming its URL instead of half-way through live-build.
+//!
+//! For each repository: `dists/<suite>/InRelease` is fetched and verified with the
+//! repository's key alone (`gpgv`), then each component's `Packages` index for the image's
+//! architecture is fetched and checked against the sha256 the signed `InRelease` gives. What
+//! comes back is which packages each repository offers: the package check looks there for
+//! the names Debian does not have.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::project::appliance::AptRepository;
+use crate::stages::checksums;
+use crate::util::run::Cmd;
+
+/// The packages the extra repositories offer: name -> the repository's name.
+#[derive(Debug, Default)]
+pub struct RepositoryPackages {
+    pub by_package: BTreeMap<String, String>,
+}
+
+/// Checks every repository (see the module doc), in `work` (a scratch directory).
+pub fn check(
+    repositories: &[AptRepository],
+    lb_config_dir: &Path,
+    architecture: &str,
+    work: &Path,
+) -> Result<RepositoryPackages> {
+    let mut found = RepositoryPackages::default();
+    for repository in repositories {
+        let dir = work.join(&repository.name);
+        crate::util::fsx::remove_if_present(&dir)?;
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let names = check_one(repository, &lb_config_dir.join(&repository.key), architecture, &dir)
+            .with_context(|| format!("apt repository {:?} ({})", repository.name, repository.url))?;
+        for name in names {
+            found.by_package.entry(name).or_insert_with(|| repository.name.clone());
+        }
+    }
+    Ok(found)
+}
+
+fn check_one(repository: &AptRepository, key: &Path, architecture: &str, dir: &Path) -> Result<Vec<String>> {
+    let base = format!("{}/dists/{}", repository.url.trim_end_matches('/'), repository.suite);
+    let in_release = dir.join("InRelease");
+    fetch(&format!("{base}/InRelease"), &in_release)?;
+    let release = verify(&in_release, key, dir)?;
+    let sums = sha256_sums(&release);
+    let mut names = Vec::new();
+    for component in &repository.components {
+        let index = format!("{component}/binary-{architecture}/Packages");
+        let Some((file, sha256)) = ["", ".xz", ".gz"]
+            .iter()
+            .find_map(|ext| sums.get(&format!("{index}{ext}")).map(|sha| (format!("{index}{ext}"), sha)))
+        else {
+            bail!(
+                "its Release lists no {index} index: is {component:?} a component of suite {:?} for {architecture}?",
+                repository.suite
+            );
+        };
+        let local = dir.join(file.replace('/', "_"));
+        fetch(&format!("{base}/{file}"), &local)?;
+        let actual = checksums::digest_file(&local)?.sha256;
+        if &actual != sha256 {
+            bail!("{base}/{file} has sha256 {actual}, but the signed Release says {sha256}");
+        }
+        let text = match file.rsplit('.').next() {
+            Some("xz") => Cmd::new("xz").arg("-dc").arg(&local).read()?,
+            Some("gz") => Cmd::new("gzip").arg("-dc").arg(&local).read()?,
+            _ => fs::read_to_string(&local).with_context(|| format!("reading {}", local.display()))?,
+        };
+        names.extend(package_names(&text));
+    }
+    Ok(names)
+}
+
+/// Downloads `url` into `to`, failing within seconds when the host does not answer.
+fn fetch(url: &str, to: &Path) -> Result<()> {
+    Cmd::new("curl")
+        .args(["--fail", "--silent", "--show-error", "--location", "--connect-timeout", "10", "--max-time", "60"])
+        .arg("--output")
+        .arg(to)
+        .arg(url)
+        .run()
+        .with_context(|| format!("cannot fetch {url} (this build needs the repository reachable)"))
+}
+
+/// The signed text of `in_release`, verified with `key` alone; fails unless that key signed it.
+fn verify(in_release: &Path, key: &Path, dir: &Path) -> Result<String> {
+    let keyring = dir.join("key.gpg");
+    let home = dir.join("gnupg");
+    fs::create_dir_all(&home)?;
+    crate::util::fsx::set_mode(&home, 0o700)?;
+    Cmd::new("gpg")
+        .env("GNUPGHOME", &home)
+        .args(["--batch", "--yes", "--dearmor", "--output"])
+        .arg(&keyring)
+        .arg(key)
+        .run()
+        .with_context(|| format!("reading the repository key {}", key.display()))?;
+    let signed = dir.join("Release");
+    Cmd::new("gpgv")
+        .env("GNUPGHOME", &home)
+        .arg("--keyring")
+        .arg(&keyring)
+        .arg("--output")
+        .arg(&signed)
+        .arg(in_release)
+        .run()
+        .with_context(|| format!("its InRelease is not signed by the key {}", key.display()))?;
+    fs::read_to_string(&signed).with_context(|| format!("reading {}", signed.display()))
+}
+
+/// The `SHA256:` section of a Release file: path -> sha256.
+fn sha256_sums(release: &str) -> BTreeMap<String, String> {
+    let mut sums = BTreeMap::new();
+    let mut in_section = false;
+    for line in release.lines() {
+        if !line.starts_with(' ') {
+            in_section = line.trim_end() == "SHA256:";
+            continue;
+        }
+        if in_section && let [sha, _size, path] = line.split_whitespace().collect::<Vec<_>>()[..] {
+            sums.insert(path.to_owned(), sha.to_owned());
+        }
+    }
+    sums
+}
+
+/// The `Package:` names of a Packages index.
+fn package_names(index: &str) -> Vec<String> {
+    index.lines().filter_map(|line| line.strip_prefix("Package:")).map(|name| name.trim().to_owned()).collect()
+}
+
+/// Where the stage keeps what it fetched.
+pub fn work_dir(project_work_dir: &Path) -> PathBuf {
+    project_work_dir.join("apt-sources")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sha256_section_and_package_names_are_read() {
+        let release = "Origin: TruthDB\nSuite: trixie\nMD5Sum:\n 0123 10 main/binary-amd64/Packages\nSHA256:\n \
+                       aaaa 10 main/binary-amd64/Packages\n bbbb 5 main/binary-amd64/Packages.xz\n";
+        let sums = sha256_sums(release);
+        assert_eq!(sums.get("main/binary-amd64/Packages").map(String::as_str), Some("aaaa"));
+        assert_eq!(sums.get("main/binary-amd64/Packages.xz").map(String::as_str), Some("bbbb"));
+        assert_eq!(sums.len(), 2, "the MD5Sum section is not read");
+        let index = "Package: truthdb-server\nVersion: 1\n\nPackage: truthdb-cli\nVersion: 1\n";
+        assert_eq!(package_names(index), ["truthdb-server", "truthdb-cli"]);
+    }
+}
