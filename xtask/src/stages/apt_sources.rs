@@ -146,6 +146,22 @@ pub fn work_dir(project_work_dir: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    /// The key committed for TruthDB's repository is the one lb-config/apt-keys/README.md names.
+    #[test]
+    fn the_truthdb_repository_key_is_the_documented_one() {
+        let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lb-config/apt-keys/truthdb.asc");
+        let home = tempfile::tempdir().unwrap();
+        let listing = Cmd::new("gpg")
+            .env("GNUPGHOME", home.path())
+            .args(["--batch", "--with-colons", "--show-keys"])
+            .arg(&key)
+            .read()
+            .unwrap();
+        let fingerprints: Vec<&str> =
+            listing.lines().filter(|l| l.starts_with("fpr:")).filter_map(|l| l.split(':').nth(9)).collect();
+        assert_eq!(fingerprints, ["2F66196F410C15A9D1127309EBF9AA44EB5302E2"], "{listing}");
+    }
+
     #[test]
     fn the_sha256_section_and_package_names_are_read() {
         let release = "Origin: TruthDB\nSuite: trixie\nMD5Sum:\n 0123 10 main/binary-amd64/Packages\nSHA256:\n \
