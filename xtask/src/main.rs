@@ -74,9 +74,10 @@ enum Command {
     CacheKeys(iso::CacheKeysArgs),
     /// Check (and with --install, install) the host tools the pipeline needs.
     Doctor(doctor::DoctorArgs),
-    /// Run the whole test suite: unit, golden and other fast tests, then each end-to-end test
-    /// on its own (ISO build, verify and release rehearsal, four-way boot, unattended and
-    /// graphical install, bad input, incremental rebuild), ending with a table of results and
+    /// Run the whole test suite: unit, golden and other fast tests; the workflows' steps as a
+    /// runner's user; then each end-to-end test on its own (ISO build, verify and release
+    /// rehearsal, four-way boot, unattended and graphical install, bad input, incremental
+    /// rebuild, container build, extra apt repositories), ending with a table of results and
     /// times. Installs missing host tools first.
     Test(test_suite::TestArgs),
     /// Internal: PID 1 of the build root's private namespace (see stages/sandbox.rs).
