@@ -3,8 +3,9 @@
 //! project, fails in seconds naming its URL instead of half-way through live-build.
 //!
 //! For each repository: `dists/<suite>/InRelease` is fetched and verified with the
-//! repository's key alone (`gpgv`), then each component's `Packages` index for the image's
-//! architecture is fetched and checked against the sha256 the signed `InRelease` gives. What
+//! repository's key alone (`signing::verify_clearsigned`), then each component's `Packages`
+//! index for the image's architecture is fetched and checked against the sha256 the signed
+//! `InRelease` gives (`fetch::download_checked`). What
 //! comes back is which packages each repository offers: the package check looks there for
 //! the names Debian does not have.
 
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::project::appliance::AptRepository;
-use crate::stages::checksums;
+use crate::stages::{fetch, signing};
 use crate::util::run::Cmd;
 
 /// The packages the extra repositories offer: name -> the repository's name.
@@ -47,9 +48,14 @@ pub fn check(
 
 fn check_one(repository: &AptRepository, key: &Path, architecture: &str, dir: &Path) -> Result<Vec<String>> {
     let base = format!("{}/dists/{}", repository.url.trim_end_matches('/'), repository.suite);
+    let log = dir.join("fetch.log");
     let in_release = dir.join("InRelease");
-    fetch(&format!("{base}/InRelease"), &in_release)?;
-    let release = verify(&in_release, key, dir)?;
+    let url = format!("{base}/InRelease");
+    fetch::download(&url, &in_release, &log)
+        .with_context(|| format!("cannot fetch {url} (this build needs the repository reachable)"))?;
+    let signed = dir.join("Release");
+    signing::verify_clearsigned(&in_release, key, &signed).context("its InRelease is not signed by the key")?;
+    let release = fs::read_to_string(&signed).with_context(|| format!("reading {}", signed.display()))?;
     let sums = sha256_sums(&release);
     let mut names = Vec::new();
     for component in &repository.components {
@@ -64,11 +70,7 @@ fn check_one(repository: &AptRepository, key: &Path, architecture: &str, dir: &P
             );
         };
         let local = dir.join(file.replace('/', "_"));
-        fetch(&format!("{base}/{file}"), &local)?;
-        let actual = checksums::digest_file(&local)?.sha256;
-        if &actual != sha256 {
-            bail!("{base}/{file} has sha256 {actual}, but the signed Release says {sha256}");
-        }
+        fetch::download_checked("the index", &format!("{base}/{file}"), sha256, "its signed InRelease", &local, &log)?;
         let text = match file.rsplit('.').next() {
             Some("xz") => Cmd::new("xz").arg("-dc").arg(&local).read()?,
             Some("gz") => Cmd::new("gzip").arg("-dc").arg(&local).read()?,
@@ -77,43 +79,6 @@ fn check_one(repository: &AptRepository, key: &Path, architecture: &str, dir: &P
         names.extend(package_names(&text));
     }
     Ok(names)
-}
-
-/// Downloads `url` into `to`, failing within seconds when the host does not answer.
-fn fetch(url: &str, to: &Path) -> Result<()> {
-    Cmd::new("curl")
-        .args(["--fail", "--silent", "--show-error", "--location", "--connect-timeout", "10", "--max-time", "60"])
-        .arg("--output")
-        .arg(to)
-        .arg(url)
-        .run()
-        .with_context(|| format!("cannot fetch {url} (this build needs the repository reachable)"))
-}
-
-/// The signed text of `in_release`, verified with `key` alone; fails unless that key signed it.
-fn verify(in_release: &Path, key: &Path, dir: &Path) -> Result<String> {
-    let keyring = dir.join("key.gpg");
-    let home = dir.join("gnupg");
-    fs::create_dir_all(&home)?;
-    crate::util::fsx::set_mode(&home, 0o700)?;
-    Cmd::new("gpg")
-        .env("GNUPGHOME", &home)
-        .args(["--batch", "--yes", "--dearmor", "--output"])
-        .arg(&keyring)
-        .arg(key)
-        .run()
-        .with_context(|| format!("reading the repository key {}", key.display()))?;
-    let signed = dir.join("Release");
-    Cmd::new("gpgv")
-        .env("GNUPGHOME", &home)
-        .arg("--keyring")
-        .arg(&keyring)
-        .arg("--output")
-        .arg(&signed)
-        .arg(in_release)
-        .run()
-        .with_context(|| format!("its InRelease is not signed by the key {}", key.display()))?;
-    fs::read_to_string(&signed).with_context(|| format!("reading {}", signed.display()))
 }
 
 /// The `SHA256:` section of a Release file: path -> sha256.

@@ -1,5 +1,6 @@
-//! Downloads pinned by SHA-256 (the kernel tarball, payload .debs): a file whose digest is not
-//! the pinned one is deleted before anything reads it.
+//! Downloads: one curl invocation for every file the pipeline fetches ([`download`]), and
+//! downloads pinned by SHA-256 (the kernel tarball, payload .debs, an apt repository's
+//! indexes): a file whose digest is not the pinned one is deleted before anything reads it.
 
 use std::fs;
 use std::path::Path;
@@ -8,19 +9,23 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::run::Cmd;
 
-/// Downloads `url` to `target` and checks it against `sha256`, pinned in `pinned_in`.
-/// `what` names the file in messages ("the kernel source").
-pub fn download_checked(what: &str, url: &str, sha256: &str, pinned_in: &str, target: &Path, log: &Path) -> Result<()> {
+/// Downloads `url` to `target`, curl's messages appended to `log`.
+pub fn download(url: &str, target: &Path, log: &Path) -> Result<()> {
     Cmd::new("curl")
         // Transient failures (time-outs, 408/429/5xx, refused connections) are tried again a
-        // few times; a 404 or a wrong digest is final.
+        // few times; a 404 or a host that does not resolve is final.
         .args(["--fail", "--location", "--silent", "--show-error"])
         .args(["--connect-timeout", "30", "--retry", "4", "--retry-delay", "3", "--retry-connrefused"])
         .arg("--output")
         .arg(target)
         .arg(url)
         .run_logged(log, |_| {})
-        .with_context(|| format!("downloading {what} {url}"))?;
+}
+
+/// Downloads `url` to `target` and checks it against `sha256`, pinned in `pinned_in`.
+/// `what` names the file in messages ("the kernel source").
+pub fn download_checked(what: &str, url: &str, sha256: &str, pinned_in: &str, target: &Path, log: &Path) -> Result<()> {
+    download(url, target, log).with_context(|| format!("downloading {what} {url}"))?;
     let actual = crate::stages::checksums::digest_file(target)?.sha256;
     if !actual.eq_ignore_ascii_case(sha256) {
         let _ = fs::remove_file(target);

@@ -256,32 +256,46 @@ pub fn release_fingerprint(source: &KeySource) -> Result<Option<String>> {
 /// Checks a detached signature with `gpgv` against exactly the keys in `public_key`.
 /// Returns the fingerprint that made it.
 pub fn verify_detached(signature: &Path, data: &Path, public_key: &Path) -> Result<String> {
+    gpgv(public_key, &[signature, data], None).with_context(|| {
+        format!(
+            "bad signature: {} does not verify {} with the key in {}",
+            signature.display(),
+            data.display(),
+            public_key.display()
+        )
+    })
+}
+
+/// Checks a clear-signed file (an apt repository's `InRelease`) against exactly the keys in
+/// `public_key`, and writes the text it signs to `signed_text`. Returns the signing fingerprint.
+pub fn verify_clearsigned(file: &Path, public_key: &Path, signed_text: &Path) -> Result<String> {
+    gpgv(public_key, &[file], Some(signed_text))
+        .with_context(|| format!("{} is not signed by the key in {}", file.display(), public_key.display()))
+}
+
+/// `gpgv` with a keyring of exactly `public_key` (armored), on `files`; its `--output` when
+/// given. Returns the fingerprint of the valid signature, or fails quoting gpgv.
+fn gpgv(public_key: &Path, files: &[&Path], output_to: Option<&Path>) -> Result<String> {
     let home = tempfile::Builder::new().prefix("truthdb-gpgv-").tempdir()?;
     let keyring = home.path().join("keyring.gpg");
     Cmd::new("gpg")
+        .env("GNUPGHOME", home.path())
         .args(["--batch", "--yes", "--dearmor", "--output"])
         .arg(&keyring)
         .arg(public_key)
         .run()
         .with_context(|| format!("reading public key {}", public_key.display()))?;
-    let output = Cmd::new("gpgv")
-        .args(["--status-fd", "1", "--keyring"])
-        .arg(&keyring)
-        .arg(signature)
-        .arg(data)
-        .output_unchecked()?;
+    let mut gpgv = Cmd::new("gpgv").env("GNUPGHOME", home.path()).args(["--status-fd", "1", "--keyring"]).arg(&keyring);
+    if let Some(path) = output_to {
+        gpgv = gpgv.arg("--output").arg(path);
+    }
+    let output = gpgv.args(files).output_unchecked()?;
     let status = String::from_utf8_lossy(&output.stdout);
     let good =
         status.lines().find_map(|l| l.strip_prefix("[GNUPG:] VALIDSIG ")).and_then(|rest| rest.split(' ').next());
     match good {
         Some(fpr) if output.status.success() => Ok(fpr.to_owned()),
-        _ => bail!(
-            "bad signature: {} does not verify {} with the key in {}\n{}",
-            signature.display(),
-            data.display(),
-            public_key.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ),
+        _ => bail!("{}", String::from_utf8_lossy(&output.stderr).trim()),
     }
 }
 
