@@ -129,12 +129,14 @@ mod tests {
 
     #[test]
     fn the_sha256_section_and_package_names_are_read() {
-        let release = "Origin: TruthDB\nSuite: trixie\nMD5Sum:\n 0123 10 main/binary-amd64/Packages\nSHA256:\n \
+        let release = "Origin: TruthDB\nSuite: trixie\nMD5Sum:\n 0123 10 main/binary-amd64/Packages\n 4567 0 main/source/Sources\nSHA256:\n \
                        aaaa 10 main/binary-amd64/Packages\n bbbb 5 main/binary-amd64/Packages.xz\n";
         let sums = sha256_sums(release);
         assert_eq!(sums.get("main/binary-amd64/Packages").map(String::as_str), Some("aaaa"));
         assert_eq!(sums.get("main/binary-amd64/Packages.xz").map(String::as_str), Some("bbbb"));
-        assert_eq!(sums.len(), 2, "the MD5Sum section is not read");
+        assert_eq!(sums.get("main/binary-amd64/Packages").map(String::as_str), Some("aaaa"), "MD5 does not win");
+        assert!(!sums.contains_key("main/source/Sources"), "the MD5Sum section is not read: {sums:?}");
+        assert_eq!(sums.len(), 2);
         let index = "Package: truthdb-server\nVersion: 1\n\nPackage: truthdb-cli\nVersion: 1\n";
         assert_eq!(package_names(index), ["truthdb-server", "truthdb-cli"]);
     }
