@@ -72,6 +72,8 @@ const HOST_TOOLS: &[HostTool] = &[
     HostTool { probe: "psql", package: "postgresql-client", purpose: Purpose::InstallTest },
     HostTool { probe: "ssh", package: "openssh-client", purpose: Purpose::InstallTest },
     HostTool { probe: "ssh-keygen", package: "openssh-client", purpose: Purpose::InstallTest },
+    // e2e_10 serves its signed apt repository with python3's http.server.
+    HostTool { probe: "python3", package: "python3", purpose: Purpose::InstallTest },
     HostTool { probe: "podman", package: "podman", purpose: Purpose::ContainerTest },
     HostTool { probe: "runc", package: "runc", purpose: Purpose::ContainerTest },
     HostTool { probe: "cc", package: "gcc", purpose: Purpose::WorkspaceTests },
