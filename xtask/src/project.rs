@@ -60,6 +60,12 @@ impl Project {
         crate::util::lock::work_dir(&self.work_dir())
     }
 
+    /// The locks of a VM test that writes only `target/truthdb-os/<name>/`: such tests run
+    /// side by side (`cargo xtask test` starts them together); builds wait for them.
+    pub fn lock_work_subdir(&self, name: &str) -> Result<[crate::util::lock::Lock; 2]> {
+        crate::util::lock::work_subdir(&self.work_dir(), name)
+    }
+
     /// Loads the project at `root`, or at the workspace this xtask was built from.
     /// `version_suffix` labels a pre-release build: `0.1.0` becomes `0.1.0-<suffix>`
     /// (nightly images use `nightly.<date>`); the workspace version stays the only source.

@@ -8,7 +8,8 @@
 //! 4. the end-to-end tests in `xtask/tests/e2e.rs` (`#[ignore]`d in a plain `cargo test`
 //!    because they need root, the Debian mirror and QEMU): listed with `cargo test -- --list
 //!    --ignored` (so none can be left out), named `e2e_NN_...` in running order, each run as
-//!    its own `cargo test ... --exact <name>` so that a failure does not stop the next. The
+//!    its own `cargo test ... --exact <name>` so that a failure does not stop the next (the
+//!    VM-only ones, [`SIDE_BY_SIDE`], start together; the VM slots keep one VM per core). The
 //!    first builds the ISO the others share (verify, release rehearsal, no mount or process
 //!    left, four-way boot, unattended and graphical install); the last feeds the pipeline an
 //!    unknown package. Each test's output is shown and kept in `target/truthdb-os/test-logs/`.
@@ -55,6 +56,7 @@ impl TestArgs {
 }
 
 fn run(project: &Project, fast: bool) -> Result<ExitCode> {
+    let started = Instant::now();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // The fast tests run the real gpg, sfdisk, patch and curl too; only QEMU is left out.
     if fast {
@@ -103,26 +105,40 @@ fn run(project: &Project, fast: bool) -> Result<ExitCode> {
         Err(e) => {
             eprintln!("listing the end-to-end tests failed: {e:#}");
             rows.push(Row { name: "e2e: list the tests".into(), outcome: Outcome::Failed, time: Duration::ZERO });
-            return Ok(finish(&rows, None));
+            return Ok(finish(&rows, started.elapsed(), None));
         }
     };
     let log_dir = project.work_dir().join("test-logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
-    rows.extend(run_each(&names, |name| {
-        eprintln!("==> {name}");
+    rows.extend(run_each(&names, |name, side_by_side| {
+        // Tests running side by side print each line behind their name; alone, as it comes.
+        let prefix = if side_by_side { format!("{} | ", short_name(name)) } else { String::new() };
+        eprintln!("==> {name}{}", if side_by_side { " (side by side with the other VM tests)" } else { "" });
         let log = log_dir.join(format!("{name}.log"));
         let _ = std::fs::remove_file(&log);
         let mut seen = Seen::default();
         let result = e2e().args(["--ignored", "--nocapture", "--exact", name]).run_logged(&log, |line| {
-            eprintln!("{line}");
+            eprintln!("{prefix}{line}");
             seen.line(line);
         });
         if let Err(e) = &result {
-            eprintln!("{}", first_line(e));
+            eprintln!("{prefix}{}", first_line(e));
         }
         seen.outcome(result.is_ok())
     }));
-    Ok(finish(&rows, Some(&log_dir)))
+    Ok(finish(&rows, started.elapsed(), Some(&log_dir)))
+}
+
+/// The e2e tests that do nothing but run VMs on `e2e_01`'s ISO, each in its own work
+/// directory: the suite starts them together, and the machine's VM slots (`vm/qemu.rs`) keep
+/// one VM per core among all of them, so the cores stay busy instead of one waiting while a
+/// single VM installs. (The builds' tests use every core themselves and run alone.)
+const SIDE_BY_SIDE: &[&str] =
+    &["e2e_04_boot_four_ways", "e2e_05_install_unattended_refusals_disk_image", "e2e_06_install_graphical"];
+
+/// `e2e_05` of `e2e_05_install_...`.
+fn short_name(name: &str) -> &str {
+    name.get(..6).unwrap_or(name)
 }
 
 /// One step's result in the summary.
@@ -168,9 +184,48 @@ fn timed(name: &str, f: impl FnOnce() -> Outcome) -> Row {
     Row { name: name.to_owned(), outcome, time: start.elapsed() }
 }
 
-/// Runs every test, in order, whatever the ones before did.
-fn run_each(names: &[String], mut run_one: impl FnMut(&str) -> Outcome) -> Vec<Row> {
-    names.iter().map(|name| timed(name, || run_one(name))).collect()
+/// Runs every test whatever the ones before did: in order, except that neighbours named in
+/// [`SIDE_BY_SIDE`] start together (`run_one`'s second argument says so). The rows keep the
+/// order of `names`.
+fn run_each(names: &[String], run_one: impl Fn(&str, bool) -> Outcome + Sync) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for group in groups(names) {
+        if let [name] = group {
+            rows.push(timed(name, || run_one(name, false)));
+            continue;
+        }
+        std::thread::scope(|scope| {
+            let running: Vec<_> =
+                group.iter().map(|name| scope.spawn(|| timed(name, || run_one(name, true)))).collect();
+            for (name, handle) in group.iter().zip(running) {
+                let row = handle.join().unwrap_or_else(|_| Row {
+                    name: name.clone(),
+                    outcome: Outcome::Failed,
+                    time: Duration::ZERO,
+                });
+                rows.push(row);
+            }
+        });
+    }
+    rows
+}
+
+/// `names` cut into runs: each neighbouring run of [`SIDE_BY_SIDE`] tests is one group, every
+/// other test a group of its own.
+fn groups(names: &[String]) -> Vec<&[String]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    while start < names.len() {
+        let mut end = start + 1;
+        if SIDE_BY_SIDE.contains(&names[start].as_str()) {
+            while end < names.len() && SIDE_BY_SIDE.contains(&names[end].as_str()) {
+                end += 1;
+            }
+        }
+        groups.push(&names[start..end]);
+        start = end;
+    }
+    groups
 }
 
 /// What one e2e test's output showed, besides its exit status.
@@ -223,9 +278,9 @@ fn is_ordered_name(name: &str) -> bool {
 }
 
 /// Prints the summary; the exit code is a success only when every row is ok.
-fn finish(rows: &[Row], log_dir: Option<&Path>) -> ExitCode {
+fn finish(rows: &[Row], wall: Duration, log_dir: Option<&Path>) -> ExitCode {
     eprintln!();
-    eprint!("{}", summary_table(rows));
+    eprint!("{}", summary_table(rows, wall));
     if let Some(dir) = log_dir {
         eprintln!("each e2e test's output: {}", dir.display());
     }
@@ -236,8 +291,9 @@ fn all_ok(rows: &[Row]) -> bool {
     rows.iter().all(|r| r.outcome == Outcome::Ok)
 }
 
-/// test | result | time, one row per step, columns aligned.
-fn summary_table(rows: &[Row]) -> String {
+/// test | result | time, one row per step, columns aligned; the last line's time is the
+/// wall clock's (tests side by side overlap, so it is less than the rows' sum).
+fn summary_table(rows: &[Row], wall: Duration) -> String {
     let header = ("test", "result", "time".to_owned());
     let cells: Vec<(&str, &str, String)> = std::iter::once(header)
         .chain(rows.iter().map(|r| (r.name.as_str(), r.outcome.word(), format_duration(r.time))))
@@ -253,11 +309,10 @@ fn summary_table(rows: &[Row]) -> String {
     }
     let failed = rows.iter().filter(|r| r.outcome == Outcome::Failed).count();
     let skipped = rows.iter().filter(|r| r.outcome == Outcome::Skipped).count();
-    let total: Duration = rows.iter().map(|r| r.time).sum();
     out += &format!(
         "{} ok, {failed} failed, {skipped} skipped in {}\n",
         rows.len() - failed - skipped,
-        format_duration(total)
+        format_duration(wall)
     );
     out
 }
@@ -348,16 +403,17 @@ e2e_03_build_leaves_no_mount_or_process: test
     #[test]
     fn every_test_runs_in_order_whatever_the_ones_before_did() {
         let names: Vec<String> = ["e2e_01_a", "e2e_02_b", "e2e_03_c", "e2e_04_d"].map(String::from).to_vec();
-        let mut ran = Vec::new();
-        let rows = run_each(&names, |name| {
-            ran.push(name.to_owned());
+        let ran = std::sync::Mutex::new(Vec::new());
+        let rows = run_each(&names, |name, side_by_side| {
+            assert!(!side_by_side, "{name} is not a VM-only test");
+            ran.lock().unwrap().push(name.to_owned());
             match name {
                 "e2e_01_a" => Outcome::Failed,
                 "e2e_02_b" => Outcome::Skipped,
                 _ => Outcome::Ok,
             }
         });
-        assert_eq!(ran, names);
+        assert_eq!(ran.into_inner().unwrap(), names);
         let outcomes: Vec<(&str, Outcome)> = rows.iter().map(|r| (r.name.as_str(), r.outcome)).collect();
         assert_eq!(
             outcomes,
@@ -397,6 +453,59 @@ e2e_03_build_leaves_no_mount_or_process: test
     }
 
     #[test]
+    fn the_vm_only_tests_start_together_and_keep_their_place_in_the_table() {
+        let names: Vec<String> = [
+            "e2e_03_build",
+            "e2e_04_boot_four_ways",
+            "e2e_05_install_unattended_refusals_disk_image",
+            "e2e_06_install_graphical",
+            "e2e_07_after",
+        ]
+        .map(String::from)
+        .to_vec();
+        let groups: Vec<usize> = groups(&names).iter().map(|g| g.len()).collect();
+        assert_eq!(groups, [1, 3, 1]);
+        // Each of the three waits (a while) until all three are running: ok only together.
+        let running = std::sync::atomic::AtomicUsize::new(0);
+        let rows = run_each(&names, |name, side_by_side| {
+            assert_eq!(side_by_side, SIDE_BY_SIDE.contains(&name), "{name}");
+            if !side_by_side {
+                return Outcome::Ok;
+            }
+            running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let start = Instant::now();
+            while running.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+                if start.elapsed() > Duration::from_secs(3) {
+                    return Outcome::Failed;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Outcome::Ok
+        });
+        assert!(all_ok(&rows), "the VM-only tests did not run together: {rows:?}");
+        let order: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(order, names);
+        assert_eq!(short_name("e2e_05_install_unattended_refusals_disk_image"), "e2e_05");
+    }
+
+    #[test]
+    fn the_side_by_side_tests_exist_and_only_run_vms() {
+        let e2e = include_str!("../tests/e2e.rs");
+        for name in SIDE_BY_SIDE {
+            let at = e2e.find(&format!("fn {name}() {{")).unwrap_or_else(|| panic!("no e2e test {name}"));
+            let body = &e2e[at..];
+            let body = &body[..body.find("\n}\n").unwrap()];
+            // Their xtask commands are VM tests, which lock only their own work directory.
+            let commands: Vec<&str> =
+                body.match_indices("xtask(&[\"").map(|(i, m)| body[i + m.len()..].split('"').next().unwrap()).collect();
+            assert!(!commands.is_empty(), "{name} runs no xtask command");
+            for command in commands {
+                assert!(["boot-test", "install-test", "gui-test"].contains(&command), "{name} runs `xtask {command}`");
+            }
+        }
+    }
+
+    #[test]
     fn summary_is_a_table_of_test_result_and_time() {
         let rows = [
             row(WORKSPACE_TESTS, Outcome::Ok, 190),
@@ -413,6 +522,7 @@ e2e_02_caches_verify_and_release_rehearsal  skipped    0.0s
 e2e_07_unknown_package                      ok        42.0s
 2 ok, 1 failed, 1 skipped in 28m53s
 ";
-        assert_eq!(summary_table(&rows), expected, "\n{}", summary_table(&rows));
+        let table = summary_table(&rows, Duration::from_secs(1733));
+        assert_eq!(table, expected, "\n{table}");
     }
 }

@@ -148,7 +148,7 @@ pub struct BootTestArgs {
 
 impl BootTestArgs {
     pub fn run(self, project: &Project) -> Result<()> {
-        let _lock = project.lock_work_dir()?;
+        let _locks = project.lock_work_subdir("boot-test")?;
         crate::doctor::ensure(&[crate::doctor::Purpose::BootTest])?;
         let config = BootTestConfig {
             iso: self.iso.unwrap_or_else(|| project.default_iso()),

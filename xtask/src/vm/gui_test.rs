@@ -49,7 +49,7 @@ pub struct GuiTestArgs {
 
 impl GuiTestArgs {
     pub fn run(self, project: &crate::project::Project) -> Result<()> {
-        let _lock = project.lock_work_dir()?;
+        let _locks = project.lock_work_subdir("gui-test")?;
         use crate::doctor::Purpose;
         crate::doctor::ensure(&[Purpose::BootTest, Purpose::InstallTest])?;
         let config = GuiTestConfig {

@@ -139,7 +139,7 @@ pub struct InstallTestArgs {
 impl InstallTestArgs {
     pub fn run(self, project: &Project) -> Result<()> {
         crate::util::host::reexec_as_root_if_needed()?;
-        let _lock = project.lock_work_dir()?;
+        let _locks = project.lock_work_subdir("install-test")?;
         use crate::doctor::Purpose;
         crate::doctor::ensure(&[Purpose::BootTest, Purpose::Disk, Purpose::InstallTest])?;
         let installer = if self.no_disk_image {

@@ -274,6 +274,8 @@ pub struct Vm {
     started: Instant,
     pub accel: Accelerator,
     _vars: Option<tempfile::TempDir>,
+    /// Dropped after the fields above: QEMU is reaped (`Drop`) before the slot is free.
+    _slot: crate::util::lock::Lock,
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; QEMU binds it right after).
@@ -295,8 +297,9 @@ impl Vm {
             let _ = std::fs::remove_file(socket);
         }
         let (cmd, vars) = spec.prepare()?;
+        let slot = take_vm_slot(&vm_slot_dir(), vms_at_once(), &spec.name)?;
         let handle = cmd.start_logged(&qemu_log)?;
-        Ok(Vm { handle, serial_log, qemu_log, started: Instant::now(), accel: spec.accel, _vars: vars })
+        Ok(Vm { handle, serial_log, qemu_log, started: Instant::now(), accel: spec.accel, _vars: vars, _slot: slot })
     }
 
     /// Runs the machine with this terminal as its serial console until QEMU ends (the guest
@@ -477,6 +480,40 @@ pub fn vms_at_once() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4)
 }
 
+/// Where the machine's VM slots are: one lock file per slot, shared by every xtask on the
+/// machine (a tmpfs, so a reboot leaves none behind).
+fn vm_slot_dir() -> PathBuf {
+    if crate::util::host::is_root() {
+        PathBuf::from("/run/truthdb-os/vm-slots")
+    } else {
+        std::env::temp_dir().join("truthdb-os-vm-slots")
+    }
+}
+
+/// One of the machine's `slots` VM slots, waiting for one to come free. Every test VM takes
+/// one for its life ([`Vm::start`]), so tests run side by side (`cargo xtask test` starts the
+/// VM-only e2e tests together) never run more VMs than the machine has cores: a third VM on
+/// two cores would slow the other two down and eat into their timeouts. Every VM ends on its
+/// own (no VM's end depends on another VM starting), so waiting for a slot cannot deadlock.
+fn take_vm_slot(dir: &Path, slots: usize, name: &str) -> Result<crate::util::lock::Lock> {
+    let mut said = false;
+    loop {
+        for n in 0..slots {
+            if let Some(lock) = crate::util::lock::try_acquire(&dir.join(format!("slot-{n}")))? {
+                return Ok(lock);
+            }
+        }
+        if !said {
+            eprintln!(
+                "    VM {name}: waiting for a VM slot ({slots} VMs already run on this machine; {})",
+                dir.display()
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Runs `job` for every item at once, each on its own thread, and returns the results in
 /// order. (QEMU started by a job dies with the thread that started it: see
 /// [`crate::util::run::Cmd::die_with_parent`]; the thread lives until its job is done.)
@@ -643,7 +680,8 @@ mod tests {
         let script = format!("printf '%s' \"$1\" > \"$2\"; {then}");
         let handle =
             Cmd::new("sh").args(["-c", &script, "fake"]).arg(serial).arg(&serial_log).start_logged(&qemu_log).unwrap();
-        Vm { handle, serial_log, qemu_log, started: Instant::now(), accel, _vars: None }
+        let slot = take_vm_slot(&dir.join("slots"), 1_000, "fake").unwrap();
+        Vm { handle, serial_log, qemu_log, started: Instant::now(), accel, _vars: None, _slot: slot }
     }
 
     #[test]
@@ -692,6 +730,24 @@ mod tests {
             err.starts_with("waiting for the install: the installer failed: TRUTHDB-INSTALL-FAILED: no disk\n"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_vm_waits_for_a_free_slot_and_takes_it_when_one_is_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = take_vm_slot(dir.path(), 2, "a").unwrap();
+        let second = take_vm_slot(dir.path(), 2, "b").unwrap();
+        let (sent, got) = std::sync::mpsc::channel();
+        let path = dir.path().to_owned();
+        let third = std::thread::spawn(move || {
+            let slot = take_vm_slot(&path, 2, "c").unwrap();
+            sent.send(()).unwrap();
+            slot
+        });
+        assert!(got.recv_timeout(Duration::from_millis(1500)).is_err(), "a third VM got a slot beside two");
+        drop(second);
+        got.recv_timeout(Duration::from_secs(5)).expect("the third VM did not take the slot given back");
+        drop((first, third.join().unwrap()));
     }
 
     #[test]
