@@ -73,7 +73,13 @@ pub struct InstallReport {
 
 /// The layout an image spec asks for.
 pub fn layout_for(spec: &ImageSpec) -> Layout {
-    Layout { data_partition: spec.payload.data_mount.is_some(), ..Layout::default() }
+    let default = Layout::default();
+    let payload_minimum = spec.payload.min_data_gib.map_or(0, |gib| u64::from(gib) * crate::plan::GIB);
+    Layout {
+        data_partition: spec.payload.data_mount.is_some(),
+        min_data_bytes: default.min_data_bytes.max(payload_minimum),
+        ..default
+    }
 }
 
 /// Installs to `request.disk`, erasing it: the [`Step`]s in order, each on the same [`Install`]
@@ -782,6 +788,7 @@ mod tests {
                 health_check: "true".into(),
                 data_mount: None,
                 configure: None,
+                min_data_gib: None,
             },
         };
         InstallRequest {
@@ -793,6 +800,20 @@ mod tests {
             efi_boot_entry: false,
             boot_medium: None,
         }
+    }
+
+    #[test]
+    fn a_payload_s_minimum_data_size_raises_the_smallest_disk_installed_to() {
+        let mut spec = request_in(Path::new("/nonexistent")).spec;
+        spec.payload.data_mount = Some("/var/lib/truthdb".into());
+        let plain = layout_for(&spec).min_disk_bytes();
+        spec.payload.min_data_gib = Some(12);
+        let layout = layout_for(&spec);
+        assert_eq!(layout.min_data_bytes, 12 << 30);
+        assert_eq!(layout.min_disk_bytes() - plain, 10 << 30, "12 GiB instead of the 2 GiB default");
+        // A smaller minimum than the installer's own does not lower it.
+        spec.payload.min_data_gib = Some(1);
+        assert_eq!(layout_for(&spec).min_disk_bytes(), plain);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::fmt;
 use crate::block_devices::{Disk, human_size};
 
 const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
+pub const GIB: u64 = 1 << 30;
 
 /// GPT partition type GUIDs (UEFI spec; Discoverable Partitions Specification).
 const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";

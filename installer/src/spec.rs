@@ -36,6 +36,10 @@ pub struct PayloadSpec {
     /// Program run inside the installed system at install time to set the payload up (it gets
     /// the admin's name and the database password's SCRAM verifier in its environment).
     pub configure: Option<String>,
+    /// The smallest data partition the service can live on, in GiB (none: the installer's
+    /// own minimum): a smaller disk is refused before anything is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_data_gib: Option<u32>,
 }
 
 impl ImageSpec {
@@ -78,7 +82,8 @@ mod tests {
                 services: vec!["postgresql.service".into()],
                 health_check: "pg_isready".into(),
                 data_mount: Some("/var/lib/postgresql".into()),
-                configure: Some("/usr/lib/truthdb/payload/configure".into()),
+                configure: Some("/usr/lib/truthdb/payload/postgresql-configure".into()),
+                min_data_gib: None,
             },
         }
     }

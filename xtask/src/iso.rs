@@ -209,6 +209,7 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let root = build.cx.build_root()?;
     build.package_check(&root, &tree, &repositories)?;
     let kernel = build.cx.kernel(&root)?;
+    build.payload_kernel_check(&kernel)?;
     let installer = build.installer(&root)?;
     let payload_debs = build.payload_debs()?;
     let image = build.lb_build(&root, &tree, &kernel, &installer, payload_debs)?;
@@ -285,6 +286,13 @@ impl<'a> IsoBuild<'a> {
             &digest[..16]
         );
         Ok(true)
+    }
+
+    /// Step "payload kernel check": the kernel options the payload needs are built in.
+    fn payload_kernel_check(&self, kernel: &KernelPackage) -> Result<()> {
+        let payload = &self.project().appliance.payload;
+        let profile = payload.profile.as_deref().unwrap_or("appliance.toml");
+        kernel::check_payload_options(&kernel.config, &payload.kernel_config, profile)
     }
 
     /// Step "apt sources": each extra apt repository reachable and signed by its key.

@@ -28,11 +28,15 @@ pub struct ProjectArgs {
     /// Fail at once when another run holds the work directory or a cache entry (default: wait).
     #[arg(long, global = true)]
     pub no_wait: bool,
+    /// The payload profile to build: `lb-config/payloads/<NAME>.toml` (default: the one
+    /// `[payload] profile` names in appliance.toml, postgresql).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub payload: Option<String>,
 }
 
 impl ProjectArgs {
     pub fn load(&self) -> Result<Project> {
-        Project::load(self.project.as_deref(), self.version_suffix.as_deref())
+        Project::load(self.project.as_deref(), self.version_suffix.as_deref(), self.payload.as_deref())
     }
 }
 
@@ -69,7 +73,7 @@ impl Project {
     /// Loads the project at `root`, or at the workspace this xtask was built from.
     /// `version_suffix` labels a pre-release build: `0.1.0` becomes `0.1.0-<suffix>`
     /// (nightly images use `nightly.<date>`); the workspace version stays the only source.
-    pub fn load(root: Option<&Path>, version_suffix: Option<&str>) -> Result<Project> {
+    pub fn load(root: Option<&Path>, version_suffix: Option<&str>, payload: Option<&str>) -> Result<Project> {
         let root = match root {
             Some(root) => root.to_owned(),
             None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_owned(),
@@ -84,7 +88,7 @@ impl Project {
             }
             version = format!("{version}-{suffix}");
         }
-        let appliance = Appliance::load(&root.join("lb-config/appliance.toml"), &version)?;
+        let appliance = Appliance::load(&root.join("lb-config/appliance.toml"), &version, payload)?;
         let kernel_pin = KernelPin::load(&root.join("kernel/kernel.toml"))?;
         Ok(Project { root, version, appliance, kernel_pin })
     }

@@ -627,7 +627,7 @@ fn add_apt_repository(project: &ProjectCopy, url: &str, key: &str) {
 
 #[test]
 #[ignore = "needs root, the Debian mirror and e2e_01's build root"]
-fn e2e_10_extra_apt_repository_is_checked_before_the_build() {
+fn e2e_10_extra_apt_repository_and_payload_profile_are_checked_before_the_build() {
     build_root(); // the package check below asks the build root e2e_01 left
     let repository = common::LocalAptRepository::new("truthdb-local-hello", "trixie");
 
@@ -685,6 +685,28 @@ fn e2e_10_extra_apt_repository_is_checked_before_the_build() {
     let err = stderr(&out);
     assert!(!out.status.success());
     assert!(err.contains(&format!("cannot fetch {gone}/dists/trixie/InRelease")), "{err}");
+    assert!(started.elapsed().as_secs() < 60, "the failure took {:?}", started.elapsed());
+    assert_eq!(snapshot(&dist), before);
+
+    // The truthdb payload profile as shipped, where TruthDB's repository cannot be reached (as
+    // from these machines): the build stops at once, naming the repository's URL.
+    let truthdb = "https://truthdb.github.io/apt";
+    let reachable = Command::new("curl")
+        .args(["-sSf", "-o", "/dev/null", "--max-time", "20"])
+        .arg(format!("{truthdb}/dists/trixie/InRelease"))
+        .status()
+        .unwrap()
+        .success();
+    if reachable {
+        eprintln!("{truthdb} is reachable from this machine: its refusal cannot be shown here");
+        return;
+    }
+    let project = ProjectCopy::new();
+    let started = std::time::Instant::now();
+    let out = project.xtask(&["--payload", "truthdb", "iso", "--dist", dist.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("cannot fetch {truthdb}/dists/trixie/InRelease")), "{err}");
     assert!(started.elapsed().as_secs() < 60, "the failure took {:?}", started.elapsed());
     assert_eq!(snapshot(&dist), before);
 }

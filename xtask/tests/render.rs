@@ -135,3 +135,79 @@ fn an_overlay_symlink_leading_out_of_the_tree_is_never_written_through() {
     assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "files were written outside the tree");
     assert!(!out.exists(), "a half-rendered tree was left");
 }
+
+#[test]
+fn the_truthdb_profile_renders_its_repository_ports_data_partition_and_configure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("config");
+    let rendered = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["--payload", "truthdb", "config", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{}", stderr(&rendered));
+    let read = |rel: &str| fs::read_to_string(out.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    // TruthDB's repository, as live-build's own archive files, kept in the image.
+    for suffix in ["chroot", "binary"] {
+        let list = read(&format!("config/archives/truthdb.list.{suffix}"));
+        assert_eq!(list, "deb https://truthdb.github.io/apt trixie main\n");
+        let key = read(&format!("config/archives/truthdb.key.{suffix}"));
+        assert_eq!(key, fs::read_to_string(repo_root().join("lb-config/apt-keys/truthdb.asc")).unwrap());
+    }
+    let packages = read("config/package-lists/appliance.list.chroot");
+    for package in ["truthdb-server", "truthdb-cli", "nftables"] {
+        assert!(packages.lines().any(|l| l == package), "{package} not in the package list:\n{packages}");
+    }
+    assert!(!packages.lines().any(|l| l == "postgresql"), "PostgreSQL in a TruthDB image:\n{packages}");
+    let firewall = read("config/includes.chroot/etc/nftables.conf");
+    assert!(firewall.contains("tcp dport { 22, 9623 } accept"), "{firewall}");
+    assert!(!firewall.contains("5432"), "{firewall}");
+    let spec = read("config/includes.chroot/usr/lib/truthdb/image.toml");
+    for line in [
+        "services = [\"truthdb.service\", \"ssh.service\", \"nftables.service\"]",
+        "data_mount = \"/var/lib/truthdb\"",
+        "configure = \"/usr/lib/truthdb/payload/truthdb-configure\"",
+        "min_data_gib = 12",
+    ] {
+        assert!(spec.contains(line), "{line} not in image.toml:\n{spec}");
+    }
+    let health = read("config/includes.chroot/usr/lib/truthdb/health-check");
+    assert!(
+        health.contains("systemctl is-active --quiet truthdb.service") && health.contains("/dev/tcp/127.0.0.1/9623")
+    );
+    assert!(out.join("config/includes.chroot/usr/lib/truthdb/payload/truthdb-configure").is_file());
+    assert!(!out.join("payloads").exists(), "the profiles are inputs of the render, not part of the tree");
+}
+
+#[test]
+fn the_truthdb_configure_program_writes_a_config_the_server_can_parse() {
+    // The shell program run at install time, run here on a scratch "data partition": the
+    // store is sized from its free space and the file parses as TOML with the expected keys.
+    let script = fs::read_to_string(repo_root().join("overlay/usr/lib/truthdb/payload/truthdb-configure")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let etc = tmp.path().join("etc/truthdb");
+    let data = tmp.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    // Paths and the two root-only steps (user lookup, chown) pointed at the scratch tree.
+    let script = script
+        .replace("/etc/truthdb", etc.to_str().unwrap())
+        .replace("getent passwd truthdb", "true")
+        .replace("chown ", ": chown ");
+    let ran = Command::new("sh").args(["-c", &script]).env("TRUTHDB_DATA_DIR", &data).output().unwrap();
+    let conf = fs::read_to_string(etc.join("truthdb.toml"));
+    if !ran.status.success() {
+        // A machine whose scratch space has less than 2 GiB free: the program refuses, naming it.
+        let said = stderr(&ran);
+        assert!(said.contains("too small for a store") && conf.is_err(), "{said}");
+        return;
+    }
+    let conf = conf.unwrap();
+    let parsed: toml::Table = toml::from_str(&conf).unwrap();
+    assert_eq!(parsed["network"]["port"].as_integer(), Some(9623));
+    assert_eq!(parsed["storage"]["path"].as_str(), Some("truth.db"));
+    let size = parsed["storage"]["size_gib"].as_integer().unwrap();
+    assert!(size >= 1, "{conf}");
+    let mode = fs::metadata(etc.join("truthdb.toml")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "the config is not for every user");
+    assert_eq!(fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+}

@@ -109,10 +109,15 @@ impl AptRepository {
     }
 }
 
-/// What the appliance runs: packages, services, a health check, where its data lives.
+/// What the appliance runs: packages, services, a health check, where its data lives, the
+/// ports it serves. Written in `appliance.toml`'s `[payload]`, or, more often, in a profile
+/// file `lb-config/payloads/<name>.toml` that `[payload] profile` (or `--payload`) names.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Payload {
+    /// The profile file this payload comes from: in `appliance.toml`, the default profile
+    /// (`--payload NAME` picks another), with no other payload key beside it.
+    pub profile: Option<String>,
     /// Debian packages of the service, installed into the image beside `packages.list`'s.
     #[serde(default)]
     pub packages: Vec<String>,
@@ -129,8 +134,31 @@ pub struct Payload {
     /// Mount point of the data partition the installer makes (none: no data partition).
     pub data_mount: Option<String>,
     /// Program in the image run at install time inside the installed system to set the
-    /// service up (see overlay/usr/lib/truthdb/payload/configure).
+    /// service up (see overlay/usr/lib/truthdb/payload/).
     pub configure: Option<String>,
+    /// TCP ports the installed system's firewall lets in besides SSH (22).
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// The smallest data partition the service can live on, in GiB: the installer refuses a
+    /// smaller disk before writing anything.
+    pub min_data_gib: Option<u32>,
+    /// Kernel options the service needs (`CONFIG_IO_URING`, ...): the build fails unless the
+    /// kernel package was built with each one `=y`.
+    #[serde(default)]
+    pub kernel_config: Vec<String>,
+}
+
+/// Where payload profiles live, relative to `lb-config/`.
+pub const PROFILES_DIR: &str = "payloads";
+
+/// A payload profile file, `lb-config/payloads/<name>.toml`: a fragment of `appliance.toml`,
+/// its `[payload]` and the `[[apt_repositories]]` the payload's packages come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    payload: Payload,
+    #[serde(default)]
+    apt_repositories: Vec<AptRepository>,
 }
 
 /// A .deb by path (relative to the project) or by URL with its SHA-256.
@@ -155,6 +183,10 @@ impl Default for Payload {
             health_check: default_health_check(),
             data_mount: None,
             configure: None,
+            profile: None,
+            ports: Vec::new(),
+            min_data_gib: None,
+            kernel_config: Vec::new(),
         }
     }
 }
@@ -250,11 +282,69 @@ const MAX_VOLUME_ID: usize = 32;
 const MAX_ISO_ID: usize = 128;
 
 impl Appliance {
-    /// Reads and validates a manifest file; errors name the file and the offending field.
-    pub fn load(path: &Path, version: &str) -> Result<Appliance> {
+    /// Reads and validates a manifest file, and the payload profile it names (or `payload`,
+    /// which overrides it) from `payloads/` beside it; errors name the file and the field.
+    pub fn load(path: &Path, version: &str, payload: Option<&str>) -> Result<Appliance> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading appliance manifest {}", path.display()))?;
-        Appliance::parse(&text, version).with_context(|| format!("in appliance manifest {}", path.display()))
+        let mut appliance =
+            Appliance::parse(&text, version).with_context(|| format!("in appliance manifest {}", path.display()))?;
+        let Some(name) = payload.or(appliance.payload.profile.as_deref()).map(str::to_owned) else {
+            return Ok(appliance);
+        };
+        let dir = path.parent().context("the manifest has no directory")?.join(PROFILES_DIR);
+        appliance.use_profile(&name, &dir).with_context(|| format!("payload profile {name:?}"))?;
+        Ok(appliance)
+    }
+
+    /// Replaces the payload with the profile `name` from `dir` and adds its apt repositories.
+    fn use_profile(&mut self, name: &str, dir: &Path) -> Result<()> {
+        if !is_debian_name(name) {
+            crate::util::usage_error!(
+                "payload profile {name:?}: a name of lower-case letters, digits, '.', '+' or '-'"
+            );
+        }
+        let path = dir.join(format!("{name}.toml"));
+        if !path.is_file() {
+            let mut known: Vec<String> = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".toml").map(str::to_owned))
+                .collect();
+            known.sort();
+            crate::util::usage_error!(
+                "no payload profile {name:?}: {} does not exist (profiles here: {})",
+                path.display(),
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            );
+        }
+        let in_file = || format!("in payload profile {}", path.display());
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let profile: ProfileFile = toml::from_str(&text).with_context(in_file)?;
+        (|| {
+            if profile.payload.profile.is_some() {
+                bail!("field `payload.profile`: a profile cannot name another profile");
+            }
+            profile.payload.validate()?;
+            for (index, repository) in profile.apt_repositories.iter().enumerate() {
+                repository.validate(index)?;
+            }
+            Ok(())
+        })()
+        .with_context(in_file)?;
+        self.payload = Payload { profile: Some(name.to_owned()), ..profile.payload };
+        for repository in profile.apt_repositories {
+            if self.apt_repositories.iter().any(|r| r.name == repository.name) {
+                bail!(
+                    "{}: apt repository {:?} is also in appliance.toml (one definition each)",
+                    path.display(),
+                    repository.name
+                );
+            }
+            self.apt_repositories.push(repository);
+        }
+        Ok(())
     }
 
     pub fn parse(text: &str, version: &str) -> Result<Appliance> {
@@ -366,6 +456,15 @@ impl Appliance {
 
 impl Payload {
     fn validate(&self) -> Result<()> {
+        if let Some(profile) = &self.profile {
+            let alone = Payload { profile: Some(profile.clone()), ..Payload::default() };
+            if *self != alone {
+                bail!(
+                    "field `payload.profile`: {profile:?} is the payload; its other keys belong in \
+                     {PROFILES_DIR}/{profile}.toml"
+                );
+            }
+        }
         for name in &self.packages {
             if !is_debian_name(name) {
                 bail!("field `payload.packages`: {name:?} is not a valid Debian package name");
@@ -406,6 +505,19 @@ impl Payload {
             {
                 bail!("field `{field}`: {path:?} is not an absolute path");
             }
+        }
+        if let Some(port) = self.ports.iter().find(|p| **p == 0 || **p == 22) {
+            bail!("field `payload.ports`: {port} (SSH's 22 is always open; 0 is no port)");
+        }
+        if self.min_data_gib.is_some() && self.data_mount.is_none() {
+            bail!("field `payload.min_data_gib` needs `payload.data_mount` (the data partition it sizes)");
+        }
+        if let Some(bad) = self.kernel_config.iter().find(|o| {
+            o.strip_prefix("CONFIG_").is_none_or(|n| {
+                n.is_empty() || !n.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+        }) {
+            bail!("field `payload.kernel_config`: {bad:?} is not a kernel option name like CONFIG_IO_URING");
         }
         Ok(())
     }
@@ -569,6 +681,86 @@ application = "TruthDB OS appliance"
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let version = workspace_version(&root.join("Cargo.toml")).unwrap();
         assert_eq!(version, env!("CARGO_PKG_VERSION"));
-        Appliance::load(&root.join("lb-config/appliance.toml"), &version).unwrap();
+        let appliance = Appliance::load(&root.join("lb-config/appliance.toml"), &version, None).unwrap();
+        assert_eq!(appliance.payload.profile.as_deref(), Some("postgresql"), "PostgreSQL stays the default");
+        assert!(appliance.payload.packages.iter().any(|p| p == "postgresql"));
+        assert!(appliance.apt_repositories.is_empty(), "the default build needs only Debian");
+    }
+
+    #[test]
+    fn every_profile_in_the_repository_is_valid_and_truthdb_s_comes_from_its_repository() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let manifest = root.join("lb-config/appliance.toml");
+        let profiles = std::fs::read_dir(root.join("lb-config").join(PROFILES_DIR)).unwrap();
+        let mut names: Vec<String> = profiles
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".toml").map(str::to_owned))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["postgresql", "truthdb"]);
+        for name in &names {
+            Appliance::load(&manifest, "0.1.0", Some(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        }
+        let truthdb = Appliance::load(&manifest, "0.1.0", Some("truthdb")).unwrap();
+        let p = &truthdb.payload;
+        assert!(p.packages.contains(&"truthdb-server".to_owned()) && p.packages.contains(&"truthdb-cli".to_owned()));
+        assert_eq!(p.data_mount.as_deref(), Some("/var/lib/truthdb"));
+        assert_eq!(p.ports, [9623]);
+        assert!(p.min_data_gib.is_some_and(|gib| gib > 10), "the default 10 GiB store and a margin must fit");
+        assert!(p.kernel_config.contains(&"CONFIG_IO_URING".to_owned()));
+        assert!(p.health_check.contains("9623") && p.health_check.contains("is-active"), "{}", p.health_check);
+        let repo = &truthdb.apt_repositories[0];
+        assert_eq!((repo.name.as_str(), repo.url.as_str()), ("truthdb", "https://truthdb.github.io/apt"));
+        assert_eq!(repo.key, "apt-keys/truthdb.asc");
+    }
+
+    /// A project directory holding `appliance.toml` (MINIMAL plus `extra`) and profiles.
+    fn project_with(extra: &str, profiles: &[(&str, &str)]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("appliance.toml");
+        std::fs::write(&manifest, format!("{MINIMAL}\n{extra}")).unwrap();
+        std::fs::create_dir(dir.path().join(PROFILES_DIR)).unwrap();
+        for (name, text) in profiles {
+            std::fs::write(dir.path().join(PROFILES_DIR).join(format!("{name}.toml")), text).unwrap();
+        }
+        (dir, manifest)
+    }
+
+    #[test]
+    fn a_profile_is_chosen_by_the_manifest_or_the_flag_and_checked_by_the_same_rules() {
+        let pg = "[payload]\npackages = [\"postgresql\"]\nports = [5432]\n";
+        let other = "[payload]\npackages = [\"other\"]\n[[apt_repositories]]\nname = \"o\"\nurl = \"https://o.example/apt\"\n\
+                     suite = \"trixie\"\ncomponents = [\"main\"]\nkey = \"apt-keys/o.asc\"\n";
+        let (_dir, manifest) = project_with("[payload]\nprofile = \"pg\"\n", &[("pg", pg), ("other", other)]);
+        let load = |flag: Option<&str>| Appliance::load(&manifest, "0.1.0", flag);
+        let default = load(None).unwrap();
+        assert_eq!(
+            (default.payload.packages.as_slice(), default.payload.ports.as_slice()),
+            (&["postgresql".to_owned()][..], &[5432][..])
+        );
+        let chosen = load(Some("other")).unwrap();
+        assert_eq!(chosen.payload.profile.as_deref(), Some("other"));
+        assert_eq!(chosen.apt_repositories.len(), 1);
+
+        let msg = format!("{:#}", load(Some("nosuch")).unwrap_err());
+        assert!(msg.contains("nosuch.toml does not exist") && msg.contains("other, pg"), "{msg}");
+        let msg = format!("{:#}", load(Some("../pg")).unwrap_err());
+        assert!(msg.contains("lower-case letters"), "{msg}");
+
+        for (text, expected) in [
+            ("[payload]\nports = [22]\n", "field `payload.ports`"),
+            ("[payload]\nmin_data_gib = 12\n", "needs `payload.data_mount`"),
+            ("[payload]\nkernel_config = [\"IO_URING\"]\n", "field `payload.kernel_config`"),
+            ("[payload]\nprofile = \"pg\"\n", "cannot name another profile"),
+            ("[payload]\npackages = [\"Bad\"]\n", "field `payload.packages`"),
+            ("[payload]\nsize = 1\n", "unknown field `size`"),
+        ] {
+            let (_dir, manifest) = project_with("", &[("bad", text)]);
+            let msg = format!("{:#}", Appliance::load(&manifest, "0.1.0", Some("bad")).unwrap_err());
+            assert!(msg.contains(expected) && msg.contains("bad.toml"), "expected {expected:?} in {msg:?}");
+        }
+        let (_dir, manifest) = project_with("[payload]\nprofile = \"pg\"\npackages = [\"x\"]\n", &[("pg", pg)]);
+        let msg = format!("{:#}", Appliance::load(&manifest, "0.1.0", None).unwrap_err());
+        assert!(msg.contains("its other keys belong in payloads/pg.toml"), "{msg}");
     }
 }

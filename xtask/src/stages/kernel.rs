@@ -99,6 +99,32 @@ pub fn check_config(final_config: &str, requested: &[RequestedOption]) -> Result
     Ok(())
 }
 
+/// The kernel options the payload needs (`payload.kernel_config` of `profile`, e.g. TruthDB's
+/// io_uring): each must be `=y` in the kernel's final `.config` (`config`), or the build stops
+/// before the image is made with a kernel its service cannot run on.
+pub fn check_payload_options(config: &Path, options: &[String], profile: &str) -> Result<()> {
+    if options.is_empty() {
+        return Ok(());
+    }
+    let text =
+        fs::read_to_string(config).with_context(|| format!("reading the kernel's config {}", config.display()))?;
+    let actual = parse_dot_config(&text);
+    let missing: Vec<String> = options
+        .iter()
+        .filter(|o| actual.get(o.as_str()).map(String::as_str) != Some("y"))
+        .map(|o| format!("{o} is {}", actual.get(o.as_str()).map_or("not set".to_owned(), |v| format!("={v}"))))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the payload ({profile}) needs kernel options the kernel was built without ({}): {}; add them `=y` to a \
+             fragment in kernel/config/",
+            config.display(),
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// The fragments (`kernel/config/*.config`) and patches (`kernel/patches/*.patch`), sorted.
 pub fn list_files(dir: &Path, extension: &str) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
@@ -426,6 +452,29 @@ mod tests {
         check_config("CONFIG_DRM=y\nCONFIG_DRM_BOCHS=y\n", &requested).unwrap();
         let module = check_config("CONFIG_DRM=y\nCONFIG_DRM_BOCHS=m\n", &requested).unwrap_err();
         assert!(format!("{module:#}").contains("has it =m"));
+    }
+
+    #[test]
+    fn a_payload_s_kernel_option_must_be_built_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        let needs = ["CONFIG_IO_URING".to_owned()];
+        for (text, ok) in [
+            ("CONFIG_IO_URING=y\n", true),
+            ("# CONFIG_IO_URING is not set\n", false),
+            ("CONFIG_IO_URING=m\n", false),
+            ("CONFIG_OTHER=y\n", false),
+        ] {
+            fs::write(&config, text).unwrap();
+            match check_payload_options(&config, &needs, "truthdb") {
+                Ok(()) => assert!(ok, "{text} passed"),
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    assert!(!ok && msg.contains("CONFIG_IO_URING is") && msg.contains("(truthdb)"), "{text}: {msg}");
+                }
+            }
+        }
+        check_payload_options(Path::new("/nonexistent"), &[], "postgresql").unwrap();
     }
 
     #[test]

@@ -28,7 +28,7 @@ use serde::Serialize;
 use truthdb_installer::spec::{IMAGE_SPEC_PATH, ImageSpec, PayloadSpec};
 
 use crate::project::Project;
-use crate::project::appliance::Appliance;
+use crate::project::appliance::{Appliance, PROFILES_DIR};
 use crate::project::kernel_pin::LiveBuildKernel;
 use crate::project::package_list::{Conditions, PackageList};
 use crate::util::{digest, fsx};
@@ -89,6 +89,10 @@ struct TemplateContext<'a> {
     image_name: String,
     packages: Vec<&'a str>,
     kernel: &'a LiveBuildKernel,
+    /// The payload profile's name ("" for a `[payload]` written in appliance.toml itself).
+    payload_profile: &'a str,
+    /// TCP ports the installed system's firewall lets in besides SSH.
+    payload_ports: &'a [u16],
 }
 
 /// The manifest file sits in `lb-config/` but is input to the render, not part of its output.
@@ -166,7 +170,13 @@ pub fn render(inputs: &RenderInputs, out: &Path) -> Result<LiveBuildTree> {
                 bail!("lb-config/{dir}/ exists: its files belong in {home} (one place for each kind of input)");
             }
         }
-        render_tree(&inputs.lb_config_dir, "lb-config", &staging, &context, &[MANIFEST_FILE, APT_KEYS_DIR])?;
+        render_tree(
+            &inputs.lb_config_dir,
+            "lb-config",
+            &staging,
+            &context,
+            &[MANIFEST_FILE, APT_KEYS_DIR, PROFILES_DIR],
+        )?;
         write_apt_repositories(inputs, &staging.join("config"))?;
         copy_hooks(&inputs.hooks_dir, &staging.join("config/hooks/normal"))?;
         render_tree(&inputs.overlay_dir, "overlay", &staging.join("config/includes.chroot"), &context, &["README.md"])?;
@@ -195,13 +205,24 @@ fn write_image_spec(inputs: &RenderInputs, includes: &Path) -> Result<()> {
             health_check: m.payload.health_check.clone(),
             data_mount: m.payload.data_mount.clone(),
             configure: m.payload.configure.clone(),
+            min_data_gib: m.payload.min_data_gib,
         },
     };
-    let header = "# Rendered by `cargo xtask config` from lb-config/appliance.toml: read by truthdb-installer.\n";
+    let header = match &m.payload.profile {
+        Some(profile) => format!(
+            "# Rendered by `cargo xtask config` from lb-config/appliance.toml and payloads/{profile}.toml: read by \
+             truthdb-installer.\n"
+        ),
+        None => "# Rendered by `cargo xtask config` from lb-config/appliance.toml: read by truthdb-installer.\n".into(),
+    };
     let spec_path = fsx::write_in_tree(includes, IMAGE_SPEC_PATH, format!("{header}{}", spec.to_toml()))?;
     let dir = spec_path.parent().context("image spec path has a parent")?;
     let script = format!(
-        "#!/bin/sh\n# Rendered from `payload.health_check` in lb-config/appliance.toml.\n{}\n",
+        "#!/bin/sh\n# Rendered from `payload.health_check` of the payload ({}).\n{}\n",
+        m.payload
+            .profile
+            .as_deref()
+            .map_or("lb-config/appliance.toml".to_owned(), |p| format!("lb-config/payloads/{p}.toml")),
         m.payload.health_check
     );
     let check = fsx::write_in_tree(includes, dir.strip_prefix(includes)?.join("health-check"), script)?;
@@ -228,6 +249,8 @@ fn template_context<'a>(inputs: &'a RenderInputs, packages: &'a PackageList) -> 
         image_name: m.image_name(&inputs.version),
         packages: packages.names().collect(),
         kernel: &inputs.kernel,
+        payload_profile: m.payload.profile.as_deref().unwrap_or(""),
+        payload_ports: &m.payload.ports,
     }
 }
 
