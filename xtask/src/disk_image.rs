@@ -37,9 +37,10 @@ pub struct DiskArgs {
     pub config: PathBuf,
     #[arg(long, value_enum, default_value = "raw")]
     pub format: DiskFormat,
-    /// Disk size in GiB (a sparse file: only what is written takes space).
-    #[arg(long, default_value_t = 12)]
-    pub size_gib: u64,
+    /// Disk size in GiB (a sparse file: only what is written takes space). Default: 12, or
+    /// more when the payload needs a larger data partition (truthdb: 22).
+    #[arg(long)]
+    pub size_gib: Option<u64>,
     /// Where to write the image (default: target/truthdb-os/disk-images/<name>-<version>-<arch>.<format>).
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -146,23 +147,37 @@ pub fn build(inputs: &DiskImageInputs, on_line: &mut dyn FnMut(&str)) -> Result<
     result
 }
 
-/// Refuses a bad config or size before anything is installed, built or asked of sudo.
-pub fn check_args(args: &DiskArgs) -> Result<()> {
+/// The smallest disk the payload installs on and the default size, in GiB: the installer's
+/// ESP (0.5) and root (8) partitions, and the data partition at its minimum (2 GiB, or the
+/// payload's `min_data_gib`); the default leaves 1.5 GiB more for data.
+pub fn disk_sizes_gib(payload: &crate::project::appliance::Payload) -> (u64, u64) {
+    let data = u64::from(payload.min_data_gib.unwrap_or(2)).max(2);
+    let min = 9 + data; // 0.5 + 8 + data, and room for the partition table, rounded up
+    (min, min + 1)
+}
+
+/// Refuses a bad config or size before anything is installed, built or asked of sudo; the
+/// disk size to use.
+pub fn check_args(args: &DiskArgs, payload: &crate::project::appliance::Payload) -> Result<u64> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading install config {}", args.config.display()))?;
     truthdb_installer::config::InstallConfig::parse(&text, &args.config.display().to_string())?;
-    if args.size_gib < 11 {
+    let (min, default) = disk_sizes_gib(payload);
+    let size = args.size_gib.unwrap_or(default);
+    if size < min {
+        let profile = payload.profile.as_deref().unwrap_or("appliance.toml");
         crate::util::usage_error!(
-            "--size-gib {}: the appliance needs at least 11 GiB (ESP, root and data partitions)",
-            args.size_gib
+            "--size-gib {size}: the appliance with the {profile} payload needs at least {min} GiB (ESP, root, and a \
+             data partition of at least {} GiB)",
+            min - 9
         );
     }
-    Ok(())
+    Ok(size)
 }
 
 impl DiskArgs {
     pub fn run(self, project: &crate::project::Project) -> Result<()> {
-        check_args(&self)?;
+        check_args(&self, &project.appliance.payload)?;
         crate::util::host::reexec_as_root_if_needed()?;
         let _lock = project.lock_work_dir()?;
         run(project, &self)
@@ -172,7 +187,7 @@ impl DiskArgs {
 /// `cargo xtask disk`.
 fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
     let started = Instant::now();
-    check_args(args)?;
+    let size_gib = check_args(args, &project.appliance.payload)?;
     crate::doctor::ensure(&[crate::doctor::Purpose::Disk])?;
     let config = std::fs::canonicalize(&args.config)?;
 
@@ -197,13 +212,13 @@ fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
     let log = logs.join("disk.log");
     let _ = std::fs::remove_file(&log);
     stage("disk image", |s| {
-        s.set(&format!("installing into a {} GiB {:?} image (log: {})", args.size_gib, args.format, log.display()));
+        s.set(&format!("installing into a {size_gib} GiB {:?} image (log: {})", args.format, log.display()));
         let inputs = DiskImageInputs {
             iso: &iso,
             config: &config,
             installer: &installer.path,
             format: args.format,
-            size_gib: args.size_gib,
+            size_gib,
             output: &output,
             log: &log,
         };
@@ -217,7 +232,7 @@ fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
     println!(
         "wrote {} ({} GiB disk, {} MiB on the host) in {}",
         output.display(),
-        args.size_gib,
+        size_gib,
         on_disk.split_whitespace().next().unwrap_or("?"),
         format_duration(started.elapsed())
     );
@@ -230,4 +245,37 @@ fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
         output.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::appliance::Payload;
+
+    #[test]
+    fn the_disk_fits_the_payload_s_data_partition() {
+        let plain = Payload { data_mount: Some("/var/lib/postgresql".into()), ..Payload::default() };
+        assert_eq!(disk_sizes_gib(&plain), (11, 12), "as before profiles");
+        let truthdb = Payload { data_mount: Some("/var/lib/truthdb".into()), min_data_gib: Some(12), ..plain.clone() };
+        let (min, default) = disk_sizes_gib(&truthdb);
+        // The installer's own arithmetic (installer/src/plan.rs) must fit in the minimum.
+        let layout = truthdb_installer::plan::Layout { min_data_bytes: 12 << 30, ..Default::default() };
+        assert!(layout.min_disk_bytes() <= min << 30, "{} > {min} GiB", layout.min_disk_bytes());
+        assert_eq!((min, default), (21, 22));
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("install.toml");
+        std::fs::write(
+            &config,
+            "hostname = \"db1\"\nwipe = true\n[admin]\nuser = \"dba\"\nssh_authorized_keys = [\"ssh-ed25519 AAAA x\"]\n\
+             [database]\nadmin_password = \"a long enough password\"\n",
+        )
+        .unwrap();
+        let args =
+            |size_gib| DiskArgs { config: config.clone(), format: DiskFormat::Raw, size_gib, output: None, iso: None };
+        assert_eq!(check_args(&args(None), &truthdb).unwrap(), 22);
+        let msg = format!("{:#}", check_args(&args(Some(16)), &truthdb).unwrap_err());
+        assert!(msg.contains("--size-gib 16") && msg.contains("at least 21 GiB") && msg.contains("12 GiB"), "{msg}");
+        assert_eq!(check_args(&args(Some(16)), &plain).unwrap(), 16);
+    }
 }
