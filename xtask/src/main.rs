@@ -56,6 +56,11 @@ enum Command {
     /// install, boot the disk and reach its database and SSH. Screendumps are kept in
     /// target/truthdb-os/gui-test/screens/.
     GuiTest(vm::gui_test::GuiTestArgs),
+    /// Boot the ISO (UEFI) on QEMU machines carrying each emulated network card (e1000,
+    /// e1000e, rtl8139, vmxnet3, virtio), storage controller (NVMe, AHCI, MegaRAID, virtio-scsi,
+    /// LSI 53C895A, PVSCSI) and display (virtio, QXL, VMware SVGA, ramfb), and check from the
+    /// serial console that each was bound to its driver and the installer drew on its display.
+    HardwareTest(vm::hardware_test::HardwareTestArgs),
     /// Boot the ISO (default: dist/'s) or a disk image in QEMU to look at: a window, or VNC on
     /// 127.0.0.1 without a desktop; the serial console on this terminal (Ctrl-A X quits); SSH
     /// and PostgreSQL forwarded to free ports on 127.0.0.1, printed before it boots.
@@ -99,6 +104,7 @@ impl Command {
             Command::BootTest(_) => "boot-test",
             Command::InstallTest(_) => "install-test",
             Command::GuiTest(_) => "gui-test",
+            Command::HardwareTest(_) => "hardware-test",
             Command::Disk(_) => "disk",
             Command::Test(_) => "test",
             _ => return None,
@@ -136,6 +142,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::BootTest(args) => args.run(&project()?)?,
         Command::InstallTest(args) => args.run(&project()?)?,
         Command::GuiTest(args) => args.run(&project()?)?,
+        Command::HardwareTest(args) => args.run(&project()?)?,
         Command::Vm(args) => args.run(&project()?)?,
         Command::Disk(args) => args.run(&project()?)?,
         Command::Release(args) => args.run(&project()?)?,

@@ -130,11 +130,16 @@ fn run(project: &Project, fast: bool) -> Result<ExitCode> {
 }
 
 /// The e2e tests that do nothing but run VMs on `e2e_01`'s ISO, each in its own work
-/// directory: the suite starts them together, and the machine's VM slots (`vm/qemu.rs`) keep
-/// one VM per core among all of them, so the cores stay busy instead of one waiting while a
-/// single VM installs. (The builds' tests use every core themselves and run alone.)
-const SIDE_BY_SIDE: &[&str] =
-    &["e2e_04_boot_four_ways", "e2e_05_install_unattended_refusals_disk_image", "e2e_06_install_graphical"];
+/// directory: the suite starts them together, when it comes to the first of them, and the
+/// machine's VM slots (`vm/qemu.rs`) keep one VM per core among all of them, so the cores stay
+/// busy instead of one waiting while a single VM installs. (The builds' tests use every core
+/// themselves and run alone.)
+const SIDE_BY_SIDE: &[&str] = &[
+    "e2e_04_boot_four_ways",
+    "e2e_05_install_unattended_refusals_disk_image",
+    "e2e_06_install_graphical",
+    "e2e_11_hardware_matrix",
+];
 
 /// `e2e_05` of `e2e_05_install_...`.
 fn short_name(name: &str) -> &str {
@@ -184,13 +189,13 @@ fn timed(name: &str, f: impl FnOnce() -> Outcome) -> Row {
     Row { name: name.to_owned(), outcome, time: start.elapsed() }
 }
 
-/// Runs every test whatever the ones before did: in order, except that neighbours named in
-/// [`SIDE_BY_SIDE`] start together (`run_one`'s second argument says so). The rows keep the
-/// order of `names`.
+/// Runs every test whatever the ones before did: in order, except that the tests named in
+/// [`SIDE_BY_SIDE`] all start together where the first of them comes (`run_one`'s second
+/// argument says so). The rows are in the order the tests started.
 fn run_each(names: &[String], run_one: impl Fn(&str, bool) -> Outcome + Sync) -> Vec<Row> {
     let mut rows = Vec::new();
     for group in groups(names) {
-        if let [name] = group {
+        if let [name] = group.as_slice() {
             rows.push(timed(name, || run_one(name, false)));
             continue;
         }
@@ -199,7 +204,7 @@ fn run_each(names: &[String], run_one: impl Fn(&str, bool) -> Outcome + Sync) ->
                 group.iter().map(|name| scope.spawn(|| timed(name, || run_one(name, true)))).collect();
             for (name, handle) in group.iter().zip(running) {
                 let row = handle.join().unwrap_or_else(|_| Row {
-                    name: name.clone(),
+                    name: name.to_string(),
                     outcome: Outcome::Failed,
                     time: Duration::ZERO,
                 });
@@ -210,20 +215,17 @@ fn run_each(names: &[String], run_one: impl Fn(&str, bool) -> Outcome + Sync) ->
     rows
 }
 
-/// `names` cut into runs: each neighbouring run of [`SIDE_BY_SIDE`] tests is one group, every
-/// other test a group of its own.
-fn groups(names: &[String]) -> Vec<&[String]> {
+/// `names` in running groups: the [`SIDE_BY_SIDE`] tests among them one group, where the first
+/// of them is; every other test a group of its own.
+fn groups(names: &[String]) -> Vec<Vec<&String>> {
+    let side_by_side: Vec<&String> = names.iter().filter(|n| SIDE_BY_SIDE.contains(&n.as_str())).collect();
     let mut groups = Vec::new();
-    let mut start = 0;
-    while start < names.len() {
-        let mut end = start + 1;
-        if SIDE_BY_SIDE.contains(&names[start].as_str()) {
-            while end < names.len() && SIDE_BY_SIDE.contains(&names[end].as_str()) {
-                end += 1;
-            }
+    for name in names {
+        if !SIDE_BY_SIDE.contains(&name.as_str()) {
+            groups.push(vec![name]);
+        } else if side_by_side.first() == Some(&name) {
+            groups.push(side_by_side.clone());
         }
-        groups.push(&names[start..end]);
-        start = end;
     }
     groups
 }
@@ -453,19 +455,20 @@ e2e_03_build_leaves_no_mount_or_process: test
     }
 
     #[test]
-    fn the_vm_only_tests_start_together_and_keep_their_place_in_the_table() {
+    fn the_vm_only_tests_start_together_where_the_first_of_them_is() {
         let names: Vec<String> = [
             "e2e_03_build",
             "e2e_04_boot_four_ways",
             "e2e_05_install_unattended_refusals_disk_image",
             "e2e_06_install_graphical",
             "e2e_07_after",
+            "e2e_11_hardware_matrix",
         ]
         .map(String::from)
         .to_vec();
         let groups: Vec<usize> = groups(&names).iter().map(|g| g.len()).collect();
-        assert_eq!(groups, [1, 3, 1]);
-        // Each of the three waits (a while) until all three are running: ok only together.
+        assert_eq!(groups, [1, 4, 1]);
+        // Each of the four waits (a while) until all four are running: ok only together.
         let running = std::sync::atomic::AtomicUsize::new(0);
         let rows = run_each(&names, |name, side_by_side| {
             assert_eq!(side_by_side, SIDE_BY_SIDE.contains(&name), "{name}");
@@ -474,7 +477,7 @@ e2e_03_build_leaves_no_mount_or_process: test
             }
             running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let start = Instant::now();
-            while running.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+            while running.load(std::sync::atomic::Ordering::SeqCst) < 4 {
                 if start.elapsed() > Duration::from_secs(3) {
                     return Outcome::Failed;
                 }
@@ -484,7 +487,7 @@ e2e_03_build_leaves_no_mount_or_process: test
         });
         assert!(all_ok(&rows), "the VM-only tests did not run together: {rows:?}");
         let order: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(order, names);
+        assert_eq!(order, [&names[..4], &names[5..], &names[4..5]].concat(), "in the order they started");
         assert_eq!(short_name("e2e_05_install_unattended_refusals_disk_image"), "e2e_05");
     }
 
@@ -500,7 +503,8 @@ e2e_03_build_leaves_no_mount_or_process: test
                 body.match_indices("xtask(&[\"").map(|(i, m)| body[i + m.len()..].split('"').next().unwrap()).collect();
             assert!(!commands.is_empty(), "{name} runs no xtask command");
             for command in commands {
-                assert!(["boot-test", "install-test", "gui-test"].contains(&command), "{name} runs `xtask {command}`");
+                let vm_tests = ["boot-test", "install-test", "gui-test", "hardware-test"];
+                assert!(vm_tests.contains(&command), "{name} runs `xtask {command}`");
             }
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod boot_test;
 pub mod gui_test;
+pub mod hardware_test;
 pub mod install_test;
 pub mod look;
 pub mod qemu;

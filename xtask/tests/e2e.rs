@@ -710,3 +710,20 @@ fn e2e_10_extra_apt_repository_and_payload_profile_are_checked_before_the_build(
     assert!(started.elapsed().as_secs() < 60, "the failure took {:?}", started.elapsed());
     assert_eq!(snapshot(&dist), before);
 }
+
+#[test]
+#[ignore = "needs root and QEMU; run by `cargo xtask test`"]
+fn e2e_11_hardware_matrix() {
+    let iso_path = built_iso();
+    // Every network card, storage controller and display QEMU emulates for the hypervisors and
+    // servers README lists, each bound to its driver in the booted image.
+    let tested = xtask(&["hardware-test", "--iso", iso_path.to_str().unwrap()]);
+    assert!(tested.status.success(), "hardware test failed");
+    let report = stdout(&tested);
+    for machine in ["hw-virtio-gpu", "hw-qxl", "hw-vmware-svga", "hw-ramfb"] {
+        assert!(report.contains(&format!("PASS {machine} ")), "missing PASS {machine} in:\n{report}");
+    }
+    for device in ["vmxnet3: net", "rtl8139: net", "pvscsi: disk", "megasas: disk", "lsi53c895a: disk", "nvme: disk"] {
+        assert!(report.contains(device), "missing {device:?} in:\n{report}");
+    }
+}

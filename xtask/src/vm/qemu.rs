@@ -93,9 +93,10 @@ pub struct VmSpec {
     pub log_dir: PathBuf,
     /// A QMP control socket (screendump, key presses), for the graphical installer's test.
     pub qmp_socket: Option<PathBuf>,
-    /// A standard VGA adapter (`-vga std`: the firmware's framebuffer, then bochs-drm); without
-    /// one the machine has no display adapter at all.
-    pub graphics: bool,
+    /// The display adapter, QEMU's `-vga` type: `std` (the firmware's framebuffer, then
+    /// bochs-drm) by default; `virtio`, `qxl`, `vmware`, `cirrus`; `none`: no adapter at all
+    /// (unless one is added as a device, as `ramfb`).
+    pub vga: &'static str,
     pub display: Display,
     pub serial: Serial,
     /// A guest reboot ends QEMU (`-no-reboot`), as the tests want; off, it reboots.
@@ -113,7 +114,7 @@ impl VmSpec {
             forwards: Vec::new(),
             log_dir: log_dir.into(),
             qmp_socket: None,
-            graphics: true,
+            vga: "std",
             display: Display::None,
             serial: Serial::LogFile,
             no_reboot: true,
@@ -149,7 +150,13 @@ impl VmSpec {
 
     /// No display adapter at all (`-vga none`).
     pub fn no_graphics(mut self) -> VmSpec {
-        self.graphics = false;
+        self.vga = "none";
+        self
+    }
+
+    /// The display adapter (QEMU's `-vga` type, see [`VmSpec::vga`]).
+    pub fn vga(mut self, vga: &'static str) -> VmSpec {
+        self.vga = vga;
         self
     }
 
@@ -193,7 +200,7 @@ impl VmSpec {
         let mut cmd = Cmd::new("qemu-system-x86_64")
             .args(["-machine", "q35", "-accel", accel, "-smp", "2"])
             .args(["-m", &self.memory_mib.to_string()])
-            .args(["-vga", if self.graphics { "std" } else { "none" }]);
+            .args(["-vga", self.vga]);
         cmd = match &self.display {
             Display::None => cmd.args(["-display", "none"]),
             Display::Window(kind) => cmd.args(["-display", kind]),
