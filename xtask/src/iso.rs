@@ -415,6 +415,8 @@ impl<'a> IsoBuild<'a> {
             let info = BuildInfo {
                 name: appliance.name.clone(),
                 version: project.version.clone(),
+                debian_version: crate::project::appliance::debian_version(&project.version),
+                payload: appliance.payload.profile.clone().unwrap_or_default(),
                 suite: appliance.suite.clone(),
                 architecture: appliance.architecture.clone(),
                 source_date_epoch: self.epoch,

@@ -28,6 +28,10 @@ pub struct ProjectArgs {
     /// Fail at once when another run holds the work directory or a cache entry (default: wait).
     #[arg(long, global = true)]
     pub no_wait: bool,
+    /// Take the version from a release tag (vX.Y.Z or vX.Y.Z-PRE) instead of Cargo.toml, as the
+    /// TruthDB organisation's release tooling does (it tags every repository alike).
+    #[arg(long, global = true, value_name = "TAG", conflicts_with = "version_suffix")]
+    pub release_tag: Option<String>,
     /// The payload profile to build: `lb-config/payloads/<NAME>.toml` (default: the one
     /// `[payload] profile` names in appliance.toml, postgresql).
     #[arg(long, global = true, value_name = "NAME")]
@@ -36,8 +40,24 @@ pub struct ProjectArgs {
 
 impl ProjectArgs {
     pub fn load(&self) -> Result<Project> {
-        Project::load(self.project.as_deref(), self.version_suffix.as_deref(), self.payload.as_deref())
+        let version = match (&self.release_tag, &self.version_suffix) {
+            (Some(tag), _) => Version::FromTag(tag),
+            (None, Some(suffix)) => Version::Suffixed(suffix),
+            (None, None) => Version::Workspace,
+        };
+        Project::load(self.project.as_deref(), version, self.payload.as_deref())
     }
+}
+
+/// Where a run's version comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Version<'a> {
+    /// The workspace version in Cargo.toml: local builds.
+    Workspace,
+    /// `<workspace version>-<suffix>`: nightly builds.
+    Suffixed(&'a str),
+    /// A release tag `vX.Y.Z[-PRE]`: releases driven by tags.
+    FromTag(&'a str),
 }
 
 #[derive(Clone, Debug)]
@@ -70,24 +90,34 @@ impl Project {
         crate::util::lock::work_subdir(&self.work_dir(), name)
     }
 
-    /// Loads the project at `root`, or at the workspace this xtask was built from.
-    /// `version_suffix` labels a pre-release build: `0.1.0` becomes `0.1.0-<suffix>`
-    /// (nightly images use `nightly.<date>`); the workspace version stays the only source.
-    pub fn load(root: Option<&Path>, version_suffix: Option<&str>, payload: Option<&str>) -> Result<Project> {
+    /// Loads the project at `root`, or at the workspace this xtask was built from. The
+    /// version is the workspace's unless `version` says otherwise: `0.1.0` becomes
+    /// `0.1.0-<suffix>` for a pre-release build (nightly images use `nightly.<date>`), or the
+    /// release tag's.
+    pub fn load(root: Option<&Path>, version: Version, payload: Option<&str>) -> Result<Project> {
         let root = match root {
             Some(root) => root.to_owned(),
             None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_owned(),
         };
         let root = root.canonicalize().with_context(|| format!("project directory {}", root.display()))?;
-        let mut version = workspace_version(&root.join("Cargo.toml"))?;
-        if let Some(suffix) = version_suffix {
-            if suffix.is_empty() || !suffix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.') {
-                crate::util::usage_error!(
-                    "--version-suffix {suffix:?}: use lower-case letters, digits and dots, e.g. nightly.20261122"
-                );
+        let workspace = workspace_version(&root.join("Cargo.toml"))?;
+        let version = match version {
+            Version::Workspace => workspace,
+            Version::Suffixed(suffix) => {
+                if suffix.is_empty()
+                    || !suffix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.')
+                {
+                    crate::util::usage_error!(
+                        "--version-suffix {suffix:?}: use lower-case letters, digits and dots, e.g. nightly.20261122"
+                    );
+                }
+                format!("{workspace}-{suffix}")
             }
-            version = format!("{version}-{suffix}");
-        }
+            Version::FromTag(tag) => match crate::project::appliance::version_from_tag(tag) {
+                Ok(version) => version,
+                Err(e) => crate::util::usage_error!("--release-tag: {e}"),
+            },
+        };
         let appliance = Appliance::load(&root.join("lb-config/appliance.toml"), &version, payload)?;
         let kernel_pin = KernelPin::load(&root.join("kernel/kernel.toml"))?;
         Ok(Project { root, version, appliance, kernel_pin })

@@ -53,9 +53,19 @@ pub fn check_tag(tag: &str, version: &str) -> Result<bool> {
     Ok(version.contains('-'))
 }
 
-/// The files a release publishes, by name, for a build stem.
-pub fn release_file_names(stem: &str) -> Vec<String> {
+/// The ISO's name as the TruthDB organisation's release tooling expects it beside every
+/// repository's assets: `truthdb-installer-v<version>.iso`, with `<that>.sha256`.
+pub fn org_iso_name(version: &str) -> String {
+    format!("truthdb-installer-v{version}.iso")
+}
+
+/// The files a release publishes, by name, for a build stem and version: Debian's image
+/// layout, the key's fingerprint, and the ISO again under the organisation's name with its
+/// own `.sha256` (the same bytes as the ISO SHA256SUMS lists, so the signed sums cover it too).
+pub fn release_file_names(stem: &str, version: &str) -> Vec<String> {
     let mut names = vec![
+        org_iso_name(version),
+        format!("{}.sha256", org_iso_name(version)),
         format!("{stem}.hybrid.iso"),
         format!("{stem}.packages"),
         publish::build_info_name(stem),
@@ -111,21 +121,36 @@ fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
         bail!("{} is not empty: a release's files are never replaced", out.display());
     }
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    for name in release_file_names(&stem) {
+    let iso_name = format!("{stem}.hybrid.iso");
+    let org_iso = org_iso_name(&project.version);
+    for name in release_file_names(&stem, &project.version) {
         let to = out.join(&name);
+        if name == format!("{org_iso}.sha256") {
+            // sha256sum's format, from the sums just verified.
+            let sums = fs::read_to_string(dist.join("SHA256SUMS"))?;
+            let sha256 = sums
+                .lines()
+                .find_map(|l| {
+                    let (hash, name) = l.split_once(char::is_whitespace)?;
+                    (name.trim_start().trim_start_matches('*') == iso_name).then_some(hash)
+                })
+                .with_context(|| format!("SHA256SUMS lists no {iso_name}"))?;
+            fs::write(&to, format!("{sha256}  {org_iso}\n"))?;
+            continue;
+        }
         if name == FINGERPRINT_FILE {
             let label = if info.development_signature { " (DEVELOPMENT key: not a release signature)" } else { "" };
             fs::write(&to, format!("{}{label}\n", info.signing_key))?;
             continue;
         }
-        let from = dist.join(&name);
+        let from = dist.join(if name == org_iso { &iso_name } else { &name });
         // A hard link costs nothing for a 300 MB image; copy across file systems.
         if fs::hard_link(&from, &to).is_err() {
             fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
         }
     }
     println!("release {tag}{} for {}:", if prerelease { " (pre-release)" } else { "" }, info.signing_key);
-    for name in release_file_names(&stem) {
+    for name in release_file_names(&stem, &project.version) {
         println!("  {}", out.join(name).display());
     }
     Ok(())
@@ -159,8 +184,10 @@ mod tests {
 
     #[test]
     fn the_file_set_is_the_debian_layout_plus_the_fingerprint() {
-        let names = release_file_names("truthdb-os-0.1.0-amd64");
-        assert_eq!(names.len(), 8);
+        let names = release_file_names("truthdb-os-0.1.0-amd64", "0.1.0");
+        assert_eq!(names.len(), 10);
+        assert!(names.contains(&"truthdb-installer-v0.1.0.iso".to_owned()));
+        assert!(names.contains(&"truthdb-installer-v0.1.0.iso.sha256".to_owned()));
         assert!(names.contains(&"truthdb-os-0.1.0-amd64.hybrid.iso".to_owned()));
         assert!(names.contains(&"SHA512SUMS.sign".to_owned()));
         assert!(!names.iter().any(|n| n.contains("DEVELOPMENT")), "a release never ships the development key");

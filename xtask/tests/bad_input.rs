@@ -184,12 +184,29 @@ fn usage_errors_exit_2_and_failures_exit_1() {
         &["--version-suffix", "Nightly!", "config"],
         &["--engine", "docker", "config"],
         &["--container", "vm"],
+        &["--release-tag", "0.2.0", "config"],
+        &["--release-tag", "v0.2.0", "--version-suffix", "nightly.1", "config"],
+        &["--payload", "no-such-profile", "config"],
     ] {
         let out = p.xtask(args);
         assert_eq!(out.status.code(), Some(2), "xtask {args:?}: {}", stderr(&out));
     }
     let out = p.xtask(&["verify", p.path("no-such-dir").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "a failed verify: {}", stderr(&out));
+}
+
+#[test]
+fn a_release_tag_gives_the_version_as_the_organisation_s_tooling_does() {
+    let p = ProjectCopy::new();
+    let out =
+        p.xtask(&["--release-tag", "v0.2.0-rc.1", "release", "--tag", "v0.2.0-rc.1", "--check-only", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tag v0.2.0-rc.1 matches version 0.2.0-rc.1 (pre-release)"));
+    // Without it, the tag must still be the workspace version.
+    let out = p.xtask(&["release", "--tag", "v0.2.0-rc.1", "--check-only", "--dry-run"]);
+    assert!(!out.status.success() && stderr(&out).contains("does not match the workspace version"), "{}", stderr(&out));
+    let out = p.xtask(&["--release-tag", "v0.2", "config"]);
+    assert!(stderr(&out).contains("--release-tag") && stderr(&out).contains("vMAJOR.MINOR.PATCH"), "{}", stderr(&out));
 }
 
 #[test]

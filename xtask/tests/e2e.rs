@@ -148,6 +148,7 @@ fn e2e_02_caches_verify_and_release_rehearsal() {
     let dist = dist_dir();
     let dist_arg = dist.to_str().unwrap();
     let stem = iso_name().trim_end_matches(".hybrid.iso").to_owned();
+    let version = env!("CARGO_PKG_VERSION");
 
     // The kernel is cached by its inputs: asking again compiles nothing.
     let kernel = xtask(&["kernel"]);
@@ -186,9 +187,18 @@ fn e2e_02_caches_verify_and_release_rehearsal() {
         format!("{stem}.build-info.json"),
         format!("{stem}.hybrid.iso"),
         format!("{stem}.packages"),
+        format!("truthdb-installer-v{version}.iso"),
+        format!("truthdb-installer-v{version}.iso.sha256"),
     ];
     expected.sort();
     assert_eq!(released, expected);
+    // The organisation's names: the same bytes, and a .sha256 that sha256sum checks.
+    let org_iso = format!("truthdb-installer-v{version}.iso");
+    assert_eq!(
+        fs::metadata(release_out.join(&org_iso)).unwrap().len(),
+        fs::metadata(release_out.join(format!("{stem}.hybrid.iso"))).unwrap().len()
+    );
+    run(Command::new("sha256sum").args(["--strict", "-c"]).arg(format!("{org_iso}.sha256")).current_dir(&release_out));
     assert!(
         xtask(&[
             "verify",

@@ -572,6 +572,30 @@ pub fn is_debian_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
 }
 
+/// A version as Debian writes it: a semver pre-release's `-` (every one) becomes `~`, which sorts before
+/// the release (`0.2.0~rc.1` < `0.2.0`), as TruthDB's packages map their tags.
+pub fn debian_version(version: &str) -> String {
+    version.replace('-', "~")
+}
+
+/// The version a release tag names: `vX.Y.Z` or `vX.Y.Z-PRE` (the TruthDB organisation's
+/// release tooling tags every repository alike and takes the version from the tag).
+pub fn version_from_tag(tag: &str) -> Result<String> {
+    let version = tag.strip_prefix('v').unwrap_or("");
+    let (core, pre) = match version.split_once('-') {
+        Some((core, pre)) => (core, Some(pre)),
+        None => (version, None),
+    };
+    let numbers: Vec<&str> = core.split('.').collect();
+    let semver_core =
+        numbers.len() == 3 && numbers.iter().all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+    let pre_ok = pre.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'));
+    if !semver_core || !pre_ok {
+        bail!("release tag {tag:?} is not vMAJOR.MINOR.PATCH[-PRERELEASE] (e.g. v0.2.0 or v0.2.0-rc.1)");
+    }
+    Ok(version.to_owned())
+}
+
 /// Reads the one version of everything: `[workspace.package] version` of `Cargo.toml`.
 pub fn workspace_version(cargo_toml: &Path) -> Result<String> {
     #[derive(Deserialize)]
@@ -664,6 +688,20 @@ application = "TruthDB OS appliance"
             let msg = err(&text);
             assert!(msg.contains(expected), "expected {expected:?} in {msg:?}");
         }
+    }
+
+    #[test]
+    fn a_release_tag_names_the_version_and_debian_sorts_its_pre_releases_first() {
+        assert_eq!(version_from_tag("v0.2.0").unwrap(), "0.2.0");
+        assert_eq!(version_from_tag("v0.1.40-rc1").unwrap(), "0.1.40-rc1");
+        for bad in ["0.2.0", "v0.2", "v0.2.0-", "v0.2.0-rc/1", "v0.2.x", "vv0.2.0", ""] {
+            let msg = format!("{:#}", version_from_tag(bad).unwrap_err());
+            assert!(msg.contains("vMAJOR.MINOR.PATCH"), "{bad}: {msg}");
+        }
+        assert_eq!(debian_version("0.2.0"), "0.2.0");
+        // TruthDB's own packages: tag v0.1.40-rc1 is truthdb-server 0.1.40~rc1-1.
+        assert_eq!(debian_version("0.1.40-rc1"), "0.1.40~rc1");
+        assert_eq!(debian_version("0.1.0-nightly.20261122"), "0.1.0~nightly.20261122");
     }
 
     #[test]

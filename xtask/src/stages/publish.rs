@@ -29,6 +29,13 @@ use crate::util::fsx;
 pub struct BuildInfo {
     pub name: String,
     pub version: String,
+    /// The version as Debian spells it (a pre-release's `-` is `~`, so it sorts before the
+    /// release), as TruthDB's own packages are versioned from the same tag.
+    #[serde(default)]
+    pub debian_version: String,
+    /// The payload profile the image runs (`lb-config/payloads/<payload>.toml`).
+    #[serde(default)]
+    pub payload: String,
     pub suite: String,
     pub architecture: String,
     pub source_date_epoch: u64,
@@ -327,6 +334,8 @@ mod tests {
         BuildInfo {
             name: "truthdb-os".into(),
             version: "0.1.0".into(),
+            debian_version: "0.1.0".into(),
+            payload: "postgresql".into(),
             suite: "trixie".into(),
             architecture: "amd64".into(),
             source_date_epoch: 1_700_000_000,
