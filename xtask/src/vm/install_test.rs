@@ -13,7 +13,10 @@
 //!    is byte-for-byte unchanged (SHA-256 before and after);
 //! 4. (with `--disk-image`) the raw image `cargo xtask disk` makes boots the same way.
 //!
-//! Serial logs of every boot stay in the work directory.
+//! What does not need the installed disk runs beside the install: the refusals that need only
+//! the ISO, and the disk image; the reinstall refusal follows the installed boot. Every VM
+//! waits for one of the machine's VM slots. Serial logs of every boot stay in the work
+//! directory.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -170,14 +173,42 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
     let credentials = Credentials::new(dir)?;
     let good = credentials.config(&format!("serial = \"{TARGET_SERIAL}\""), true);
 
-    // 1. Unattended install from the ISO.
+    // Three chains that depend on nothing of each other run side by side (each VM waits for
+    // one of the machine's VM slots): the install with what needs the installed disk; the
+    // refusals that need only the ISO; the `disk` image.
     let target = dir.join("installed.raw");
+    let credentials = &credentials;
+    let good = &good;
+    let target = &target;
+    let (installed, refused, image) = std::thread::scope(|scope| {
+        let installed = scope.spawn(|| install_chain(config, credentials, good, target));
+        let refused = scope.spawn(|| if config.negative { refusals(config, credentials, good, None) } else { Ok(()) });
+        let image = scope.spawn(|| disk_image_chain(config, credentials));
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<()>>| {
+            h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a chain's thread panicked")))
+        };
+        (join(installed), join(refused), join(image))
+    });
+    let failures: Vec<String> = [("install", installed), ("refusals", refused), ("disk image", image)]
+        .into_iter()
+        .filter_map(|(what, result)| result.err().map(|e| format!("{what}: {e:#}")))
+        .collect();
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
+    }
+    Ok(())
+}
+
+/// 1. The unattended install from the ISO; 2. the installed disk booted alone and served;
+/// 3. the same medium booted again over it is refused (needs the installed disk).
+fn install_chain(config: &InstallTestConfig, credentials: &Credentials, good: &str, target: &Path) -> Result<()> {
+    let dir = &config.work_dir;
     let install_time = stage("install test", |s| {
         s.set("remastering the ISO with an unattended install config");
-        let iso = remaster(&config.iso, &good, dir, "unattended")?;
-        blank_disk(&target, DISK_GIB)?;
+        let iso = remaster(&config.iso, good, dir, "unattended")?;
+        blank_disk(target, DISK_GIB)?;
         s.set("installing (UEFI, CD + blank virtio disk)");
-        let storage = [cdrom(&iso), virtio_disk(&target, "raw", TARGET_SERIAL)].concat();
+        let storage = [cdrom(&iso), virtio_disk(target, "raw", TARGET_SERIAL)].concat();
         let vm = Vm::start(&VmSpec::uefi("install", dir).memory(config.memory_mib).media(storage))?;
         let mut last = String::new();
         vm.wait_for("the unattended install to finish and power off", config.timeout, |serial, exited| {
@@ -207,84 +238,90 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
     })?;
     println!("PASS unattended install from the ISO in {} (TCG)", format_duration(install_time));
 
-    // 2. The installed disk boots alone and serves.
     stage("install test", |s| {
         s.set("booting the installed disk alone");
-        check_appliance("installed", &target, "raw", config, &credentials, None)
+        check_appliance("installed", target, "raw", config, credentials, None)
     })?;
-
-    // 3. Refusals leave the disk untouched. Each is a boot of its own, run side by side.
     if config.negative {
-        let no_wipe = credentials.config(&format!("serial = \"{TARGET_SERIAL}\""), false);
-        let medium = credentials.config("path = \"/dev/sda\"", true);
-        let largest = credentials.config("largest = true", true);
-        let refusals = [
-            // (name, install config, ISO as a USB stick, the disk offered, what the refusal says)
-            ("no-wipe", &no_wipe, false, Target::BlankVirtio, "`wipe = true` is required"),
-            // A config naming the boot medium (the USB stick, /dev/sda).
-            ("boot-medium", &medium, true, Target::BlankVirtio, "booted from"),
-            // largest = true with only a USB disk attached: never chosen unless named.
-            ("largest-usb", &largest, false, Target::Usb, "no installable disk"),
-            // The medium left in the machine after an install: booting it again must not
-            // reinstall over the appliance (a copy-on-write overlay of the installed disk).
-            ("reinstall", &good, false, Target::Installed(&target), "already holds TruthDB OS"),
-        ];
-        let at_once = crate::vm::qemu::vms_at_once();
-        stage("install test", |s| {
-            s.set(&format!("{} refusals, {at_once} at a time", refusals.len()));
-            let mut failed = Vec::new();
-            for batch in refusals.chunks(at_once) {
-                let results =
-                    crate::vm::qemu::in_parallel(batch, |(name, install_config, as_usb, target, expected)| {
-                        check_refusal(name, &config.iso, install_config, *as_usb, target, expected, config)
-                    });
-                for ((name, ..), result) in batch.iter().zip(results) {
-                    if let Err(e) = result {
-                        eprintln!("FAIL {name}: {e:#}");
-                        failed.push(*name);
-                    }
-                }
-            }
-            if !failed.is_empty() {
-                bail!("refusal test(s) failed: {}", failed.join(", "));
-            }
-            Ok(())
-        })?;
-    }
-
-    // 4. The disk image made by `cargo xtask disk` boots the same way.
-    if let Some(installer) = &config.disk_image_installer {
-        let image = dir.join("disk-image.raw");
-        let config_file = dir.join("disk-image.install.toml");
-        std::fs::write(&config_file, credentials.config("", true).replace("\n[disk]\n\n", "\n"))?;
-        let started = Instant::now();
-        stage("install test", |s| {
-            s.set("cargo xtask disk --format raw (the engine on a loop device)");
-            let log = dir.join("disk-image.log");
-            crate::disk_image::build(
-                &crate::disk_image::DiskImageInputs {
-                    iso: &config.iso,
-                    config: &config_file,
-                    installer,
-                    format: crate::disk_image::DiskFormat::Raw,
-                    size_gib: DISK_GIB,
-                    output: &image,
-                    log: &log,
-                },
-                &mut |line| {
-                    if let Some(progress) = line.strip_prefix("truthdb-installer: ") {
-                        s.set(progress);
-                    }
-                },
-            )
-        })?;
-        println!("PASS disk image built in {}", format_duration(started.elapsed()));
-        stage("install test", |s| {
-            s.set("booting the disk image");
-            check_appliance("disk-image", &image, "raw", config, &credentials, None)
-        })?;
+        refusals(config, credentials, good, Some(target))?;
     }
     Ok(())
+}
+
+/// Refusals leave the disk untouched, each a boot of its own, side by side: without `target`
+/// the three that need only the ISO; with it (the installed disk), the reinstall refusal.
+fn refusals(config: &InstallTestConfig, credentials: &Credentials, good: &str, target: Option<&Path>) -> Result<()> {
+    let no_wipe = credentials.config(&format!("serial = \"{TARGET_SERIAL}\""), false);
+    let medium = credentials.config("path = \"/dev/sda\"", true);
+    let largest = credentials.config("largest = true", true);
+    let refusals = match target {
+        None => vec![
+            // (name, install config, ISO as a USB stick, the disk offered, what the refusal says)
+            ("no-wipe", no_wipe.as_str(), false, Target::BlankVirtio, "`wipe = true` is required"),
+            // A config naming the boot medium (the USB stick, /dev/sda).
+            ("boot-medium", medium.as_str(), true, Target::BlankVirtio, "booted from"),
+            // largest = true with only a USB disk attached: never chosen unless named.
+            ("largest-usb", largest.as_str(), false, Target::Usb, "no installable disk"),
+        ],
+        // The medium left in the machine after an install: booting it again must not
+        // reinstall over the appliance (a copy-on-write overlay of the installed disk).
+        Some(target) => vec![("reinstall", good, false, Target::Installed(target), "already holds TruthDB OS")],
+    };
+    stage("install test", |s| {
+        let names: Vec<&str> = refusals.iter().map(|r| r.0).collect();
+        s.set(&format!("refusals: {}", names.join(", ")));
+        let results = crate::vm::qemu::in_parallel(&refusals, |(name, install_config, as_usb, target, expected)| {
+            check_refusal(name, &config.iso, install_config, *as_usb, target, expected, config)
+        });
+        let mut failed = Vec::new();
+        for ((name, ..), result) in refusals.iter().zip(results) {
+            if let Err(e) = result {
+                eprintln!("FAIL {name}: {e:#}");
+                failed.push(*name);
+            }
+        }
+        if !failed.is_empty() {
+            bail!("refusal test(s) failed: {}", failed.join(", "));
+        }
+        Ok(())
+    })
+}
+
+/// 4. The disk image made by `cargo xtask disk` boots the same way.
+fn disk_image_chain(config: &InstallTestConfig, credentials: &Credentials) -> Result<()> {
+    let Some(installer) = &config.disk_image_installer else {
+        return Ok(());
+    };
+    let dir = &config.work_dir;
+    let image = dir.join("disk-image.raw");
+    let config_file = dir.join("disk-image.install.toml");
+    std::fs::write(&config_file, credentials.config("", true).replace("\n[disk]\n\n", "\n"))?;
+    let started = Instant::now();
+    stage("install test", |s| {
+        s.set("cargo xtask disk --format raw (the engine on a loop device)");
+        let log = dir.join("disk-image.log");
+        crate::disk_image::build(
+            &crate::disk_image::DiskImageInputs {
+                iso: &config.iso,
+                config: &config_file,
+                installer,
+                format: crate::disk_image::DiskFormat::Raw,
+                size_gib: DISK_GIB,
+                output: &image,
+                log: &log,
+            },
+            &mut |line| {
+                if let Some(progress) = line.strip_prefix("truthdb-installer: ") {
+                    s.set(progress);
+                }
+            },
+        )
+    })?;
+    println!("PASS disk image built in {}", format_duration(started.elapsed()));
+    stage("install test", |s| {
+        s.set("booting the disk image");
+        check_appliance("disk-image", &image, "raw", config, credentials, None)
+    })
 }
 
 /// Boots `disk` alone under OVMF and checks the appliance: marker with a healthy payload,
