@@ -10,7 +10,7 @@
 //!    marker, psql over TLS with the typed database password and none without TLS, ssh with
 //!    the typed key, the TLS certificate verified, the firewall loaded).
 //!
-//! Before all that, a machine with no display adapter at all: the installer must say so on the
+//! Beside all that, a machine with no display adapter at all: the installer must say so on the
 //! serial console and its unit's failure handler must say the installer has stopped.
 //!
 //! The screendumps stay in `<work>/gui-test/screens/` as the test's artifacts.
