@@ -137,6 +137,40 @@ fn e2e_01_iso_build_and_publish() {
     assert_eq!(kernels.len(), 1, "expected exactly one kernel package: {kernels:?}");
     assert!(kernels[0].starts_with("linux-image-") && kernels[0].ends_with("-truthdb"), "{kernels:?}");
 
+    // The boot menus, as live-build filled them in: install, safe graphics, verbose boot, each
+    // with the live command line and the serial console; no stock "fail-safe" entry.
+    let menus = tempfile::tempdir().unwrap();
+    run(Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(dist.join(iso_name()))
+        .args(["-extract", "/boot/grub/grub.cfg"])
+        .arg(menus.path().join("grub.cfg"))
+        .args(["-extract", "/isolinux/live.cfg"])
+        .arg(menus.path().join("live.cfg")));
+    for (menu, command_word) in [("grub.cfg", "linux"), ("live.cfg", "append")] {
+        let text = fs::read_to_string(menus.path().join(menu)).unwrap();
+        let lines: Vec<&str> =
+            text.lines().map(str::trim).filter(|l| l.starts_with(command_word) && l.contains("boot=live")).collect();
+        assert!(!text.contains("fail-safe"), "{menu}: the stock fail-safe entry is back:\n{text}");
+        assert!(
+            text.contains("Install TruthDB OS (safe graphics)") && text.contains("Install TruthDB OS (verbose boot)"),
+            "{menu}:\n{text}"
+        );
+        let default = lines.first().unwrap_or_else(|| panic!("{menu}: no live entry:\n{text}"));
+        assert!(
+            default.ends_with("console=ttyS0,115200") || default.contains("console=ttyS0,115200 findiso="),
+            "{menu}: {default}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("console=ttyS0,115200") && l.ends_with("nomodeset")),
+            "{menu}:\n{text}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("loglevel=7 systemd.show_status=true console=tty0 console=ttyS0,115200")),
+            "{menu}:\n{text}"
+        );
+    }
+
     // Every check passed: the later tests may use this ISO.
     fs::write(built_marker(), format!("{}\n", sha256_of(&dist.join(iso_name())).unwrap())).unwrap();
 }

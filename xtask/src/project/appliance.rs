@@ -361,6 +361,11 @@ impl Appliance {
             bail!("field `pretty_name` is empty");
         }
         check_printable("pretty_name", &self.pretty_name)?;
+        // It names the boot menus' entries: GRUB reads these in a quoted string, isolinux's `^`
+        // marks a hot key.
+        if let Some(c) = self.pretty_name.chars().find(|c| "\"\\$`^{};".contains(*c)) {
+            bail!("field `pretty_name`: {:?} holds {c:?}, which the boot menus would read as syntax", self.pretty_name);
+        }
         if self.suite.is_empty() || !self.suite.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
             bail!("field `suite`: {:?} is not a Debian suite name", self.suite);
         }
@@ -670,6 +675,7 @@ application = "TruthDB OS appliance"
     fn invalid_values_name_their_field() {
         let cases = [
             (MINIMAL.replace("truthdb-os\"", "Truth DB\""), "field `name`"),
+            (MINIMAL.replace("\"TruthDB OS\"\n[iso]", "\"TruthDB ${OS}\"\n[iso]"), "field `pretty_name`"),
             (format!("{MINIMAL}\n[mirrors]\narchive = \"ftp://x\"\n"), "field `mirrors.archive`"),
             (format!("{MINIMAL}\n[boot]\nappend = [\"console=tty0\"]\n"), "field `boot.append`"),
             (format!("{MINIMAL}\n[boot]\nmenu_timeout_seconds = 0\n"), "menu_timeout_seconds"),

@@ -82,6 +82,8 @@ struct TemplateContext<'a> {
     mirror_archive: &'a str,
     mirror_security: &'a str,
     kernel_command_line: String,
+    /// `boot.serial_console`, e.g. ttyS0,115200.
+    serial_console: &'a str,
     menu_timeout_seconds: u32,
     iso_volume: String,
     iso_publisher: &'a str,
@@ -242,6 +244,7 @@ fn template_context<'a>(inputs: &'a RenderInputs, packages: &'a PackageList) -> 
         mirror_archive: &m.mirrors.archive,
         mirror_security: &m.mirrors.security,
         kernel_command_line: m.kernel_command_line(),
+        serial_console: &m.boot.serial_console,
         menu_timeout_seconds: m.boot.menu_timeout_seconds,
         iso_volume: m.volume_id(&inputs.version),
         iso_publisher: &m.iso.publisher,
