@@ -58,7 +58,7 @@ enum Command {
     GuiTest(vm::gui_test::GuiTestArgs),
     /// Boot the ISO (UEFI) on QEMU machines carrying each emulated network card (e1000,
     /// e1000e, rtl8139, vmxnet3, virtio), storage controller (NVMe, AHCI, MegaRAID, virtio-scsi,
-    /// LSI 53C895A, PVSCSI) and display (virtio, QXL, VMware SVGA, ramfb), and check from the
+    /// LSI 53C895A, PVSCSI) and display (virtio, QXL, Cirrus, ramfb), and check from the
     /// serial console that each was bound to its driver and the installer drew on its display.
     HardwareTest(vm::hardware_test::HardwareTestArgs),
     /// Boot the ISO (default: dist/'s) or a disk image in QEMU to look at: a window, or VNC on

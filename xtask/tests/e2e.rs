@@ -764,7 +764,7 @@ fn e2e_11_hardware_matrix() {
     let tested = xtask(&["hardware-test", "--iso", iso_path.to_str().unwrap()]);
     assert!(tested.status.success(), "hardware test failed");
     let report = stdout(&tested);
-    for machine in ["hw-virtio-gpu", "hw-qxl", "hw-vmware-svga", "hw-ramfb"] {
+    for machine in ["hw-virtio-gpu", "hw-qxl", "hw-cirrus", "hw-ramfb"] {
         assert!(report.contains(&format!("PASS {machine} ")), "missing PASS {machine} in:\n{report}");
     }
     for device in ["vmxnet3: net", "rtl8139: net", "pvscsi: disk", "megasas: disk", "lsi53c895a: disk", "nvme: disk"] {
