@@ -199,9 +199,18 @@ fn the_commands_in_the_readme_are_the_ones_help_lists() {
             // Global flags may come first; the first other word is the command.
             let mut i = 0;
             while i < words.len() && words[i].starts_with("--") {
-                let takes_value =
-                    ["--engine", "--base", "--builder-image", "--cache-dir", "--project", "--version-suffix"]
-                        .contains(&words[i].as_str());
+                let takes_value = [
+                    "--engine",
+                    "--base",
+                    "--builder-image",
+                    "--cache-dir",
+                    "--project",
+                    "--version-suffix",
+                    "--payload",
+                    "--release-tag",
+                    "--color",
+                ]
+                .contains(&words[i].as_str());
                 i += if takes_value && !words[i].contains('=') { 2 } else { 1 };
             }
             let Some(command) = words.get(i) else { continue };
