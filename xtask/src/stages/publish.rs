@@ -227,6 +227,34 @@ pub fn verify_sums(dir: &Path, algorithms: &[Algorithm]) -> Result<Vec<String>> 
             }
         }
     }
+    checked.extend(verify_aliases(dir, &digests)?);
+    Ok(checked)
+}
+
+/// An ISO published again under another name (a release's `truthdb-installer-v<version>.iso`
+/// with its `.sha256`, for the TruthDB organisation's tooling): it must hold the same bytes as
+/// an image the sums list (so their signatures cover it too) and match its `.sha256`.
+fn verify_aliases(
+    dir: &Path,
+    listed: &std::collections::HashMap<String, checksums::FileDigests>,
+) -> Result<Vec<String>> {
+    let mut checked = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let sidecar = dir.join(format!("{name}.sha256"));
+        if !name.ends_with(".iso") || is_image_artifact(&name) || !sidecar.is_file() {
+            continue;
+        }
+        let digest = checksums::digest_file(&dir.join(&name))?;
+        let said = fs::read_to_string(&sidecar).with_context(|| format!("reading {}", sidecar.display()))?;
+        if said.split_whitespace().next() != Some(digest.sha256.as_str()) {
+            bail!("{name}: its .sha256 says {}, the file is {}", said.trim(), digest.sha256);
+        }
+        if !listed.values().any(|d| d.sha256 == digest.sha256) {
+            bail!("{name} holds bytes no image in the sums files has: it is not covered by their signatures");
+        }
+        checked.push(name);
+    }
     Ok(checked)
 }
 
@@ -397,6 +425,31 @@ mod tests {
             json["signatures"].as_array().unwrap().iter().map(|s| s["file"].as_str().unwrap()).collect();
         assert_eq!(signed, ["SHA256SUMS.sign", "SHA512SUMS.sign"]);
         assert_eq!(json["development_key"], true);
+
+        // The release's second name for the ISO: the same bytes, with its own .sha256.
+        let alias = dist.path().join("truthdb-installer-v0.1.0.iso");
+        fs::copy(dist.path().join("truthdb-os-0.1.0-amd64.hybrid.iso"), &alias).unwrap();
+        let sha256 = checksums::digest_file(&alias).unwrap().sha256;
+        fs::write(
+            dist.path().join("truthdb-installer-v0.1.0.iso.sha256"),
+            format!("{sha256}  truthdb-installer-v0.1.0.iso\n"),
+        )
+        .unwrap();
+        let names = verify_sums(dist.path(), &[Algorithm::Sha256, Algorithm::Sha512]).unwrap();
+        assert!(names.contains(&"truthdb-installer-v0.1.0.iso".to_owned()), "{names:?}");
+        fs::write(&alias, "other bytes").unwrap();
+        let msg = format!("{:#}", verify_sums(dist.path(), &[Algorithm::Sha256]).unwrap_err());
+        assert!(msg.contains("truthdb-installer-v0.1.0.iso: its .sha256 says"), "{msg}");
+        let other = checksums::digest_file(&alias).unwrap().sha256;
+        fs::write(
+            dist.path().join("truthdb-installer-v0.1.0.iso.sha256"),
+            format!("{other}  truthdb-installer-v0.1.0.iso\n"),
+        )
+        .unwrap();
+        let msg = format!("{:#}", verify_sums(dist.path(), &[Algorithm::Sha256]).unwrap_err());
+        assert!(msg.contains("not covered by their signatures"), "{msg}");
+        fs::remove_file(&alias).unwrap();
+        fs::remove_file(dist.path().join("truthdb-installer-v0.1.0.iso.sha256")).unwrap();
 
         // A corrupted image is caught by the sums.
         fs::write(dist.path().join("truthdb-os-0.1.0-amd64.hybrid.iso"), "corrupt").unwrap();
