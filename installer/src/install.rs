@@ -73,13 +73,8 @@ pub struct InstallReport {
 
 /// The layout an image spec asks for.
 pub fn layout_for(spec: &ImageSpec) -> Layout {
-    let default = Layout::default();
-    let payload_minimum = spec.payload.min_data_gib.map_or(0, |gib| u64::from(gib) * crate::plan::GIB);
-    Layout {
-        data_partition: spec.payload.data_mount.is_some(),
-        min_data_bytes: default.min_data_bytes.max(payload_minimum),
-        ..default
-    }
+    Layout { data_partition: spec.payload.data_mount.is_some(), ..Layout::default() }
+        .with_min_data_gib(spec.payload.min_data_gib)
 }
 
 /// Installs to `request.disk`, erasing it: the [`Step`]s in order, each on the same [`Install`]

@@ -39,6 +39,13 @@ impl Default for Layout {
 }
 
 impl Layout {
+    /// This layout with a data partition of at least `gib` GiB (a payload's `min_data_gib`),
+    /// never below the installer's own minimum.
+    pub fn with_min_data_gib(self, gib: Option<u32>) -> Layout {
+        let payload = gib.map_or(0, |gib| u64::from(gib) * GIB);
+        Layout { min_data_bytes: self.min_data_bytes.max(payload), ..self }
+    }
+
     /// The smallest disk this layout fits on (with room for the GPT at both ends).
     pub fn min_disk_bytes(&self) -> u64 {
         let data = if self.data_partition { self.min_data_bytes } else { 0 };

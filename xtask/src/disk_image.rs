@@ -148,12 +148,16 @@ pub fn build(inputs: &DiskImageInputs, on_line: &mut dyn FnMut(&str)) -> Result<
 }
 
 /// The smallest disk the payload installs on and the default size, in GiB: the installer's
-/// ESP (0.5) and root (8) partitions, and the data partition at its minimum (2 GiB, or the
-/// payload's `min_data_gib`); the default leaves 1.5 GiB more for data.
+/// own layout (ESP, root, and the data partition at the payload's `min_data_gib` or the
+/// installer's minimum), rounded up; the default leaves a GiB more for data.
 pub fn disk_sizes_gib(payload: &crate::project::appliance::Payload) -> (u64, u64) {
-    let data = u64::from(payload.min_data_gib.unwrap_or(2)).max(2);
-    let min = 9 + data; // 0.5 + 8 + data, and room for the partition table, rounded up
+    let min = payload_layout(payload).min_disk_bytes().div_ceil(1 << 30);
     (min, min + 1)
+}
+
+/// The installer's layout with the payload's smallest data partition.
+fn payload_layout(payload: &crate::project::appliance::Payload) -> truthdb_installer::plan::Layout {
+    truthdb_installer::plan::Layout::default().with_min_data_gib(payload.min_data_gib)
 }
 
 /// Refuses a bad config or size before anything is installed, built or asked of sudo; the
@@ -169,7 +173,7 @@ pub fn check_args(args: &DiskArgs, payload: &crate::project::appliance::Payload)
         crate::util::usage_error!(
             "--size-gib {size}: the appliance with the {profile} payload needs at least {min} GiB (ESP, root, and a \
              data partition of at least {} GiB)",
-            min - 9
+            payload_layout(payload).min_data_bytes >> 30
         );
     }
     Ok(size)

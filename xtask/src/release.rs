@@ -127,13 +127,11 @@ fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
         let to = out.join(&name);
         if name == format!("{org_iso}.sha256") {
             // sha256sum's format, from the sums just verified.
-            let sums = fs::read_to_string(dist.join("SHA256SUMS"))?;
-            let sha256 = sums
-                .lines()
-                .find_map(|l| {
-                    let (hash, name) = l.split_once(char::is_whitespace)?;
-                    (name.trim_start().trim_start_matches('*') == iso_name).then_some(hash)
-                })
+            let algorithm = crate::stages::checksums::Algorithm::Sha256;
+            let sums = fs::read_to_string(dist.join(algorithm.sums_file()))?;
+            let (sha256, _) = crate::stages::checksums::parse_sums(algorithm, &sums)?
+                .into_iter()
+                .find(|(_, name)| *name == iso_name)
                 .with_context(|| format!("SHA256SUMS lists no {iso_name}"))?;
             fs::write(&to, format!("{sha256}  {org_iso}\n"))?;
             continue;
