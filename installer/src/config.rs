@@ -20,8 +20,14 @@ pub struct InstallConfig {
     /// Consent to erase the selected disk. Must be `true`; there is no default.
     pub wipe: Option<bool>,
     pub hostname: String,
-    pub admin: Admin,
-    pub database: Database,
+    /// When the admin and the database password are set: by this install (the default), or on
+    /// the appliance's first boot from cloud-init or systemd credentials (a generic VM image).
+    #[serde(default)]
+    pub provision: Provision,
+    /// Required when provisioning at install; absent from a first-boot image.
+    pub admin: Option<Admin>,
+    /// Required when provisioning at install; absent from a first-boot image.
+    pub database: Option<Database>,
     #[serde(default)]
     pub power: PowerAction,
     /// Install over a disk that already holds TruthDB OS. Off by default, so that an install
@@ -32,6 +38,19 @@ pub struct InstallConfig {
     /// system boots only by UEFI, so this is for a disk that moves to a UEFI machine.
     #[serde(default)]
     pub allow_bios: bool,
+}
+
+/// When an appliance gets its admin account, database password and per-machine state.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provision {
+    /// The installer sets them from this config: an appliance for one machine.
+    #[default]
+    Install,
+    /// The image carries none of them (no admin, no secrets, no host keys, no machine-id, no
+    /// database cluster); the appliance makes them on its first boot from cloud-init or systemd
+    /// credentials (`/usr/lib/truthdb/provision`). A generic VM image, cloned to many machines.
+    FirstBoot,
 }
 
 /// Exactly one way of naming the target disk.
@@ -117,8 +136,14 @@ impl InstallConfig {
     /// The checks that need the image to install (its root file system at `root`), run
     /// before anything is written.
     pub fn validate_against_image(&self, root: &Path) -> std::result::Result<(), String> {
-        check_login_name_unused(&self.admin.user, root)
-            .map_err(|why| format!("field `admin.user`: {:?}: {why}", self.admin.user))
+        let Some(admin) = &self.admin else { return Ok(()) };
+        check_login_name_unused(&admin.user, root).map_err(|why| format!("field `admin.user`: {:?}: {why}", admin.user))
+    }
+
+    /// The admin and the database password, which an install that provisions needs (checked
+    /// by `validate`: present exactly when `provision` is `install`).
+    pub fn provisioned(&self) -> Option<(&Admin, &Database)> {
+        self.admin.as_ref().zip(self.database.as_ref())
     }
 
     /// The checks `parse` runs, for configs built in code (the graphical installer's).
@@ -130,20 +155,33 @@ impl InstallConfig {
             return Err("field `disk.largest` must be true when given".into());
         }
         check_hostname(&self.hostname).map_err(|why| format!("field `hostname`: {:?}: {why}", self.hostname))?;
-        check_login_name(&self.admin.user)
-            .map_err(|why| format!("field `admin.user`: {:?}: {why}", self.admin.user))?;
-        if self.admin.ssh_authorized_keys.is_empty() && self.admin.password_hash.is_none() {
+        let (admin, database) = match (self.provision, &self.admin, &self.database) {
+            (Provision::Install, Some(admin), Some(database)) => (admin, database),
+            (Provision::Install, None, _) => return Err("`[admin]` is required (the appliance's administrator)".into()),
+            (Provision::Install, _, None) => {
+                return Err("`[database]` is required (the database admin's password)".into());
+            }
+            (Provision::FirstBoot, None, None) => return Ok(()),
+            (Provision::FirstBoot, _, _) => {
+                return Err("`provision = \"first-boot\"`: the image carries no admin and no database password (they \
+                            come from cloud-init or systemd credentials on first boot); remove `[admin]` and \
+                            `[database]`"
+                    .into());
+            }
+        };
+        check_login_name(&admin.user).map_err(|why| format!("field `admin.user`: {:?}: {why}", admin.user))?;
+        if admin.ssh_authorized_keys.is_empty() && admin.password_hash.is_none() {
             return Err("the admin needs `ssh_authorized_keys` or `password_hash` to log in".into());
         }
-        for key in &self.admin.ssh_authorized_keys {
+        for key in &admin.ssh_authorized_keys {
             check_ssh_public_key(key).map_err(|why| format!("field `admin.ssh_authorized_keys`: {why}"))?;
         }
-        if let Some(hash) = &self.admin.password_hash
+        if let Some(hash) = &admin.password_hash
             && !hash.starts_with('$')
         {
             return Err("field `admin.password_hash` must be a crypt(3) hash ($y$..., $6$...), not a password".into());
         }
-        check_database_password(&self.database.admin_password)
+        check_database_password(&database.admin_password)
             .map_err(|why| format!("field `database.admin_password`: {why}"))?;
         Ok(())
     }
@@ -339,6 +377,19 @@ admin_password = "correct horse battery"
         assert!(err(&clear).contains("crypt(3)"));
         assert!(err(&GOOD.replace("db1.example.org", "db_1")).contains("hostname"));
         assert!(err(&GOOD.replace("user = \"dba\"", "user = \"root\"")).contains("admin.user"));
+    }
+
+    #[test]
+    fn a_first_boot_image_config_carries_no_admin_and_no_password() {
+        let generic = "hostname = \"truthdb\"\nwipe = true\nprovision = \"first-boot\"\n";
+        let c = InstallConfig::parse(generic, "generic.toml").unwrap();
+        assert_eq!((c.provision, c.provisioned()), (Provision::FirstBoot, None));
+        let with_admin = GOOD.replace("wipe = true", "wipe = true\nprovision = \"first-boot\"");
+        assert!(err(&with_admin).contains("remove `[admin]` and `[database]`"), "{}", err(&with_admin));
+        let no_admin = GOOD.replace("[admin]\nuser = \"dba\"\nssh_authorized_keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample dba@laptop\"]\n", "");
+        assert!(err(&no_admin).contains("`[admin]` is required"), "{}", err(&no_admin));
+        let no_db = GOOD.replace("[database]\nadmin_password = \"correct horse battery\"\n", "");
+        assert!(err(&no_db).contains("`[database]` is required"), "{}", err(&no_db));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::block_devices::{Disk, unsuitable};
-use crate::config::{Admin, InstallConfig};
+use crate::config::{Admin, InstallConfig, Provision};
 use crate::error::{Error, Result};
 use crate::events::Event;
 pub use crate::events::Step;
@@ -278,9 +278,15 @@ impl<'a> Install<'a> {
     }
 
     fn admin_account(&mut self) -> Result<()> {
+        let Some((admin, _)) = self.request.config.provisioned() else {
+            // A first-boot image: sshd-keygen.service makes the keys on the first boot (an empty
+            // machine-id makes it one), and the admin comes from cloud-init or credentials.
+            self.emit(0.0, "no admin account and no SSH host keys (made on first boot)");
+            return remove_host_keys(&self.target);
+        };
         self.emit(0.0, "admin account and SSH host keys");
         regenerate_host_keys(&self.target, self.log)?;
-        create_admin(&self.target, &self.request.config, self.log)
+        create_admin(&self.target, admin, self.log)
     }
 
     fn payload(&mut self) -> Result<()> {
@@ -290,12 +296,15 @@ impl<'a> Install<'a> {
         if !payload.services.is_empty() {
             Tool::new("systemctl").arg("enable").args(&payload.services).in_root(&target).run(log)?;
         }
+        let Some((admin, database)) = request.config.provisioned() else {
+            self.emit(0.2, "the database is set up on first boot");
+            return first_boot_provisioning(&target);
+        };
         if let Some(configure) = &payload.configure {
             self.emit(0.2, format!("setting the database up ({configure})"));
-            let verifier =
-                postgres_protocol::password::scram_sha_256(request.config.database.admin_password.as_bytes());
+            let verifier = postgres_protocol::password::scram_sha_256(database.admin_password.as_bytes());
             Tool::new(configure)
-                .env("TRUTHDB_ADMIN_USER", &request.config.admin.user)
+                .env("TRUTHDB_ADMIN_USER", &admin.user)
                 .env("TRUTHDB_DB_PASSWORD_SCRAM", verifier.clone())
                 .env("TRUTHDB_DATA_DIR", self.data_mount().unwrap_or(""))
                 // The verifier is in the environment (root-only in /proc), never in an argument;
@@ -456,7 +465,7 @@ fn copy_tree(
     Ok(())
 }
 
-/// fstab by UUID, host name, a machine-id of its own.
+/// fstab by UUID, host name, a machine-id of its own (or none yet, on a first-boot image).
 fn write_identity(
     target: &Path,
     config: &InstallConfig,
@@ -489,7 +498,12 @@ fn write_identity(
             config.hostname
         ),
     )?;
-    write("etc/machine-id", &format!("{}\n", random_hex(32)?))?;
+    // Empty on a first-boot image: systemd makes one on the first boot (and so it is one).
+    let machine_id = match config.provision {
+        Provision::Install => format!("{}\n", random_hex(32)?),
+        Provision::FirstBoot => String::new(),
+    };
+    write("etc/machine-id", &machine_id)?;
     Ok(())
 }
 
@@ -635,6 +649,15 @@ fn move_file(from: &Path, to: &Path) -> Result<()> {
 
 /// Host keys made while the image was built would be shared by every appliance.
 fn regenerate_host_keys(target: &Path, log: &Log) -> Result<()> {
+    if !target.join("etc/ssh").is_dir() {
+        return Ok(());
+    }
+    remove_host_keys(target)?;
+    Tool::new("ssh-keygen").arg("-A").in_root(target).run(log)?;
+    Ok(())
+}
+
+fn remove_host_keys(target: &Path) -> Result<()> {
     let ssh = target.join("etc/ssh");
     if !ssh.is_dir() {
         return Ok(());
@@ -644,8 +667,41 @@ fn regenerate_host_keys(target: &Path, log: &Log) -> Result<()> {
             std::fs::remove_file(entry.path()).map_err(|e| io_error(&entry.path(), e))?;
         }
     }
-    Tool::new("ssh-keygen").arg("-A").in_root(target).run(log)?;
     Ok(())
+}
+
+/// What `truthdb-provision.service` looks for: while it is there, the appliance is not yet
+/// provisioned, and each boot tries again; the service removes it once it has provisioned.
+pub const FIRST_BOOT_MARKER: &str = "etc/truthdb/provision-on-first-boot";
+/// cloud-init stays off on appliances installed from the ISO (and in the live system); a
+/// first-boot image turns it on.
+const CLOUD_INIT_DISABLED: &str = "etc/cloud/cloud-init.disabled";
+/// Units without a preset line would be enabled on the first boot (systemd applies presets to
+/// every unit when /etc/machine-id is empty, and Debian's default is enable): the image's own
+/// choice of units stays as built.
+const FIRST_BOOT_PRESET: &str = "etc/systemd/system-preset/99-truthdb-first-boot.preset";
+
+/// A first-boot image: the marker the provisioning service looks for, cloud-init on, and no
+/// units enabled by presets.
+fn first_boot_provisioning(target: &Path) -> Result<()> {
+    let write = |relative: &str, text: &str| {
+        let path = target.join(relative);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        }
+        std::fs::write(&path, text).map_err(|e| io_error(&path, e))
+    };
+    write(
+        FIRST_BOOT_MARKER,
+        "# Written by truthdb-installer for a generic image: truthdb-provision.service provisions the\n\
+         # admin and the database from cloud-init or systemd credentials, then removes this file.\n",
+    )?;
+    write(FIRST_BOOT_PRESET, "# Written by truthdb-installer: the image's units stay as built.\ndisable *\n")?;
+    let disabled = target.join(CLOUD_INIT_DISABLED);
+    match std::fs::remove_file(&disabled) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error(&disabled, e)),
+        _ => Ok(()),
+    }
 }
 
 /// The commands that make the admin account and set its password, built apart from running
@@ -665,8 +721,7 @@ fn admin_account_tools(target: &Path, admin: &Admin) -> Vec<Tool> {
     tools
 }
 
-fn create_admin(target: &Path, config: &InstallConfig, log: &Log) -> Result<()> {
-    let admin = &config.admin;
+fn create_admin(target: &Path, admin: &Admin, log: &Log) -> Result<()> {
     let user = admin.user.as_str();
     for tool in admin_account_tools(target, admin) {
         tool.run(log)?;

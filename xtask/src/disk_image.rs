@@ -5,6 +5,9 @@
 //! root file system as the source. It runs in a private mount namespace (`unshare --mount`),
 //! so no mount outlives it, and the loop device is detached whatever happens. The image is
 //! written as `<output>.partial` and renamed into place only when complete.
+//!
+//! Without `--config` the image is generic: the engine installs with `provision =
+//! "first-boot"` (see `GENERIC_CONFIG`), and the appliance provisions itself when it first boots.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -31,10 +34,13 @@ impl DiskFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct DiskArgs {
-    /// Install config (TOML): host name, admin account, database password and `wipe = true`.
-    /// A `[disk]` selector is not needed (the image is the disk).
+    /// Install config (TOML): host name, admin account, database password and `wipe = true`,
+    /// for an image pre-provisioned for one machine. A `[disk]` selector is not needed (the
+    /// image is the disk). Without it: a generic image, with no admin, no secrets, no host keys,
+    /// no machine-id and no database, provisioned on its first boot from cloud-init (NoCloud,
+    /// config drive) or systemd credentials (README: "Deploying the VM image").
     #[arg(long)]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "raw")]
     pub format: DiskFormat,
     /// Disk size in GiB (a sparse file: only what is written takes space). Default: 12, or
@@ -160,12 +166,19 @@ fn payload_layout(payload: &crate::project::appliance::Payload) -> truthdb_insta
     truthdb_installer::plan::Layout::default().with_min_data_gib(payload.min_data_gib)
 }
 
+/// The install config of a generic image: nothing of any one machine's (the host name is the
+/// image's default until cloud-init's meta-data names it).
+pub const GENERIC_CONFIG: &str = "# A generic image: provisioned on its first boot.\nhostname = \"truthdb\"\nwipe = \
+                                  true\nprovision = \"first-boot\"\n";
+
 /// Refuses a bad config or size before anything is installed, built or asked of sudo; the
 /// disk size to use.
 pub fn check_args(args: &DiskArgs, payload: &crate::project::appliance::Payload) -> Result<u64> {
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading install config {}", args.config.display()))?;
-    truthdb_installer::config::InstallConfig::parse(&text, &args.config.display().to_string())?;
+    if let Some(config) = &args.config {
+        let text =
+            std::fs::read_to_string(config).with_context(|| format!("reading install config {}", config.display()))?;
+        truthdb_installer::config::InstallConfig::parse(&text, &config.display().to_string())?;
+    }
     let (min, default) = disk_sizes_gib(payload);
     let size = args.size_gib.unwrap_or(default);
     if size < min {
@@ -193,7 +206,14 @@ fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
     let started = Instant::now();
     let size_gib = check_args(args, &project.appliance.payload)?;
     crate::doctor::ensure(&[crate::doctor::Purpose::Disk])?;
-    let config = std::fs::canonicalize(&args.config)?;
+    let generic_config = tempfile::Builder::new().prefix("truthdb-generic-").suffix(".toml").tempfile()?;
+    let config = match &args.config {
+        Some(config) => std::fs::canonicalize(config)?,
+        None => {
+            std::fs::write(generic_config.path(), GENERIC_CONFIG)?;
+            generic_config.path().to_owned()
+        }
+    };
 
     let iso = match &args.iso {
         Some(iso) => iso.clone(),
@@ -216,7 +236,8 @@ fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
     let log = logs.join("disk.log");
     let _ = std::fs::remove_file(&log);
     stage("disk image", |s| {
-        s.set(&format!("installing into a {size_gib} GiB {:?} image (log: {})", args.format, log.display()));
+        let kind = if args.config.is_some() { "pre-provisioned" } else { "generic (first-boot provisioning)" };
+        s.set(&format!("installing into a {size_gib} GiB {kind} {:?} image (log: {})", args.format, log.display()));
         let inputs = DiskImageInputs {
             iso: &iso,
             config: &config,
@@ -275,11 +296,23 @@ mod tests {
              [database]\nadmin_password = \"a long enough password\"\n",
         )
         .unwrap();
-        let args =
-            |size_gib| DiskArgs { config: config.clone(), format: DiskFormat::Raw, size_gib, output: None, iso: None };
+        let args = |size_gib| DiskArgs {
+            config: Some(config.clone()),
+            format: DiskFormat::Raw,
+            size_gib,
+            output: None,
+            iso: None,
+        };
         assert_eq!(check_args(&args(None), &truthdb).unwrap(), 22);
         let msg = format!("{:#}", check_args(&args(Some(16)), &truthdb).unwrap_err());
         assert!(msg.contains("--size-gib 16") && msg.contains("at least 21 GiB") && msg.contains("12 GiB"), "{msg}");
         assert_eq!(check_args(&args(Some(16)), &plain).unwrap(), 16);
+    }
+
+    #[test]
+    fn a_generic_image_is_installed_with_first_boot_provisioning_and_no_secrets() {
+        let config = truthdb_installer::config::InstallConfig::parse(GENERIC_CONFIG, "generic").unwrap();
+        assert_eq!(config.provision, truthdb_installer::config::Provision::FirstBoot);
+        assert!(config.provisioned().is_none());
     }
 }

@@ -70,6 +70,7 @@ fn run(project: &Project, fast: bool) -> Result<ExitCode> {
             Purpose::InstallTest,
             Purpose::ContainerTest,
         ])?;
+        doctor::prefer_fast_qemu()?;
     }
     let actionlint = ensure_actionlint(project)?;
     let cargo = || {

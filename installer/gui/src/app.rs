@@ -9,7 +9,7 @@ use iced_core::keyboard::{self, key::Named};
 use iced_core::{Alignment, Color, Element, Length, Theme, theme::Palette};
 use iced_widget::{button, column, container, progress_bar, row, space, text, text_input};
 use truthdb_installer::block_devices::{Disk, human_size};
-use truthdb_installer::config::{self, Admin, Database, InstallConfig, PowerAction};
+use truthdb_installer::config::{self, Admin, Database, InstallConfig, PowerAction, Provision};
 use truthdb_installer::events::Event as ProgressEvent;
 
 pub type Renderer = iced_tiny_skia::Renderer;
@@ -275,7 +275,8 @@ impl App {
             disk: None,
             wipe: Some(true),
             hostname: s.hostname.trim().to_owned(),
-            admin: Admin {
+            provision: Provision::Install,
+            admin: Some(Admin {
                 user: s.admin_user.trim().to_owned(),
                 ssh_authorized_keys: if s.ssh_key.trim().is_empty() {
                     vec![]
@@ -283,8 +284,8 @@ impl App {
                     vec![s.ssh_key.trim().to_owned()]
                 },
                 password_hash,
-            },
-            database: Database { admin_password: s.database_password.clone() },
+            }),
+            database: Some(Database { admin_password: s.database_password.clone() }),
             power: PowerAction::Reboot,
             // The unattended path's guards: a person here has chosen and confirmed the disk.
             reinstall: false,

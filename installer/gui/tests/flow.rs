@@ -250,11 +250,11 @@ fn clicking_and_typing_through_every_screen_starts_the_install_and_ends_done() {
     let [Request::Install { disk, config }] = requests.as_slice() else { panic!("no install request: {requests:?}") };
     assert_eq!(disk.path, "/dev/vda");
     assert_eq!(config.hostname, "db1.example.org");
-    assert_eq!(config.admin.user, "admin");
-    assert_eq!(config.admin.ssh_authorized_keys, vec![SSH_KEY.to_owned()]);
-    let hash = config.admin.password_hash.as_deref().unwrap();
+    assert_eq!(config.admin.as_ref().unwrap().user, "admin");
+    assert_eq!(config.admin.as_ref().unwrap().ssh_authorized_keys, vec![SSH_KEY.to_owned()]);
+    let hash = config.admin.as_ref().unwrap().password_hash.as_deref().unwrap();
     assert!(hash.starts_with("$6$") && !hash.contains("short-but-long-now"), "{hash}");
-    assert_eq!(config.database.admin_password, "correct horse battery");
+    assert_eq!(config.database.as_ref().unwrap().admin_password, "correct horse battery");
     assert_eq!(config.wipe, Some(true));
     assert_eq!(app.screen(), Screen::Installing);
 

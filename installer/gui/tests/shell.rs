@@ -127,10 +127,10 @@ fn a_burst_of_keys_lands_in_order_across_fields_and_screens() {
     assert_eq!(app.screen(), Screen::Confirm);
     let config = app.install_config().unwrap();
     assert_eq!(config.hostname, "appliance-1");
-    assert_eq!(config.admin.user, "dba");
-    assert!(config.admin.ssh_authorized_keys.is_empty());
-    assert!(config.admin.password_hash.is_some());
-    assert_eq!(config.database.admin_password, "Db-Secret-Pass-1234");
+    assert_eq!(config.admin.as_ref().unwrap().user, "dba");
+    assert!(config.admin.as_ref().unwrap().ssh_authorized_keys.is_empty());
+    assert!(config.admin.as_ref().unwrap().password_hash.is_some());
+    assert_eq!(config.database.as_ref().unwrap().admin_password, "Db-Secret-Pass-1234");
 
     // The confirmation's field has the focus at once: the disk's name and Enter start the install.
     for c in "vda\n".chars() {
