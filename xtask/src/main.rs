@@ -61,12 +61,18 @@ enum Command {
     /// LSI 53C895A, PVSCSI) and display (virtio, QXL, Cirrus, ramfb), and check from the
     /// serial console that each was bound to its driver and the installer drew on its display.
     HardwareTest(vm::hardware_test::HardwareTestArgs),
+    /// Build a generic qcow2 (`disk` without --config) from the ISO and boot it as two VMs with
+    /// their own cloud-init NoCloud seeds on larger disks (each provisioned, healthy, reached
+    /// with its own key and password, unlike the other), once with no seed (no login, told how
+    /// to provision), and the first again (provisioned once).
+    FirstBootTest(vm::first_boot_test::FirstBootTestArgs),
     /// Boot the ISO (default: dist/'s) or a disk image in QEMU to look at: a window, or VNC on
     /// 127.0.0.1 without a desktop; the serial console on this terminal (Ctrl-A X quits); SSH
     /// and PostgreSQL forwarded to free ports on 127.0.0.1, printed before it boots.
     Vm(vm::look::VmArgs),
     /// Build a ready-to-boot appliance disk image (raw or qcow2) by running the installer
-    /// engine on a loop device (needs root).
+    /// engine on a loop device (needs root): generic (provisioned on first boot by cloud-init)
+    /// without --config, or pre-provisioned for one machine with it.
     Disk(disk_image::DiskArgs),
     /// Check a release tag against the workspace version and put the release's files (ISO,
     /// sums, signatures, package manifest, build info, key fingerprint) into a directory.
@@ -105,6 +111,7 @@ impl Command {
             Command::InstallTest(_) => "install-test",
             Command::GuiTest(_) => "gui-test",
             Command::HardwareTest(_) => "hardware-test",
+            Command::FirstBootTest(_) => "first-boot-test",
             Command::Disk(_) => "disk",
             Command::Test(_) => "test",
             _ => return None,
@@ -143,6 +150,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::InstallTest(args) => args.run(&project()?)?,
         Command::GuiTest(args) => args.run(&project()?)?,
         Command::HardwareTest(args) => args.run(&project()?)?,
+        Command::FirstBootTest(args) => args.run(&project()?)?,
         Command::Vm(args) => args.run(&project()?)?,
         Command::Disk(args) => args.run(&project()?)?,
         Command::Release(args) => args.run(&project()?)?,

@@ -140,6 +140,7 @@ const SIDE_BY_SIDE: &[&str] = &[
     "e2e_05_install_unattended_refusals_disk_image",
     "e2e_06_install_graphical",
     "e2e_11_hardware_matrix",
+    "e2e_12_generic_vm_image_provisions_itself_on_first_boot",
 ];
 
 /// `e2e_05` of `e2e_05_install_...`.

@@ -2,6 +2,7 @@
 //! and install the image on it, and `cargo xtask vm`, which boots it for a person to look at.
 
 pub mod boot_test;
+pub mod first_boot_test;
 pub mod gui_test;
 pub mod hardware_test;
 pub mod install_test;

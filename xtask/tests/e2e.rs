@@ -774,3 +774,25 @@ fn e2e_11_hardware_matrix() {
         assert!(report.contains(device), "missing {device:?} in:\n{report}");
     }
 }
+
+#[test]
+#[ignore = "needs root and QEMU; run by `cargo xtask test`"]
+fn e2e_12_generic_vm_image_provisions_itself_on_first_boot() {
+    let iso_path = built_iso();
+    // One generic qcow2, two VMs with their own NoCloud seeds on larger disks, one with none,
+    // and the first booted again.
+    let tested = xtask(&["first-boot-test", "--iso", iso_path.to_str().unwrap()]);
+    assert!(tested.status.success(), "first-boot test failed");
+    let report = stdout(&tested);
+    for pass in [
+        "PASS generic image built",
+        "PASS vm-a: provisioned by cloud-init",
+        "PASS vm-b: provisioned by cloud-init",
+        "PASS vm-a: another appliance's admin key is refused",
+        "PASS vm-a and vm-b differ",
+        "PASS no-seed: says how to provision",
+        "PASS vm-a boots again",
+    ] {
+        assert!(report.contains(pass), "missing {pass:?} in:\n{report}");
+    }
+}

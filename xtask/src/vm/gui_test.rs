@@ -205,7 +205,16 @@ fn graphical_install(
             disk_image_installer: None,
             negative: false,
         };
-        install_test::check_appliance("gui-installed", target, "raw", &check, credentials, Some(admin_password))
+        install_test::check_appliance(
+            "gui-installed",
+            target,
+            "raw",
+            &check,
+            credentials,
+            Some(admin_password),
+            &install_test::BootExtras::default(),
+        )
+        .map(drop)
     })?;
     let _ = std::fs::remove_file(target);
     Ok(())

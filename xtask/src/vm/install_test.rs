@@ -240,7 +240,7 @@ fn install_chain(config: &InstallTestConfig, credentials: &Credentials, good: &s
 
     stage("install test", |s| {
         s.set("booting the installed disk alone");
-        check_appliance("installed", target, "raw", config, credentials, None)
+        check_appliance("installed", target, "raw", config, credentials, None, &BootExtras::default()).map(drop)
     })?;
     if config.negative {
         refusals(config, credentials, good, Some(target))?;
@@ -320,7 +320,7 @@ fn disk_image_chain(config: &InstallTestConfig, credentials: &Credentials) -> Re
     println!("PASS disk image built in {}", format_duration(started.elapsed()));
     stage("install test", |s| {
         s.set("booting the disk image");
-        check_appliance("disk-image", &image, "raw", config, credentials, None)
+        check_appliance("disk-image", &image, "raw", config, credentials, None, &BootExtras::default()).map(drop)
     })
 }
 
@@ -336,12 +336,14 @@ pub fn check_appliance(
     config: &InstallTestConfig,
     credentials: &Credentials,
     admin_password: Option<&str>,
-) -> Result<()> {
+    extras: &BootExtras,
+) -> Result<ApplianceFacts> {
     let (pg_port, ssh_port) = (free_port()?, free_port()?);
     let vm = Vm::start(
         &VmSpec::uefi(format!("{name}-boot"), &config.work_dir)
             .memory(config.memory_mib)
             .media(virtio_disk(disk, format, TARGET_SERIAL))
+            .media(extras.qemu_args.clone())
             .forward(pg_port, 5432)
             .forward(ssh_port, 22),
     )?;
@@ -495,7 +497,68 @@ pub fn check_appliance(
         bail!("{name}: the firewall is not input/forward policy drop with SSH and PostgreSQL admitted:\n{ruleset}");
     }
     println!("PASS {name}: nftables loaded: input and forward policy drop, tcp 22 and 5432 admitted");
-    Ok(())
+
+    if let Some(other) = extras.refused_key {
+        let other = other.to_string_lossy().into_owned();
+        let out = ssh(&["-i", other.as_str(), "-o", "IdentitiesOnly=yes"], "true")?;
+        let said = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !said.contains("Permission denied") {
+            bail!("{name}: another appliance's key ({other}) was not refused: {said}");
+        }
+        println!("PASS {name}: another appliance's admin key is refused");
+    }
+    let out = ssh(
+        &with_key,
+        "cat /etc/machine-id; ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2; \
+         df --block-size=1M --output=size /var/lib/postgresql | tail -n 1",
+    )?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let facts: Vec<&str> = said.lines().map(str::trim).collect();
+    let identifier =
+        psql("127.0.0.1", &require, &credentials.password, "select system_identifier from pg_control_system()")?;
+    let system_identifier = String::from_utf8_lossy(&identifier.stdout).trim().to_owned();
+    let [machine_id, host_key, data_mib] = facts.as_slice() else {
+        bail!("{name}: unexpected facts over ssh: {facts:?}");
+    };
+    let facts = ApplianceFacts {
+        machine_id: machine_id.to_string(),
+        host_key: host_key.to_string(),
+        data_mib: data_mib.parse().with_context(|| format!("{name}: data size {data_mib:?}"))?,
+        system_identifier,
+        serial: vm.serial(),
+    };
+    if facts.machine_id.len() != 32 || !facts.host_key.starts_with("SHA256:") || facts.system_identifier.is_empty() {
+        bail!(
+            "{name}: incomplete facts: machine-id {:?}, host key {:?}, cluster {:?}",
+            facts.machine_id,
+            facts.host_key,
+            facts.system_identifier
+        );
+    }
+    Ok(facts)
+}
+
+/// What a boot of the appliance gets besides its disk, and checks besides the usual.
+#[derive(Default)]
+pub struct BootExtras<'a> {
+    /// More QEMU arguments: a NoCloud seed, SMBIOS credentials.
+    pub qemu_args: Vec<String>,
+    /// A key that must not log in (another appliance's admin's).
+    pub refused_key: Option<&'a Path>,
+}
+
+/// What an appliance says about itself, to tell appliances (and boots of one) apart.
+#[derive(Debug)]
+pub struct ApplianceFacts {
+    pub machine_id: String,
+    /// The SHA-256 fingerprint of its ed25519 SSH host key.
+    pub host_key: String,
+    /// The database cluster's system identifier (pg_control_system()).
+    pub system_identifier: String,
+    /// The data file system's size in MiB.
+    pub data_mib: u64,
+    /// The serial console, up to the checks' end.
+    pub serial: String,
 }
 
 /// The SHA-256 fingerprint of a PEM certificate as `openssl x509 -noout -fingerprint -sha256`

@@ -1,0 +1,279 @@
+//! `cargo xtask first-boot-test`: proves a generic VM image (`cargo xtask disk` without
+//! `--config`) provisions itself on its first boot, in QEMU (TCG, OVMF):
+//!
+//! 1. one generic qcow2 is made from the ISO by the installer engine;
+//! 2. two VMs boot it through copy-on-write overlays on disks larger than the image, each with
+//!    its own cloud-init NoCloud seed (a CD labelled `cidata`: its admin's key, its database
+//!    password, its host name). Each must pass the install test's appliance checks (healthy,
+//!    psql over TLS with its own password, ssh with its own key and not the other's, sudo, the
+//!    certificate, the firewall); the two must differ in machine-id, SSH host key and database
+//!    cluster, and the data file system must fill the larger disk;
+//! 3. a VM with no seed boots, says on its serial console how to provision it, and lets no one
+//!    log in;
+//! 4. the first VM boots again: same machine-id, host key and cluster, provisioned once.
+//!
+//! The boots run side by side, each waiting for one of the machine's VM slots.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::project::Project;
+use crate::util::progress::{format_duration, stage};
+use crate::util::run::Cmd;
+use crate::vm::install_test::{
+    ADMIN, BootExtras, Credentials, HOSTNAME, InstallTestConfig, TARGET_SERIAL, check_appliance,
+};
+use crate::vm::qemu::{Vm, VmSpec, free_port, line_from, virtio_disk};
+
+/// The generic image's size, and the larger virtual disk each VM gets (its overlay's size).
+const IMAGE_GIB: u64 = 12;
+const VM_DISK_GIB: u64 = 16;
+/// What the provisioning service prints on the serial console.
+const PROVISIONED: &str = "TRUTHDB-OS-PROVISION done";
+const NOT_PROVISIONED: &str = "TRUTHDB-OS-PROVISION none";
+
+/// `cargo xtask first-boot-test`.
+#[derive(clap::Args, Debug)]
+pub struct FirstBootTestArgs {
+    #[command(flatten)]
+    vm: crate::vm::install_test::InstallVmArgs,
+}
+
+impl FirstBootTestArgs {
+    pub fn run(self, project: &Project) -> Result<()> {
+        crate::util::host::reexec_as_root_if_needed()?;
+        let _locks = project.lock_work_subdir("first-boot-test")?;
+        use crate::doctor::Purpose;
+        crate::doctor::ensure(&[Purpose::BootTest, Purpose::Disk, Purpose::InstallTest])?;
+        let installer =
+            crate::stages::installer_build::build(&crate::stages::installer_build::InstallerBuildInputs::of(project))?
+                .path;
+        let config = InstallTestConfig {
+            iso: self.vm.iso.unwrap_or_else(|| project.default_iso()),
+            work_dir: project.work_dir().join("first-boot-test"),
+            timeout: Duration::from_secs(self.vm.timeout),
+            memory_mib: self.vm.memory,
+            expected_version: project.version.clone(),
+            disk_image_installer: Some(installer),
+            negative: true,
+        };
+        run(&config)
+    }
+}
+
+pub fn run(config: &InstallTestConfig) -> Result<()> {
+    if !config.iso.is_file() {
+        bail!("no ISO at {} (run `cargo xtask iso` first)", config.iso.display());
+    }
+    let dir = &config.work_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let image = dir.join("generic.qcow2");
+    let started = Instant::now();
+    stage("first-boot test", |s| {
+        s.set("cargo xtask disk --format qcow2, no --config (a generic image)");
+        let config_file = dir.join("generic.install.toml");
+        std::fs::write(&config_file, crate::disk_image::GENERIC_CONFIG)?;
+        crate::disk_image::build(
+            &crate::disk_image::DiskImageInputs {
+                iso: &config.iso,
+                config: &config_file,
+                installer: config.disk_image_installer.as_deref().context("no installer")?,
+                format: crate::disk_image::DiskFormat::Qcow2,
+                size_gib: IMAGE_GIB,
+                output: &image,
+                log: &dir.join("generic.log"),
+            },
+            &mut |line| {
+                if let Some(progress) = line.strip_prefix("truthdb-installer: ") {
+                    s.set(progress);
+                }
+            },
+        )
+    })?;
+    println!("PASS generic image built in {}", format_duration(started.elapsed()));
+
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    for d in [&a, &b] {
+        std::fs::create_dir_all(d)?;
+    }
+    let (cred_a, cred_b) = (Credentials::new(&a)?, Credentials::new(&b)?);
+    let (seed_a, seed_b) = (nocloud_seed(&a, "vm-a", &cred_a)?, nocloud_seed(&b, "vm-b", &cred_b)?);
+    let (disk_a, disk_b) = (overlay(&image, &a)?, overlay(&image, &b)?);
+    let (first_a, first_b, unprovisioned) = std::thread::scope(|scope| {
+        let vm_a = scope.spawn(|| {
+            let extras = BootExtras { qemu_args: seed_cdrom(&seed_a), refused_key: Some(&cred_b.key) };
+            check_appliance("vm-a", &disk_a, "qcow2", config, &cred_a, None, &extras)
+        });
+        let vm_b = scope.spawn(|| {
+            let extras = BootExtras { qemu_args: seed_cdrom(&seed_b), refused_key: Some(&cred_a.key) };
+            check_appliance("vm-b", &disk_b, "qcow2", config, &cred_b, None, &extras)
+        });
+        let unseeded = scope.spawn(|| no_seed(config, &image, &cred_a));
+        (vm_a.join().expect("vm-a"), vm_b.join().expect("vm-b"), unseeded.join().expect("no seed"))
+    });
+    let (first_a, first_b) = (first_a?, first_b?);
+    unprovisioned?;
+    for (name, facts) in [("vm-a", &first_a), ("vm-b", &first_b)] {
+        if !facts.serial.contains(PROVISIONED) {
+            bail!("{name}: no {PROVISIONED:?} line on the serial console");
+        }
+        // The data file system fills the larger disk (less the ESP, the root and ext4's own).
+        let least = (VM_DISK_GIB - IMAGE_GIB) * 1024 + 7 * 1024;
+        if facts.data_mib < least {
+            bail!("{name}: the data file system has {} MiB: not grown to the {VM_DISK_GIB} GiB disk", facts.data_mib);
+        }
+        println!(
+            "PASS {name}: provisioned by cloud-init; data file system {} MiB on a {VM_DISK_GIB} GiB disk",
+            facts.data_mib
+        );
+    }
+    let differ = |what: &str, x: &str, y: &str| {
+        if x == y {
+            bail!("vm-a and vm-b share their {what}: {x}");
+        }
+        Ok(())
+    };
+    differ("machine-id", &first_a.machine_id, &first_b.machine_id)?;
+    differ("SSH host key", &first_a.host_key, &first_b.host_key)?;
+    differ("database cluster", &first_a.system_identifier, &first_b.system_identifier)?;
+    println!(
+        "PASS vm-a and vm-b differ: machine-id, SSH host key ({} / {}), cluster ({} / {})",
+        first_a.host_key, first_b.host_key, first_a.system_identifier, first_b.system_identifier
+    );
+
+    // Once provisioned, a boot changes nothing, seed or not.
+    let again = stage("first-boot test", |s| {
+        s.set("vm-a boots again");
+        let extras = BootExtras { qemu_args: seed_cdrom(&seed_a), refused_key: Some(&cred_b.key) };
+        check_appliance("vm-a-again", &disk_a, "qcow2", config, &cred_a, None, &extras)
+    })?;
+    if again.serial.contains(PROVISIONED) {
+        bail!("vm-a provisioned itself again on its second boot");
+    }
+    for (what, before, after) in [
+        ("machine-id", &first_a.machine_id, &again.machine_id),
+        ("SSH host key", &first_a.host_key, &again.host_key),
+        ("database cluster", &first_a.system_identifier, &again.system_identifier),
+    ] {
+        if before != after {
+            bail!("vm-a's {what} changed on its second boot: {before} -> {after}");
+        }
+    }
+    println!("PASS vm-a boots again with its machine-id, host key and cluster, not provisioned again");
+    Ok(())
+}
+
+/// A copy-on-write overlay of `image`, larger than it.
+fn overlay(image: &Path, dir: &Path) -> Result<PathBuf> {
+    let disk = dir.join("disk.qcow2");
+    let _ = std::fs::remove_file(&disk);
+    Cmd::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(image)
+        .arg(&disk)
+        .arg(format!("{VM_DISK_GIB}G"))
+        .run()?;
+    Ok(disk)
+}
+
+/// A NoCloud seed, as Proxmox and libvirt make one: an ISO 9660 volume labelled `cidata` with
+/// `user-data` and `meta-data`. The admin and the database password go where README says.
+fn nocloud_seed(dir: &Path, instance: &str, credentials: &Credentials) -> Result<PathBuf> {
+    let files = dir.join("seed");
+    std::fs::create_dir_all(&files)?;
+    std::fs::write(files.join("meta-data"), format!("instance-id: {instance}\nlocal-hostname: {HOSTNAME}\n"))?;
+    let user_data = format!(
+        "#cloud-config\nusers:\n  - name: {ADMIN}\n    groups: [sudo]\n    shell: /bin/bash\n    \
+         sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    lock_passwd: true\n    ssh_authorized_keys:\n      - {}\n\
+         truthdb:\n  database_password: \"{}\"\n",
+        credentials.public_key, credentials.password
+    );
+    // The seed holds a password: readable by root alone.
+    let path = files.join("user-data");
+    std::fs::write(&path, user_data)?;
+    crate::util::fsx::set_mode(&path, 0o600)?;
+    let seed = dir.join("seed.iso");
+    let _ = std::fs::remove_file(&seed);
+    Cmd::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-volid", "cidata", "-joliet", "-rock", "-output"])
+        .arg(&seed)
+        .arg(files.join("user-data"))
+        .arg(files.join("meta-data"))
+        .run()?;
+    crate::util::fsx::set_mode(&seed, 0o600)?;
+    Ok(seed)
+}
+
+fn seed_cdrom(seed: &Path) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!("if=none,id=seed,format=raw,media=cdrom,readonly=on,file={}", seed.display()),
+        "-device".into(),
+        "ide-cd,drive=seed".into(),
+    ]
+}
+
+/// With no seed the appliance says how to provision it, and no key logs in.
+fn no_seed(config: &InstallTestConfig, image: &Path, credentials: &Credentials) -> Result<()> {
+    let dir = config.work_dir.join("no-seed");
+    std::fs::create_dir_all(&dir)?;
+    let disk = overlay(image, &dir)?;
+    let ssh_port = free_port()?;
+    let vm = Vm::start(
+        &VmSpec::uefi("no-seed-boot", &config.work_dir)
+            .memory(config.memory_mib)
+            .media(virtio_disk(&disk, "qcow2", TARGET_SERIAL))
+            .forward(ssh_port, 22),
+    )?;
+    let said = vm.wait_for("the provisioning service's word", config.timeout, |serial, _| {
+        line_from(serial, NOT_PROVISIONED).map(Ok)
+    })?;
+    let booted_in = vm.elapsed();
+    let serial = vm.serial();
+    for wanted in ["cidata", "truthdb.admin.user", "README.md"] {
+        if !serial.contains(wanted) {
+            bail!("no-seed: the serial console does not say how to provision ({wanted:?} missing): {said}");
+        }
+    }
+    let key = credentials.key.to_string_lossy().into_owned();
+    let refused = |user: &str| -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = Cmd::new("ssh")
+                .args([
+                    "-p",
+                    &ssh_port.to_string(),
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                ])
+                .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR", "-i", &key])
+                .args(["-o", "IdentitiesOnly=yes"])
+                .arg(format!("{user}@127.0.0.1"))
+                .arg("true")
+                .output_unchecked()?;
+            let said = String::from_utf8_lossy(&out.stderr).into_owned();
+            if out.status.success() {
+                bail!("no-seed: {user} logged in with a key on an unprovisioned appliance");
+            }
+            if said.contains("Permission denied") {
+                return Ok(said.trim().to_owned());
+            }
+            if Instant::now() > deadline {
+                bail!("no-seed: sshd did not answer: {said}");
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    };
+    for user in ["root", ADMIN, "debian"] {
+        refused(user)?;
+    }
+    println!(
+        "PASS no-seed: says how to provision after {} ({said}); root, {ADMIN} and debian refused over ssh",
+        format_duration(booted_in)
+    );
+    Ok(())
+}
