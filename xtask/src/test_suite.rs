@@ -505,7 +505,7 @@ e2e_03_build_leaves_no_mount_or_process: test
                 body.match_indices("xtask(&[\"").map(|(i, m)| body[i + m.len()..].split('"').next().unwrap()).collect();
             assert!(!commands.is_empty(), "{name} runs no xtask command");
             for command in commands {
-                let vm_tests = ["boot-test", "install-test", "gui-test", "hardware-test"];
+                let vm_tests = ["boot-test", "install-test", "gui-test", "hardware-test", "first-boot-test"];
                 assert!(vm_tests.contains(&command), "{name} runs `xtask {command}`");
             }
         }
