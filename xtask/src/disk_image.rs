@@ -153,6 +153,55 @@ pub fn build(inputs: &DiskImageInputs, on_line: &mut dyn FnMut(&str)) -> Result<
     result
 }
 
+/// What [`publishable_images`] needs.
+pub struct PublishableImages<'a> {
+    /// Work directory; the images are left here, named as published.
+    pub dir: &'a Path,
+    pub iso: &'a Path,
+    pub installer: &'a Path,
+    /// `<name>-<version>-<arch>`.
+    pub stem: &'a str,
+    pub payload: &'a crate::project::appliance::Payload,
+    pub log: &'a Path,
+    pub on_step: &'a mut dyn FnMut(&str),
+}
+
+/// The generic image as releases publish it: `<stem>.qcow2` (qcow2 with compressed clusters,
+/// bootable as it is) and `<stem>.raw.zst` (the raw disk, zstd), at the payload's default disk
+/// size (a VM's disk may be larger: the data partition grows into it on boot).
+pub fn publishable_images(p: &mut PublishableImages) -> Result<Vec<PathBuf>> {
+    let dir = p.dir;
+    crate::util::fsx::remove_if_present(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let config = dir.join("generic.install.toml");
+    std::fs::write(&config, GENERIC_CONFIG)?;
+    let raw = dir.join(format!("{}.raw", p.stem));
+    let (_, size_gib) = disk_sizes_gib(p.payload);
+    let inputs = DiskImageInputs {
+        iso: p.iso,
+        config: &config,
+        installer: p.installer,
+        format: DiskFormat::Raw,
+        size_gib,
+        output: &raw,
+        log: p.log,
+    };
+    let on_step = &mut *p.on_step;
+    build(&inputs, &mut |line| {
+        if let Some(progress) = line.strip_prefix("truthdb-installer: ") {
+            on_step(progress);
+        }
+    })?;
+    let qcow2 = dir.join(format!("{}.qcow2", p.stem));
+    on_step(&format!("compressing {}", qcow2.display()));
+    Cmd::new("qemu-img").args(["convert", "-c", "-O", "qcow2"]).arg(&raw).arg(&qcow2).run()?;
+    let zst = dir.join(format!("{}.raw.zst", p.stem));
+    on_step(&format!("compressing {}", zst.display()));
+    Cmd::new("zstd").args(["-q", "-T0", "-6", "-o"]).arg(&zst).arg(&raw).run()?;
+    std::fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()))?;
+    Ok(vec![qcow2, zst])
+}
+
 /// The smallest disk the payload installs on and the default size, in GiB: the installer's
 /// own layout (ESP, root, and the data partition at the payload's `min_data_gib` or the
 /// installer's minimum), rounded up; the default leaves a GiB more for data.

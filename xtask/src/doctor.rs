@@ -66,6 +66,8 @@ const HOST_TOOLS: &[HostTool] = &[
     HostTool { probe: "mkfs.ext4", package: "e2fsprogs", purpose: Purpose::Disk },
     HostTool { probe: "unsquashfs", package: "squashfs-tools", purpose: Purpose::Disk },
     HostTool { probe: "qemu-img", package: "qemu-utils", purpose: Purpose::Disk },
+    // `iso --vm-images` publishes the raw image zstd-compressed.
+    HostTool { probe: "zstd", package: "zstd", purpose: Purpose::Disk },
     HostTool { probe: "qemu-system-x86_64", package: "qemu-system-x86", purpose: Purpose::BootTest },
     HostTool { probe: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", purpose: Purpose::BootTest },
     HostTool { probe: "xorriso", package: "xorriso", purpose: Purpose::InstallTest },

@@ -44,6 +44,11 @@ pub struct IsoArgs {
     /// inputs (the cache entry is replaced).
     #[arg(long)]
     pub fresh_chroot: bool,
+    /// Also publish the generic VM images, made from the new ISO as `cargo xtask disk` without
+    /// --config makes them: `<name>-<version>-<arch>.qcow2` (compressed) and `.raw.zst`. They
+    /// are in the sums, and so signed.
+    #[arg(long)]
+    pub vm_images: bool,
 }
 
 /// Everything the image depends on, in one digest: what live-build is given, the build root
@@ -58,6 +63,7 @@ pub struct ImageInputs<'a> {
     pub epoch: u64,
     pub version: &'a str,
     pub compression: Compression,
+    pub vm_images: bool,
 }
 
 impl ImageInputs<'_> {
@@ -71,6 +77,7 @@ impl ImageInputs<'_> {
             .field("source-date-epoch", self.epoch.to_string())
             .field("version", self.version)
             .field("squashfs-compression", self.compression.name())
+            .field("vm-images", if self.vm_images { "generic qcow2 and raw.zst" } else { "none" })
             .hex()
     }
 }
@@ -213,7 +220,8 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let installer = build.installer(&root)?;
     let payload_debs = build.payload_debs()?;
     let image = build.lb_build(&root, &tree, &kernel, &installer, payload_debs)?;
-    let signer = build.publish(&image, &root, &tree, &kernel, &digest)?;
+    let vm_images = build.vm_images(&image)?;
+    let signer = build.publish(&image, &vm_images, &root, &tree, &kernel, &digest)?;
     build.report_signature(&signer);
     Ok(())
 }
@@ -271,6 +279,7 @@ impl<'a> IsoBuild<'a> {
             epoch: self.epoch,
             version: &project.version,
             compression: self.args.compression,
+            vm_images: self.args.vm_images,
         }
         .digest())
     }
@@ -398,10 +407,37 @@ impl<'a> IsoBuild<'a> {
         })
     }
 
+    /// Step "vm images" (with `--vm-images`): the generic VM images, made from the ISO just
+    /// built by the host-built installer engine (as `cargo xtask disk` makes them).
+    fn vm_images(&self, image: &BuiltImage) -> Result<Vec<PathBuf>> {
+        if !self.args.vm_images {
+            return Ok(Vec::new());
+        }
+        let project = self.project();
+        doctor::ensure(&[Purpose::Disk])?;
+        let installer = stage("installer build (host, for the VM images)", |_| {
+            installer_build::build(&InstallerBuildInputs::of(project))
+        })?;
+        stage("vm images", |s| {
+            let log = self.cx.fresh_log("vm-images.log");
+            s.set(&format!("the generic image, by the installer engine (log: {})", log.display()));
+            crate::disk_image::publishable_images(&mut crate::disk_image::PublishableImages {
+                dir: &project.work_dir().join("vm-images"),
+                iso: &image.iso,
+                installer: &installer.path,
+                stem: &self.stem,
+                payload: &project.appliance.payload,
+                log: &log,
+                on_step: &mut |step| s.set(step),
+            })
+        })
+    }
+
     /// Step "publish": sums, signatures and build info into `dist/`, atomically.
     fn publish(
         &self,
         image: &BuiltImage,
+        vm_images: &[PathBuf],
         root: &BuildRoot,
         tree: &LiveBuildTree,
         kernel: &KernelPackage,
@@ -429,9 +465,18 @@ impl<'a> IsoBuild<'a> {
                 packages_key: image.packages_key.clone(),
                 signing_key: signer.fingerprint.clone(),
                 development_signature: signer.is_development,
+                vm_images: vm_images
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect(),
             };
-            let artifacts =
-                Artifacts { iso: &image.iso, installed_packages: &image.installed_packages, stem: &self.stem };
+            let artifacts = Artifacts {
+                iso: &image.iso,
+                installed_packages: &image.installed_packages,
+                vm_images,
+                stem: &self.stem,
+            };
             let files = publish::publish(&artifacts, &info, &signer, &self.dist, &mut |step| s.set(step))?;
             println!("published to {} in {}:", self.dist.display(), progress::format_duration(self.started.elapsed()));
             for file in &files {

@@ -61,8 +61,9 @@ pub fn org_iso_name(version: &str) -> String {
 
 /// The files a release publishes, by name, for a build stem and version: Debian's image
 /// layout, the key's fingerprint, and the ISO again under the organisation's name with its
-/// own `.sha256` (the same bytes as the ISO SHA256SUMS lists, so the signed sums cover it too).
-pub fn release_file_names(stem: &str, version: &str) -> Vec<String> {
+/// own `.sha256` (the same bytes as the ISO SHA256SUMS lists, so the signed sums cover it too),
+/// and the generic VM images the build published (`iso --vm-images`).
+pub fn release_file_names(stem: &str, version: &str, vm_images: &[String]) -> Vec<String> {
     let mut names = vec![
         org_iso_name(version),
         format!("{}.sha256", org_iso_name(version)),
@@ -75,6 +76,7 @@ pub fn release_file_names(stem: &str, version: &str) -> Vec<String> {
         "SHA512SUMS.sign".to_owned(),
         FINGERPRINT_FILE.to_owned(),
     ];
+    names.extend(vm_images.iter().cloned());
     names.sort();
     names
 }
@@ -123,7 +125,7 @@ fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let iso_name = format!("{stem}.hybrid.iso");
     let org_iso = org_iso_name(&project.version);
-    for name in release_file_names(&stem, &project.version) {
+    for name in release_file_names(&stem, &project.version, &info.vm_images) {
         let to = out.join(&name);
         if name == format!("{org_iso}.sha256") {
             // sha256sum's format, from the sums just verified.
@@ -148,7 +150,7 @@ fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
         }
     }
     println!("release {tag}{} for {}:", if prerelease { " (pre-release)" } else { "" }, info.signing_key);
-    for name in release_file_names(&stem, &project.version) {
+    for name in release_file_names(&stem, &project.version, &info.vm_images) {
         println!("  {}", out.join(name).display());
     }
     Ok(())
@@ -182,8 +184,11 @@ mod tests {
 
     #[test]
     fn the_file_set_is_the_debian_layout_plus_the_fingerprint() {
-        let names = release_file_names("truthdb-os-0.1.0-amd64", "0.1.0");
+        let names = release_file_names("truthdb-os-0.1.0-amd64", "0.1.0", &[]);
         assert_eq!(names.len(), 10);
+        let with_images =
+            release_file_names("truthdb-os-0.1.0-amd64", "0.1.0", &["truthdb-os-0.1.0-amd64.qcow2".into()]);
+        assert!(with_images.contains(&"truthdb-os-0.1.0-amd64.qcow2".to_owned()) && with_images.len() == 11);
         assert!(names.contains(&"truthdb-installer-v0.1.0.iso".to_owned()));
         assert!(names.contains(&"truthdb-installer-v0.1.0.iso.sha256".to_owned()));
         assert!(names.contains(&"truthdb-os-0.1.0-amd64.hybrid.iso".to_owned()));

@@ -91,8 +91,9 @@ fn e2e_01_iso_build_and_publish() {
     let _ = fs::remove_file(built_marker());
     let _ = fs::remove_dir_all(&dist);
 
-    // Build for real (--force: a cached image in this dist must not stand in for a build).
-    let built = xtask(&["iso", "--force", "--dist", dist_arg]);
+    // Build for real (--force: a cached image in this dist must not stand in for a build), with
+    // the generic VM images a release publishes (e2e_12 boots the qcow2).
+    let built = xtask(&["iso", "--force", "--vm-images", "--dist", dist_arg]);
     assert!(built.status.success(), "iso failed");
     let mut names: Vec<String> =
         fs::read_dir(&dist).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -109,9 +110,20 @@ fn e2e_01_iso_build_and_publish() {
             format!("{stem}.build-info.json"),
             format!("{stem}.hybrid.iso"),
             format!("{stem}.packages"),
+            format!("{stem}.qcow2"),
+            format!("{stem}.raw.zst"),
         ]
     );
     assert!(stdout(&built).contains("NOT a release signature"));
+    // The raw image decompresses to a disk with the installer's GPT (the protective MBR's
+    // signature, then "EFI PART" at LBA 1), and the qcow2 is a qcow2.
+    let raw = run(Command::new("sh").arg("-c").arg(format!(
+        "zstd -dc '{}' | head -c 1024 | od -An -c | tr -d ' \n'",
+        dist.join(format!("{stem}.raw.zst")).display()
+    )));
+    assert!(stdout(&raw).contains("EFIPART"), "no GPT header in the raw image: {}", stdout(&raw));
+    let info = run(Command::new("qemu-img").args(["info", "--output=json"]).arg(dist.join(format!("{stem}.qcow2"))));
+    assert!(stdout(&info).contains("\"format\": \"qcow2\""), "{}", stdout(&info));
 
     // No mount of the build may outlive it (e2e_03 checks a failed and a killed command).
     no_mounts_below(&cache_dir());
@@ -224,6 +236,8 @@ fn e2e_02_caches_verify_and_release_rehearsal() {
         format!("{stem}.build-info.json"),
         format!("{stem}.hybrid.iso"),
         format!("{stem}.packages"),
+        format!("{stem}.qcow2"),
+        format!("{stem}.raw.zst"),
         format!("truthdb-installer-v{version}.iso"),
         format!("truthdb-installer-v{version}.iso.sha256"),
     ];
@@ -248,7 +262,7 @@ fn e2e_02_caches_verify_and_release_rehearsal() {
     );
 
     // Nothing changed: the published image is reused and the command says so.
-    let again = xtask(&["iso", "--dist", dist_arg]);
+    let again = xtask(&["iso", "--vm-images", "--dist", dist_arg]);
     assert!(again.status.success());
     assert!(stdout(&again).contains("up to date"), "an unchanged rebuild did not skip");
 }
@@ -779,13 +793,14 @@ fn e2e_11_hardware_matrix() {
 #[ignore = "needs root and QEMU; run by `cargo xtask test`"]
 fn e2e_12_generic_vm_image_provisions_itself_on_first_boot() {
     let iso_path = built_iso();
-    // One generic qcow2, two VMs with their own NoCloud seeds on larger disks, one with none,
-    // and the first booted again.
-    let tested = xtask(&["first-boot-test", "--iso", iso_path.to_str().unwrap()]);
+    // The generic qcow2 e2e_01 published, as two VMs with their own NoCloud seeds on larger
+    // disks, one with none, and the first booted again.
+    let image = iso_path.to_str().unwrap().replace(".hybrid.iso", ".qcow2");
+    let tested = xtask(&["first-boot-test", "--iso", iso_path.to_str().unwrap(), "--image", &image]);
     assert!(tested.status.success(), "first-boot test failed");
     let report = stdout(&tested);
     for pass in [
-        "PASS generic image built",
+        "PASS generic image: the published",
         "PASS vm-a: provisioned by cloud-init",
         "PASS vm-b: provisioned by cloud-init",
         "PASS vm-a: another appliance's admin key is refused",

@@ -53,12 +53,17 @@ pub struct BuildInfo {
     /// Fingerprint of the key that signed the sums.
     pub signing_key: String,
     pub development_signature: bool,
+    /// The generic VM images published beside the ISO (`iso --vm-images`), by file name.
+    #[serde(default)]
+    pub vm_images: Vec<String>,
 }
 
 /// The files of one release, by role.
 pub struct Artifacts<'a> {
     pub iso: &'a Path,
     pub installed_packages: &'a Path,
+    /// Generic VM images, already named as published (`<stem>.qcow2`, `<stem>.raw.zst`).
+    pub vm_images: &'a [PathBuf],
     /// `<name>-<version>-<arch>`: the stem of every published payload file.
     pub stem: &'a str,
 }
@@ -101,13 +106,21 @@ fn stage_release(
     fs::copy(artifacts.installed_packages, staging.join(&packages_name))
         .with_context(|| format!("copying {}", artifacts.installed_packages.display()))?;
     fs::write(staging.join(&info_name), serde_json::to_string_pretty(info)? + "\n")?;
+    let mut names = vec![iso_name, packages_name, info_name];
+    for image in artifacts.vm_images {
+        let name = image.file_name().context("a VM image path has a file name")?.to_string_lossy().into_owned();
+        if !is_release_file(&name) {
+            bail!("{name}: not a VM image name publish knows (<stem>.qcow2, <stem>.raw.zst)");
+        }
+        move_or_copy(image, &staging.join(&name))?;
+        names.push(name);
+    }
 
     on_step("checksums");
     let mut digests = Vec::new();
-    for name in [&iso_name, &packages_name, &info_name] {
+    for name in &names {
         digests.push((name.clone(), checksums::digest_file(&staging.join(name))?));
     }
-    let mut names = vec![iso_name, packages_name, info_name];
     on_step("signing");
     for algorithm in Algorithm::ALL {
         let sums = staging.join(algorithm.sums_file());
@@ -153,6 +166,8 @@ fn move_into_place(staging: &Path, dist: &Path, names: &[String]) -> Result<Vec<
 /// Files `publish` owns in `dist/` (others, e.g. a user's notes, are left alone).
 fn is_release_file(name: &str) -> bool {
     name.ends_with(".hybrid.iso")
+        || name.ends_with(".qcow2")
+        || name.ends_with(".raw.zst")
         || name.ends_with(".packages")
         || name.ends_with(".build-info.json")
         || name.starts_with("SHA256SUMS")
@@ -376,7 +391,40 @@ mod tests {
             packages_key: "89ab".into(),
             signing_key: String::new(),
             development_signature: true,
+            vm_images: vec![],
         }
+    }
+
+    #[test]
+    fn vm_images_are_published_in_the_sums_and_an_older_release_s_go() {
+        let build = tempfile::tempdir().unwrap();
+        let dist = tempfile::tempdir().unwrap();
+        // Images of another build in dist/ are not this release's: they go.
+        fs::write(dist.path().join("truthdb-os-0.0.9-amd64.qcow2"), "old").unwrap();
+        let (iso, packages) = fake_build(build.path());
+        let images =
+            [build.path().join("truthdb-os-0.1.0-amd64.qcow2"), build.path().join("truthdb-os-0.1.0-amd64.raw.zst")];
+        for image in &images {
+            fs::write(image, vec![3u8; 1024]).unwrap();
+        }
+        let signer = Signer::new(&KeySource::Development).unwrap();
+        let info = BuildInfo {
+            vm_images: vec!["truthdb-os-0.1.0-amd64.qcow2".into(), "truthdb-os-0.1.0-amd64.raw.zst".into()],
+            ..info()
+        };
+        let artifacts =
+            Artifacts { iso: &iso, installed_packages: &packages, vm_images: &images, stem: "truthdb-os-0.1.0-amd64" };
+        publish(&artifacts, &info, &signer, dist.path(), &mut |_| {}).unwrap();
+        assert!(!dist.path().join("truthdb-os-0.0.9-amd64.qcow2").exists());
+        let checked = verify_sums(dist.path(), &[Algorithm::Sha256, Algorithm::Sha512]).unwrap();
+        for name in ["truthdb-os-0.1.0-amd64.qcow2", "truthdb-os-0.1.0-amd64.raw.zst"] {
+            assert!(checked.contains(&name.to_owned()), "{name} not checked: {checked:?}");
+        }
+        assert_eq!(published_build(dist.path(), "truthdb-os-0.1.0-amd64"), Some(info));
+        // A changed image fails verify.
+        fs::write(dist.path().join("truthdb-os-0.1.0-amd64.raw.zst"), "changed").unwrap();
+        let msg = format!("{:#}", verify_sums(dist.path(), &[Algorithm::Sha256]).unwrap_err());
+        assert!(msg.contains("truthdb-os-0.1.0-amd64.raw.zst: SHA256SUMS mismatch"), "{msg}");
     }
 
     fn fake_build(dir: &Path) -> (PathBuf, PathBuf) {
@@ -395,7 +443,8 @@ mod tests {
         fs::write(dist.path().join("NOTES.txt"), "mine").unwrap();
         let (iso, packages) = fake_build(build.path());
         let signer = Signer::new(&KeySource::Development).unwrap();
-        let artifacts = Artifacts { iso: &iso, installed_packages: &packages, stem: "truthdb-os-0.1.0-amd64" };
+        let artifacts =
+            Artifacts { iso: &iso, installed_packages: &packages, vm_images: &[], stem: "truthdb-os-0.1.0-amd64" };
         publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).unwrap();
 
         let mut names: Vec<String> =
@@ -464,7 +513,8 @@ mod tests {
         let dist = tempfile::tempdir().unwrap();
         let (iso, packages) = fake_build(build.path());
         let signer = Signer::new(&KeySource::Development).unwrap();
-        let artifacts = Artifacts { iso: &iso, installed_packages: &packages, stem: "truthdb-os-0.1.0-amd64" };
+        let artifacts =
+            Artifacts { iso: &iso, installed_packages: &packages, vm_images: &[], stem: "truthdb-os-0.1.0-amd64" };
         publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).unwrap();
         (dist, signer)
     }
@@ -557,7 +607,8 @@ mod tests {
         fs::write(dist.path().join("SHA256SUMS"), "previous\n").unwrap();
         let signer = Signer::new(&KeySource::Development).unwrap();
         let missing = Path::new("/nonexistent/x.iso");
-        let artifacts = Artifacts { iso: missing, installed_packages: missing, stem: "truthdb-os-0.1.0-amd64" };
+        let artifacts =
+            Artifacts { iso: missing, installed_packages: missing, vm_images: &[], stem: "truthdb-os-0.1.0-amd64" };
         assert!(publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).is_err());
         let names: Vec<_> = fs::read_dir(dist.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["SHA256SUMS"]);

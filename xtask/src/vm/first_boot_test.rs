@@ -1,7 +1,8 @@
 //! `cargo xtask first-boot-test`: proves a generic VM image (`cargo xtask disk` without
 //! `--config`) provisions itself on its first boot, in QEMU (TCG, OVMF):
 //!
-//! 1. one generic qcow2 is made from the ISO by the installer engine;
+//! 1. one generic qcow2: the one `iso --vm-images` published (`--image`), or one made from the
+//!    ISO by the installer engine;
 //! 2. two VMs boot it through copy-on-write overlays on disks larger than the image, each with
 //!    its own cloud-init NoCloud seed (a CD labelled `cidata`: its admin's key, its database
 //!    password, its host name). Each must pass the install test's appliance checks (healthy,
@@ -39,6 +40,10 @@ const NOT_PROVISIONED: &str = "TRUTHDB-OS-PROVISION none";
 pub struct FirstBootTestArgs {
     #[command(flatten)]
     vm: crate::vm::install_test::InstallVmArgs,
+    /// A generic qcow2 to boot, e.g. the one `iso --vm-images` published in dist/ (default:
+    /// make one from the ISO, as `cargo xtask disk --format qcow2` without --config does).
+    #[arg(long)]
+    image: Option<PathBuf>,
 }
 
 impl FirstBootTestArgs {
@@ -47,28 +52,47 @@ impl FirstBootTestArgs {
         let _locks = project.lock_work_subdir("first-boot-test")?;
         use crate::doctor::Purpose;
         crate::doctor::ensure(&[Purpose::BootTest, Purpose::Disk, Purpose::InstallTest])?;
-        let installer =
-            crate::stages::installer_build::build(&crate::stages::installer_build::InstallerBuildInputs::of(project))?
-                .path;
+        // Only to make an image: a published one needs no installer.
+        let installer = match self.image {
+            Some(_) => None,
+            None => {
+                let inputs = crate::stages::installer_build::InstallerBuildInputs::of(project);
+                Some(crate::stages::installer_build::build(&inputs)?.path)
+            }
+        };
         let config = InstallTestConfig {
             iso: self.vm.iso.unwrap_or_else(|| project.default_iso()),
             work_dir: project.work_dir().join("first-boot-test"),
             timeout: Duration::from_secs(self.vm.timeout),
             memory_mib: self.vm.memory,
             expected_version: project.version.clone(),
-            disk_image_installer: Some(installer),
+            disk_image_installer: installer,
             negative: true,
         };
-        run(&config)
+        run(&config, self.image.as_deref())
     }
 }
 
-pub fn run(config: &InstallTestConfig) -> Result<()> {
+/// With `published`, boots that generic qcow2; otherwise makes one from `config.iso`.
+pub fn run(config: &InstallTestConfig, published: Option<&Path>) -> Result<()> {
+    let dir = &config.work_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let image = match published {
+        Some(image) => {
+            let image = std::fs::canonicalize(image).with_context(|| format!("no VM image at {}", image.display()))?;
+            println!("PASS generic image: the published {}", image.display());
+            image
+        }
+        None => build_generic_image(config)?,
+    };
+    boot_them(config, &image)
+}
+
+fn build_generic_image(config: &InstallTestConfig) -> Result<PathBuf> {
     if !config.iso.is_file() {
         bail!("no ISO at {} (run `cargo xtask iso` first)", config.iso.display());
     }
     let dir = &config.work_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let image = dir.join("generic.qcow2");
     let started = Instant::now();
     stage("first-boot test", |s| {
@@ -93,7 +117,12 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
         )
     })?;
     println!("PASS generic image built in {}", format_duration(started.elapsed()));
+    Ok(image)
+}
 
+fn boot_them(config: &InstallTestConfig, image: &Path) -> Result<()> {
+    let dir = &config.work_dir;
+    let image = image.to_path_buf();
     let (a, b) = (dir.join("a"), dir.join("b"));
     for d in [&a, &b] {
         std::fs::create_dir_all(d)?;
