@@ -63,8 +63,9 @@ enum Command {
     HardwareTest(vm::hardware_test::HardwareTestArgs),
     /// Build a generic qcow2 (`disk` without --config) from the ISO and boot it as two VMs with
     /// their own cloud-init NoCloud seeds on larger disks (each provisioned, healthy, reached
-    /// with its own key and password, unlike the other), once with no seed (no login, told how
-    /// to provision), and the first again (provisioned once).
+    /// with its own key and password, unlike the other), once with systemd credentials (SMBIOS
+    /// type 11, fw_cfg), once with nothing (no login, told how to provision), and the first
+    /// again (provisioned once). `--image` boots a published one instead.
     FirstBootTest(vm::first_boot_test::FirstBootTestArgs),
     /// Boot the ISO (default: dist/'s) or a disk image in QEMU to look at: a window, or VNC on
     /// 127.0.0.1 without a desktop; the serial console on this terminal (Ctrl-A X quits); SSH

@@ -794,7 +794,7 @@ fn e2e_11_hardware_matrix() {
 fn e2e_12_generic_vm_image_provisions_itself_on_first_boot() {
     let iso_path = built_iso();
     // The generic qcow2 e2e_01 published, as two VMs with their own NoCloud seeds on larger
-    // disks, one with none, and the first booted again.
+    // disks, one given systemd credentials, one with nothing, and the first booted again.
     let image = iso_path.to_str().unwrap().replace(".hybrid.iso", ".qcow2");
     let tested = xtask(&["first-boot-test", "--iso", iso_path.to_str().unwrap(), "--image", &image]);
     assert!(tested.status.success(), "first-boot test failed");
@@ -803,6 +803,7 @@ fn e2e_12_generic_vm_image_provisions_itself_on_first_boot() {
         "PASS generic image: the published",
         "PASS vm-a: provisioned by cloud-init",
         "PASS vm-b: provisioned by cloud-init",
+        "PASS vm-c: provisioned by systemd credentials",
         "PASS vm-a: another appliance's admin key is refused",
         "PASS vm-a and vm-b differ",
         "PASS no-seed: says how to provision",

@@ -9,9 +9,12 @@
 //!    psql over TLS with its own password, ssh with its own key and not the other's, sudo, the
 //!    certificate, the firewall); the two must differ in machine-id, SSH host key and database
 //!    cluster, and the data file system must fill the larger disk;
-//! 3. a VM with no seed boots, says on its serial console how to provision it, and lets no one
+//! 3. a third VM gets its admin, password and host name as systemd credentials instead (SMBIOS
+//!    type 11 strings and QEMU fw_cfg, read from files: no secret on QEMU's command line), and
+//!    passes the same checks;
+//! 4. a VM with no seed boots, says on its serial console how to provision it, and lets no one
 //!    log in;
-//! 4. the first VM boots again: same machine-id, host key and cluster, provisioned once.
+//! 5. the first VM boots again: same machine-id, host key and cluster, provisioned once.
 //!
 //! The boots run side by side, each waiting for one of the machine's VM slots.
 
@@ -123,14 +126,15 @@ fn build_generic_image(config: &InstallTestConfig) -> Result<PathBuf> {
 fn boot_them(config: &InstallTestConfig, image: &Path) -> Result<()> {
     let dir = &config.work_dir;
     let image = image.to_path_buf();
-    let (a, b) = (dir.join("a"), dir.join("b"));
-    for d in [&a, &b] {
+    let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+    for d in [&a, &b, &c] {
         std::fs::create_dir_all(d)?;
     }
-    let (cred_a, cred_b) = (Credentials::new(&a)?, Credentials::new(&b)?);
+    let (cred_a, cred_b, cred_c) = (Credentials::new(&a)?, Credentials::new(&b)?, Credentials::new(&c)?);
     let (seed_a, seed_b) = (nocloud_seed(&a, "vm-a", &cred_a)?, nocloud_seed(&b, "vm-b", &cred_b)?);
-    let (disk_a, disk_b) = (overlay(&image, &a)?, overlay(&image, &b)?);
-    let (first_a, first_b, unprovisioned) = std::thread::scope(|scope| {
+    let credentials_c = systemd_credentials(&c, &cred_c)?;
+    let (disk_a, disk_b, disk_c) = (overlay(&image, &a)?, overlay(&image, &b)?, overlay(&image, &c)?);
+    let (first_a, first_b, first_c, unprovisioned) = std::thread::scope(|scope| {
         let vm_a = scope.spawn(|| {
             let extras = BootExtras { qemu_args: seed_cdrom(&seed_a), refused_key: Some(&cred_b.key) };
             check_appliance("vm-a", &disk_a, "qcow2", config, &cred_a, None, &extras)
@@ -139,14 +143,28 @@ fn boot_them(config: &InstallTestConfig, image: &Path) -> Result<()> {
             let extras = BootExtras { qemu_args: seed_cdrom(&seed_b), refused_key: Some(&cred_a.key) };
             check_appliance("vm-b", &disk_b, "qcow2", config, &cred_b, None, &extras)
         });
+        let vm_c = scope.spawn(|| {
+            let extras = BootExtras { qemu_args: credentials_c.clone(), refused_key: Some(&cred_a.key) };
+            check_appliance("vm-c", &disk_c, "qcow2", config, &cred_c, None, &extras)
+        });
         let unseeded = scope.spawn(|| no_seed(config, &image, &cred_a));
-        (vm_a.join().expect("vm-a"), vm_b.join().expect("vm-b"), unseeded.join().expect("no seed"))
+        (
+            vm_a.join().expect("vm-a"),
+            vm_b.join().expect("vm-b"),
+            vm_c.join().expect("vm-c"),
+            unseeded.join().expect("no seed"),
+        )
     });
-    let (first_a, first_b) = (first_a?, first_b?);
+    let (first_a, first_b, first_c) = (first_a?, first_b?, first_c?);
     unprovisioned?;
-    for (name, facts) in [("vm-a", &first_a), ("vm-b", &first_b)] {
-        if !facts.serial.contains(PROVISIONED) {
+    for (name, facts, source) in
+        [("vm-a", &first_a, "cloud-init"), ("vm-b", &first_b, "cloud-init"), ("vm-c", &first_c, "systemd credentials")]
+    {
+        let Some(line) = line_from(&facts.serial, PROVISIONED) else {
             bail!("{name}: no {PROVISIONED:?} line on the serial console");
+        };
+        if !line.contains(&format!("admin={ADMIN} from {source}")) {
+            bail!("{name}: provisioned, but not by {source}: {line}");
         }
         // The data file system fills the larger disk (less the ESP, the root and ext4's own).
         let least = (VM_DISK_GIB - IMAGE_GIB) * 1024 + 7 * 1024;
@@ -167,6 +185,11 @@ fn boot_them(config: &InstallTestConfig, image: &Path) -> Result<()> {
     differ("machine-id", &first_a.machine_id, &first_b.machine_id)?;
     differ("SSH host key", &first_a.host_key, &first_b.host_key)?;
     differ("database cluster", &first_a.system_identifier, &first_b.system_identifier)?;
+    for (what, x) in [("machine-id", &first_c.machine_id), ("SSH host key", &first_c.host_key)] {
+        if [&first_a, &first_b].iter().any(|f| f.machine_id == *x || f.host_key == *x) {
+            bail!("vm-c shares its {what} with vm-a or vm-b: {x}");
+        }
+    }
     println!(
         "PASS vm-a and vm-b differ: machine-id, SSH host key ({} / {}), cluster ({} / {})",
         first_a.host_key, first_b.host_key, first_a.system_identifier, first_b.system_identifier
@@ -233,6 +256,32 @@ fn nocloud_seed(dir: &Path, instance: &str, credentials: &Credentials) -> Result
         .run()?;
     crate::util::fsx::set_mode(&seed, 0o600)?;
     Ok(seed)
+}
+
+/// systemd credentials as a hypervisor passes them to a VM: SMBIOS type 11 strings and a QEMU
+/// fw_cfg entry, each from a file readable by root alone (QEMU's command line shows only the
+/// file's name).
+fn systemd_credentials(dir: &Path, credentials: &Credentials) -> Result<Vec<String>> {
+    let files = dir.join("credentials");
+    std::fs::create_dir_all(&files)?;
+    let mut args = Vec::new();
+    for (name, value) in [
+        ("truthdb.admin.user", ADMIN),
+        ("truthdb.database.password", credentials.password.as_str()),
+        ("system.hostname", HOSTNAME),
+    ] {
+        let path = files.join(name);
+        std::fs::write(&path, format!("io.systemd.credential:{name}={value}"))?;
+        crate::util::fsx::set_mode(&path, 0o600)?;
+        args.extend(["-smbios".to_owned(), format!("type=11,path={}", path.display())]);
+    }
+    let keys = files.join("truthdb.admin.ssh_authorized_keys");
+    std::fs::write(&keys, format!("{}\n", credentials.public_key))?;
+    args.extend([
+        "-fw_cfg".to_owned(),
+        format!("name=opt/io.systemd.credentials/truthdb.admin.ssh_authorized_keys,file={}", keys.display()),
+    ]);
+    Ok(args)
 }
 
 fn seed_cdrom(seed: &Path) -> Vec<String> {
