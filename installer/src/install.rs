@@ -498,10 +498,12 @@ fn write_identity(
             config.hostname
         ),
     )?;
-    // Empty on a first-boot image: systemd makes one on the first boot (and so it is one).
     let machine_id = match config.provision {
         Provision::Install => format!("{}\n", random_hex(32)?),
-        Provision::FirstBoot => String::new(),
+        // systemd makes one on the first boot, and only "uninitialized" makes that boot a first
+        // boot (ConditionFirstBoot, which sshd-keygen.service needs): an empty file does not
+        // (machine-id(5), "First Boot Semantics").
+        Provision::FirstBoot => FIRST_BOOT_MACHINE_ID.to_owned(),
     };
     write("etc/machine-id", &machine_id)?;
     Ok(())
@@ -670,6 +672,12 @@ fn remove_host_keys(target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// /etc/machine-id of a first-boot image.
+pub const FIRST_BOOT_MACHINE_ID: &str = "uninitialized\n";
+/// systemd's first-boot wizard asks on the console for what is not set; an unattended VM must
+/// never wait for a keyboard (the image sets locale, keymap and time zone anyway).
+const FIRSTBOOT_WIZARD: &str = "etc/systemd/system/systemd-firstboot.service";
+
 /// What `truthdb-provision.service` looks for: while it is there, the appliance is not yet
 /// provisioned, and each boot tries again; the service removes it once it has provisioned.
 pub const FIRST_BOOT_MARKER: &str = "etc/truthdb/provision-on-first-boot";
@@ -697,6 +705,9 @@ fn first_boot_provisioning(target: &Path) -> Result<()> {
          # admin and the database from cloud-init or systemd credentials, then removes this file.\n",
     )?;
     write(FIRST_BOOT_PRESET, "# Written by truthdb-installer: the image's units stay as built.\ndisable *\n")?;
+    let wizard = target.join(FIRSTBOOT_WIZARD);
+    let _ = std::fs::remove_file(&wizard);
+    std::os::unix::fs::symlink("/dev/null", &wizard).map_err(|e| io_error(&wizard, e))?;
     let disabled = target.join(CLOUD_INIT_DISABLED);
     match std::fs::remove_file(&disabled) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error(&disabled, e)),
@@ -932,6 +943,27 @@ mod tests {
         assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(&copy).unwrap(), "the install\n");
     }
+
+    #[test]
+    fn a_first_boot_image_has_no_machine_id_and_provisions_itself_once_with_cloud_init_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path();
+        for d in ["etc/cloud", "etc/systemd/system"] {
+            std::fs::create_dir_all(target.join(d)).unwrap();
+        }
+        std::fs::write(target.join(CLOUD_INIT_DISABLED), "off\n").unwrap();
+        let generic = "hostname = \"truthdb\"\nwipe = true\nprovision = \"first-boot\"\n";
+        let config = InstallConfig::parse(generic, "generic.toml").unwrap();
+        write_identity(target, &config, &[], None).unwrap();
+        // Only "uninitialized" makes systemd call the boot a first boot (an empty file does not).
+        assert_eq!(std::fs::read_to_string(target.join("etc/machine-id")).unwrap(), "uninitialized\n");
+        first_boot_provisioning(target).unwrap();
+        assert!(target.join(FIRST_BOOT_MARKER).is_file());
+        assert!(!target.join(CLOUD_INIT_DISABLED).exists(), "cloud-init stays off");
+        assert_eq!(std::fs::read_link(target.join(FIRSTBOOT_WIZARD)).unwrap(), Path::new("/dev/null"));
+        assert!(std::fs::read_to_string(target.join(FIRST_BOOT_PRESET)).unwrap().contains("disable *"));
+    }
+
     fn releases(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
     }
