@@ -136,15 +136,18 @@ fn boot_them(config: &InstallTestConfig, image: &Path) -> Result<()> {
     let (disk_a, disk_b, disk_c) = (overlay(&image, &a)?, overlay(&image, &b)?, overlay(&image, &c)?);
     let (first_a, first_b, first_c, unprovisioned) = std::thread::scope(|scope| {
         let vm_a = scope.spawn(|| {
-            let extras = BootExtras { qemu_args: seed_cdrom(&seed_a), refused_key: Some(&cred_b.key) };
+            let extras =
+                BootExtras { qemu_args: seed_cdrom(&seed_a), refused_key: Some(&cred_b.key), boot_analysis: true };
             check_appliance("vm-a", &disk_a, "qcow2", config, &cred_a, None, &extras)
         });
         let vm_b = scope.spawn(|| {
-            let extras = BootExtras { qemu_args: seed_cdrom(&seed_b), refused_key: Some(&cred_a.key) };
+            let extras =
+                BootExtras { qemu_args: seed_cdrom(&seed_b), refused_key: Some(&cred_a.key), boot_analysis: false };
             check_appliance("vm-b", &disk_b, "qcow2", config, &cred_b, None, &extras)
         });
         let vm_c = scope.spawn(|| {
-            let extras = BootExtras { qemu_args: credentials_c.clone(), refused_key: Some(&cred_a.key) };
+            let extras =
+                BootExtras { qemu_args: credentials_c.clone(), refused_key: Some(&cred_a.key), boot_analysis: true };
             check_appliance("vm-c", &disk_c, "qcow2", config, &cred_c, None, &extras)
         });
         let unseeded = scope.spawn(|| no_seed(config, &image, &cred_a));
@@ -199,7 +202,7 @@ fn boot_them(config: &InstallTestConfig, image: &Path) -> Result<()> {
     // Once provisioned, a boot changes nothing, seed or not.
     let again = stage("first-boot test", |s| {
         s.set("vm-a boots again");
-        let extras = BootExtras { qemu_args: seed_cdrom(&seed_a), refused_key: Some(&cred_b.key) };
+        let extras = BootExtras { qemu_args: seed_cdrom(&seed_a), refused_key: Some(&cred_b.key), boot_analysis: true };
         check_appliance("vm-a-again", &disk_a, "qcow2", config, &cred_a, None, &extras)
     })?;
     if again.serial.contains(PROVISIONED) {

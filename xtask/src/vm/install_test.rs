@@ -498,6 +498,11 @@ pub fn check_appliance(
     }
     println!("PASS {name}: nftables loaded: input and forward policy drop, tcp 22 and 5432 admitted");
 
+    if extras.boot_analysis {
+        // For the record (BENCHMARKS.md): where this boot's time went.
+        let out = ssh(&with_key, &sudo("systemd-analyze critical-chain truthdb-boot-marker.service"))?;
+        println!("{name}: systemd-analyze critical-chain:\n{}", String::from_utf8_lossy(&out.stdout).trim_end());
+    }
     if let Some(other) = extras.refused_key {
         let other = other.to_string_lossy().into_owned();
         let out = ssh(&["-i", other.as_str(), "-o", "IdentitiesOnly=yes"], "true")?;
@@ -545,6 +550,8 @@ pub struct BootExtras<'a> {
     pub qemu_args: Vec<String>,
     /// A key that must not log in (another appliance's admin's).
     pub refused_key: Option<&'a Path>,
+    /// Print `systemd-analyze critical-chain` of the boot marker (where the boot's time went).
+    pub boot_analysis: bool,
 }
 
 /// What an appliance says about itself, to tell appliances (and boots of one) apart.
