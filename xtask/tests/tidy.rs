@@ -237,3 +237,26 @@ fn the_commands_in_the_readme_are_the_ones_help_lists() {
     assert!(wrong.is_empty(), "the docs name commands or options xtask does not have:\n{}", wrong.join("\n"));
     assert!(checked >= 20, "only {checked} commands found in the docs: is the check blind?");
 }
+
+/// The systemd credential names a first-boot image reads (`credential("...")` in the
+/// provisioning program), each short enough for QEMU's fw_cfg: its file names take 55
+/// characters, and `opt/io.systemd.credentials/` is 27 of them.
+fn credential_names(program: &str) -> Vec<String> {
+    program
+        .match_indices("credential(\"")
+        .map(|(at, m)| program[at + m.len()..].split('"').next().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn every_credential_name_fits_qemu_s_fw_cfg() {
+    let program = fs::read_to_string(repo_root().join("overlay/usr/lib/truthdb/provision")).unwrap();
+    let names = credential_names(&program);
+    assert!(names.len() >= 5, "{names:?}");
+    let too_long: Vec<&String> =
+        names.iter().filter(|n| "opt/io.systemd.credentials/".len() + n.len() > 55).collect();
+    assert!(too_long.is_empty(), "fw_cfg cannot pass these credentials (55 characters at most): {too_long:?}");
+    // The check itself sees a name that is too long.
+    assert_eq!(credential_names("credential(\"truthdb.admin.ssh_authorized_keys\")").len(), 1);
+    assert!("opt/io.systemd.credentials/truthdb.admin.ssh_authorized_keys".len() > 55);
+}

@@ -279,11 +279,11 @@ fn systemd_credentials(dir: &Path, credentials: &Credentials) -> Result<Vec<Stri
         crate::util::fsx::set_mode(&path, 0o600)?;
         args.extend(["-smbios".to_owned(), format!("type=11,path={}", path.display())]);
     }
-    let keys = files.join("truthdb.admin.ssh_authorized_keys");
+    let keys = files.join("truthdb.admin.ssh_keys");
     std::fs::write(&keys, format!("{}\n", credentials.public_key))?;
     args.extend([
         "-fw_cfg".to_owned(),
-        format!("name=opt/io.systemd.credentials/truthdb.admin.ssh_authorized_keys,file={}", keys.display()),
+        format!("name=opt/io.systemd.credentials/truthdb.admin.ssh_keys,file={}", keys.display()),
     ]);
     Ok(args)
 }
