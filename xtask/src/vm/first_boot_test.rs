@@ -176,7 +176,7 @@ fn boot_them(config: &InstallTestConfig, image: &Path) -> Result<()> {
             bail!("{name}: the data file system has {} MiB: not grown to the {VM_DISK_GIB} GiB disk", facts.data_mib);
         }
         println!(
-            "PASS {name}: provisioned by cloud-init; data file system {} MiB on a {VM_DISK_GIB} GiB disk",
+            "PASS {name}: provisioned by {source}; data file system {} MiB on a {VM_DISK_GIB} GiB disk",
             facts.data_mib
         );
     }
