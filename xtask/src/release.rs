@@ -118,6 +118,10 @@ fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
         (None, false) => crate::util::usage_error!("--key <release public key> is required to check the signatures"),
     };
     publish::run_verify_command(&dist, Some(&key))?;
+    check_asset_sizes(
+        &dist,
+        &[format!("{stem}.hybrid.iso")].iter().chain(&info.vm_images).cloned().collect::<Vec<_>>(),
+    )?;
 
     if out.exists() && fs::read_dir(out)?.next().is_some() {
         bail!("{} is not empty: a release's files are never replaced", out.display());
@@ -156,6 +160,22 @@ fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
     Ok(())
 }
 
+/// GitHub refuses a release asset of 2 GiB or more.
+const GITHUB_ASSET_LIMIT: u64 = 2 << 30;
+
+/// Every image a release uploads fits GitHub's per-asset limit, or the release stops before
+/// anything is assembled, naming the file.
+fn check_asset_sizes(dist: &Path, names: &[String]) -> Result<()> {
+    for name in names {
+        let path = dist.join(name);
+        let size = fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len();
+        if size >= GITHUB_ASSET_LIMIT {
+            bail!("{}: {size} bytes, at or over GitHub's 2 GiB limit for a release asset", path.display());
+        }
+    }
+    Ok(())
+}
+
 /// Releases come from main: the tagged commit must be on `origin/main`.
 fn check_tag_on_main(root: &Path, tag: &str) -> Result<()> {
     let git = || Cmd::new("git").args(["-c", "safe.directory=*"]).dir(root);
@@ -180,6 +200,18 @@ mod tests {
         for (tag, version) in [("0.1.0", "0.1.0"), ("v0.1.1", "0.1.0"), ("v0.1.0-rc.1", "0.1.0"), ("v0.1", "0.1")] {
             assert!(check_tag(tag, version).is_err(), "{tag} for {version} was accepted");
         }
+    }
+
+    #[test]
+    fn an_image_over_github_s_asset_limit_stops_the_release() {
+        let dist = tempfile::tempdir().unwrap();
+        let small = dist.path().join("truthdb-os-0.1.0-amd64.qcow2");
+        fs::write(&small, "image").unwrap();
+        check_asset_sizes(dist.path(), &["truthdb-os-0.1.0-amd64.qcow2".into()]).unwrap();
+        // Sparse: no disk space used.
+        fs::File::create(dist.path().join("big.raw.zst")).unwrap().set_len(GITHUB_ASSET_LIMIT).unwrap();
+        let msg = format!("{:#}", check_asset_sizes(dist.path(), &["big.raw.zst".into()]).unwrap_err());
+        assert!(msg.contains("big.raw.zst") && msg.contains("2 GiB"), "{msg}");
     }
 
     #[test]

@@ -253,8 +253,7 @@ fn every_credential_name_fits_qemu_s_fw_cfg() {
     let program = fs::read_to_string(repo_root().join("overlay/usr/lib/truthdb/provision")).unwrap();
     let names = credential_names(&program);
     assert!(names.len() >= 5, "{names:?}");
-    let too_long: Vec<&String> =
-        names.iter().filter(|n| "opt/io.systemd.credentials/".len() + n.len() > 55).collect();
+    let too_long: Vec<&String> = names.iter().filter(|n| "opt/io.systemd.credentials/".len() + n.len() > 55).collect();
     assert!(too_long.is_empty(), "fw_cfg cannot pass these credentials (55 characters at most): {too_long:?}");
     // The check itself sees a name that is too long.
     assert_eq!(credential_names("credential(\"truthdb.admin.ssh_authorized_keys\")").len(), 1);
