@@ -144,6 +144,10 @@ const BACKPORTS_SOURCE_FILE: &str = "/etc/apt/sources.list.d/truthdb-os-bookworm
 /// image takes 117.6 s with bookworm's QEMU 7.2 and 90.4 s with QEMU 10.0 (BENCHMARKS.md,
 /// "Where a live boot's time goes"): on a suite that is mostly VM time that is minutes.
 const FAST_QEMU_MAJOR: u32 = 10;
+/// QEMU's QXL display, which the hardware matrix's hw-qxl machine has: built in up to
+/// bookworm's QEMU 7.2, a module of its own package from Debian's QEMU 10 on.
+const QXL_MODULE: &str = "/usr/lib/x86_64-linux-gnu/qemu/hw-display-qxl.so";
+const QXL_PACKAGE: &str = "qemu-system-modules-spice";
 
 /// For the test suite: on a Debian 12 host whose QEMU is older than `FAST_QEMU_MAJOR`, installs
 /// QEMU from bookworm-backports (adding that suite's source when the host has none; backports
@@ -153,27 +157,43 @@ pub fn prefer_fast_qemu() -> Result<()> {
     let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     let installed = Cmd::new("qemu-system-x86_64").arg("--version").read().ok();
     let major = installed.as_deref().and_then(qemu_major);
-    if !wants_backported_qemu(&os_release, major) {
+    let can_install = crate::util::host::is_root() && on_path("apt-get");
+    if wants_backported_qemu(&os_release, major) {
+        if !can_install {
+            eprintln!(
+                "note: QEMU {FAST_QEMU_MAJOR} from {BACKPORTS_SUITE} boots the image under TCG about a quarter faster; as \
+                 root: apt-get install -t {BACKPORTS_SUITE} qemu-system-x86 qemu-utils {QXL_PACKAGE}"
+            );
+            return Ok(());
+        }
+        if !has_backports_source()? {
+            eprintln!("adding the {BACKPORTS_SUITE} source for a faster QEMU: {BACKPORTS_SOURCE_FILE}");
+            std::fs::write(BACKPORTS_SOURCE_FILE, backports_source())
+                .with_context(|| format!("writing {BACKPORTS_SOURCE_FILE}"))?;
+        }
+        eprintln!("installing QEMU {FAST_QEMU_MAJOR} from {BACKPORTS_SUITE} (the host has {})", major.unwrap_or(0));
+        Cmd::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive").run()?;
+        Cmd::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "-t", BACKPORTS_SUITE])
+            .args(["qemu-system-x86", "qemu-utils", QXL_PACKAGE])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .run()?;
         return Ok(());
     }
-    if !crate::util::host::is_root() || !on_path("apt-get") {
-        eprintln!(
-            "note: QEMU {FAST_QEMU_MAJOR} from {BACKPORTS_SUITE} boots the image under TCG about a quarter faster; as root: \
-             apt-get install -t {BACKPORTS_SUITE} qemu-system-x86 qemu-utils"
-        );
-        return Ok(());
+    // A QEMU 10 already there (trixie's, or a backport installed before) may lack the QXL module.
+    if major.is_some_and(|m| m >= FAST_QEMU_MAJOR) && !Path::new(QXL_MODULE).exists() {
+        if !can_install {
+            eprintln!("note: the hardware test's QXL machine needs {QXL_PACKAGE} (apt-get install {QXL_PACKAGE})");
+            return Ok(());
+        }
+        let backport = installed.as_deref().is_some_and(|v| v.contains("~bpo12"));
+        eprintln!("installing {QXL_PACKAGE}: QEMU {} keeps its QXL display there", major.unwrap_or(0));
+        let mut install = Cmd::new("apt-get").args(["install", "-y", "--no-install-recommends"]);
+        if backport {
+            install = install.args(["-t", BACKPORTS_SUITE]);
+        }
+        install.arg(QXL_PACKAGE).env("DEBIAN_FRONTEND", "noninteractive").run()?;
     }
-    if !has_backports_source()? {
-        eprintln!("adding the {BACKPORTS_SUITE} source for a faster QEMU: {BACKPORTS_SOURCE_FILE}");
-        std::fs::write(BACKPORTS_SOURCE_FILE, backports_source())
-            .with_context(|| format!("writing {BACKPORTS_SOURCE_FILE}"))?;
-    }
-    eprintln!("installing QEMU {FAST_QEMU_MAJOR} from {BACKPORTS_SUITE} (the host has {})", major.unwrap_or(0));
-    Cmd::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive").run()?;
-    Cmd::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "-t", BACKPORTS_SUITE, "qemu-system-x86", "qemu-utils"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()?;
     Ok(())
 }
 
