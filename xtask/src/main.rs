@@ -72,7 +72,8 @@ enum Command {
     /// and PostgreSQL forwarded to free ports on 127.0.0.1, printed before it boots.
     Vm(vm::look::VmArgs),
     /// Build a ready-to-boot appliance disk image (raw or qcow2) by running the installer
-    /// engine on a loop device (needs root): generic (provisioned on first boot by cloud-init)
+    /// engine on a loop device (needs root): generic (provisioned on first boot by cloud-init or
+    /// systemd credentials)
     /// without --config, or pre-provisioned for one machine with it.
     Disk(disk_image::DiskArgs),
     /// Check a release tag against the workspace version and put the release's files (ISO,
