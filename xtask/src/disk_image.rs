@@ -173,8 +173,7 @@ pub fn publishable_images(p: &mut PublishableImages) -> Result<Vec<PathBuf>> {
     let dir = p.dir;
     crate::util::fsx::remove_if_present(dir)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let config = dir.join("generic.install.toml");
-    std::fs::write(&config, GENERIC_CONFIG)?;
+    let config = write_generic_config(dir)?;
     let raw = dir.join(format!("{}.raw", p.stem));
     let (_, size_gib) = disk_sizes_gib(p.payload);
     let inputs = DiskImageInputs {
@@ -188,7 +187,7 @@ pub fn publishable_images(p: &mut PublishableImages) -> Result<Vec<PathBuf>> {
     };
     let on_step = &mut *p.on_step;
     build(&inputs, &mut |line| {
-        if let Some(progress) = line.strip_prefix("truthdb-installer: ") {
+        if let Some(progress) = engine_progress(line) {
             on_step(progress);
         }
     })?;
@@ -221,6 +220,18 @@ fn payload_layout(payload: &crate::project::appliance::Payload) -> truthdb_insta
 /// image's default until cloud-init's meta-data names it).
 pub const GENERIC_CONFIG: &str = "# A generic image: provisioned on its first boot.\nhostname = \"truthdb\"\nwipe = \
                                   true\nprovision = \"first-boot\"\n";
+
+/// The progress part of one of the engine's output lines ("truthdb-installer: [ 23%] copy: ...").
+pub fn engine_progress(line: &str) -> Option<&str> {
+    line.strip_prefix("truthdb-installer: ")
+}
+
+/// Writes [`GENERIC_CONFIG`] into `dir`, for the engine's `--config`.
+pub fn write_generic_config(dir: &Path) -> Result<PathBuf> {
+    let config = dir.join("generic.install.toml");
+    std::fs::write(&config, GENERIC_CONFIG).with_context(|| format!("writing {}", config.display()))?;
+    Ok(config)
+}
 
 /// Refuses a bad config or size before anything is installed, built or asked of sudo; the
 /// disk size to use.
@@ -299,7 +310,7 @@ fn run(project: &crate::project::Project, args: &DiskArgs) -> Result<()> {
             log: &log,
         };
         build(&inputs, &mut |line| {
-            if let Some(progress) = line.strip_prefix("truthdb-installer: ") {
+            if let Some(progress) = engine_progress(line) {
                 s.set(progress);
             }
         })

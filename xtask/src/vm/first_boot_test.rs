@@ -100,8 +100,7 @@ fn build_generic_image(config: &InstallTestConfig) -> Result<PathBuf> {
     let started = Instant::now();
     stage("first-boot test", |s| {
         s.set("cargo xtask disk --format qcow2, no --config (a generic image)");
-        let config_file = dir.join("generic.install.toml");
-        std::fs::write(&config_file, crate::disk_image::GENERIC_CONFIG)?;
+        let config_file = crate::disk_image::write_generic_config(dir)?;
         crate::disk_image::build(
             &crate::disk_image::DiskImageInputs {
                 iso: &config.iso,
@@ -113,7 +112,7 @@ fn build_generic_image(config: &InstallTestConfig) -> Result<PathBuf> {
                 log: &dir.join("generic.log"),
             },
             &mut |line| {
-                if let Some(progress) = line.strip_prefix("truthdb-installer: ") {
+                if let Some(progress) = crate::disk_image::engine_progress(line) {
                     s.set(progress);
                 }
             },

@@ -311,7 +311,7 @@ fn disk_image_chain(config: &InstallTestConfig, credentials: &Credentials) -> Re
                 log: &log,
             },
             &mut |line| {
-                if let Some(progress) = line.strip_prefix("truthdb-installer: ") {
+                if let Some(progress) = crate::disk_image::engine_progress(line) {
                     s.set(progress);
                 }
             },
