@@ -243,15 +243,9 @@ fn default_security_mirror() -> String {
     "http://deb.debian.org/debian-security".into()
 }
 fn default_append() -> Vec<String> {
-    [
-        "boot=live",
-        "live-config.nocomponents=openssh-server,ssl-cert",
-        "quiet",
-        "loglevel=3",
-        "systemd.show_status=false",
-    ]
-    .map(String::from)
-    .to_vec()
+    ["boot=live", "live-config.nocomponents", "quiet", "loglevel=3", "systemd.show_status=false"]
+        .map(String::from)
+        .to_vec()
 }
 fn default_serial_console() -> String {
     "ttyS0,115200".into()
