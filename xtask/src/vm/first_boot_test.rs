@@ -14,7 +14,9 @@
 //!    passes the same checks;
 //! 4. a VM with no seed boots, says on its serial console how to provision it, and lets no one
 //!    log in;
-//! 5. the first VM boots again: same machine-id, host key and cluster, provisioned once.
+//! 5. the first VM boots again, now with the second VM's seed attached (another instance-id,
+//!    another key): same machine-id, host key and cluster, its own key and password still work
+//!    and the seed's key is refused. Provisioned once: cloud-init is off after provisioning.
 //!
 //! The boots run side by side, each waiting for one of the machine's VM slots.
 
@@ -198,10 +200,11 @@ fn boot_them(config: &InstallTestConfig, image: &Path) -> Result<()> {
         first_a.host_key, first_b.host_key, first_a.system_identifier, first_b.system_identifier
     );
 
-    // Once provisioned, a boot changes nothing, seed or not.
+    // Once provisioned, a boot changes nothing, whatever seed it is given: here vm-b's, whose
+    // new instance-id would make a running cloud-init add vm-b's key to the admin.
     let again = stage("first-boot test", |s| {
-        s.set("vm-a boots again");
-        let extras = BootExtras { qemu_args: seed_cdrom(&seed_a), refused_key: Some(&cred_b.key), boot_analysis: true };
+        s.set("vm-a boots again, with vm-b's seed");
+        let extras = BootExtras { qemu_args: seed_cdrom(&seed_b), refused_key: Some(&cred_b.key), boot_analysis: true };
         check_appliance("vm-a-again", &disk_a, "qcow2", config, &cred_a, None, &extras)
     })?;
     if again.serial.contains(PROVISIONED) {
@@ -216,7 +219,9 @@ fn boot_them(config: &InstallTestConfig, image: &Path) -> Result<()> {
             bail!("vm-a's {what} changed on its second boot: {before} -> {after}");
         }
     }
-    println!("PASS vm-a boots again with its machine-id, host key and cluster, not provisioned again");
+    println!(
+        "PASS vm-a boots again with vm-b's seed: its machine-id, host key and cluster, not provisioned again, vm-b's key refused"
+    );
     Ok(())
 }
 
