@@ -56,10 +56,11 @@ enum Command {
     /// install, boot the disk and reach its database and SSH. Screendumps are kept in
     /// target/truthdb-os/gui-test/screens/.
     GuiTest(vm::gui_test::GuiTestArgs),
-    /// Boot the ISO (UEFI) on QEMU machines carrying each emulated network card (e1000,
-    /// e1000e, rtl8139, vmxnet3, virtio), storage controller (NVMe, AHCI, MegaRAID, virtio-scsi,
-    /// LSI 53C895A, PVSCSI) and display (virtio, QXL, Cirrus, ramfb), and check from the
-    /// serial console that each was bound to its driver and the installer drew on its display.
+    /// Boot the ISO the four ways (BIOS/UEFI x CD/USB), each on a QEMU machine carrying some of
+    /// the emulated network cards (e1000, e1000e, rtl8139, vmxnet3, virtio), storage
+    /// controllers (NVMe, AHCI, MegaRAID, virtio-scsi, LSI 53C895A, PVSCSI) and displays
+    /// (virtio, QXL, Cirrus, ramfb), and check from the serial console the boot marker, that
+    /// each device was bound to its driver and that the installer drew on its display.
     HardwareTest(vm::hardware_test::HardwareTestArgs),
     /// Build a generic qcow2 (`disk` without --config) from the ISO and boot it as two VMs with
     /// their own cloud-init NoCloud seeds on larger disks (each provisioned, healthy, reached

@@ -136,10 +136,9 @@ fn run(project: &Project, fast: bool) -> Result<ExitCode> {
 /// busy instead of one waiting while a single VM installs. (The builds' tests use every core
 /// themselves and run alone.)
 const SIDE_BY_SIDE: &[&str] = &[
-    "e2e_04_boot_four_ways",
+    "e2e_04_boot_four_ways_on_the_hardware_matrix",
     "e2e_05_install_unattended_refusals_disk_image",
     "e2e_06_install_graphical",
-    "e2e_11_hardware_matrix",
     "e2e_12_generic_vm_image_provisions_itself_on_first_boot",
 ];
 
@@ -460,11 +459,11 @@ e2e_03_build_leaves_no_mount_or_process: test
     fn the_vm_only_tests_start_together_where_the_first_of_them_is() {
         let names: Vec<String> = [
             "e2e_03_build",
-            "e2e_04_boot_four_ways",
+            "e2e_04_boot_four_ways_on_the_hardware_matrix",
             "e2e_05_install_unattended_refusals_disk_image",
             "e2e_06_install_graphical",
             "e2e_07_after",
-            "e2e_11_hardware_matrix",
+            "e2e_12_generic_vm_image_provisions_itself_on_first_boot",
         ]
         .map(String::from)
         .to_vec();

@@ -8,7 +8,7 @@
 //! [`crate::vm::qemu`]'s.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -35,6 +35,13 @@ impl BootMode {
     }
     fn is_usb(self) -> bool {
         matches!(self, BootMode::BiosUsb | BootMode::UefiUsb)
+    }
+
+    /// A machine that boots `iso` this way: its firmware, and the ISO as its boot medium (a CD,
+    /// or a USB stick whose writes go to a temporary overlay).
+    pub fn machine(self, name: impl Into<String>, log_dir: impl Into<PathBuf>, iso: &Path) -> VmSpec {
+        let firmware = if self.is_uefi() { Firmware::Uefi } else { Firmware::Bios };
+        VmSpec::new(firmware, name, log_dir).media(if self.is_usb() { usb_stick(iso) } else { cdrom(iso) })
     }
 }
 
@@ -77,11 +84,7 @@ pub struct BootOutcome {
 /// The machine for one boot: always through the image's own boot loader (SeaBIOS or OVMF,
 /// the ISO as a CD or as a USB stick whose writes go to a temporary overlay).
 fn spec(config: &BootTestConfig, mode: BootMode, accel: Accelerator) -> VmSpec {
-    let firmware = if mode.is_uefi() { Firmware::Uefi } else { Firmware::Bios };
-    VmSpec::new(firmware, mode.to_string(), &config.log_dir)
-        .memory(config.memory_mib)
-        .accel(accel)
-        .media(if mode.is_usb() { usb_stick(&config.iso) } else { cdrom(&config.iso) })
+    mode.machine(mode.to_string(), &config.log_dir, &config.iso).memory(config.memory_mib).accel(accel)
 }
 
 /// The boot marker's line on the serial console, if it is there yet.

@@ -1,10 +1,16 @@
-//! `cargo xtask hardware-test`: the hardware matrix. Boots the ISO (UEFI, from a CD, through
-//! its boot loader) on machines that carry the network cards, storage controllers and display
-//! adapters QEMU emulates for the hypervisors and servers in README's support list, and reads
-//! from the serial console that each device was bound to its driver: the `TRUTHDB-HW` lines of
+//! `cargo xtask hardware-test`: the hardware matrix. Boots the ISO through its own boot
+//! loaders on four machines that carry the network cards, storage controllers and display
+//! adapters QEMU emulates for the hypervisors and servers in README's support list, each
+//! machine in another of the four ways a hybrid image boots (BIOS or UEFI, CD or USB stick), and
+//! reads from the serial console the boot marker (the image's version, our kernel), and that
+//! each device was bound to its driver: the `TRUTHDB-HW` lines of
 //! `overlay/usr/lib/truthdb/hardware-report` (network cards with link up and a DHCP lease,
 //! disks behind their controller's driver, the DRM card's driver) and the graphical
 //! installer's first frame drawn through that DRM driver (`TRUTHDB-GUI-SCREEN welcome`).
+//!
+//! The test suite runs this as its four-way boot (`e2e_04`): each boot proves its mode and its
+//! hardware at once, four live boots where the plain boot test and the matrix took eight.
+//! `cargo xtask boot-test` still boots the four ways on a plain machine.
 //!
 //! What QEMU cannot emulate (Hyper-V's and Xen's synthetic devices, VMware's SVGA II as vmwgfx
 //! needs it, most bare-metal cards) is
@@ -18,7 +24,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::project::Project;
 use crate::util::progress::{self, format_duration};
-use crate::vm::qemu::{Vm, VmSpec, cdrom, line_from};
+use crate::vm::boot_test::BootMode;
+use crate::vm::qemu::{Vm, line_from};
 
 /// A network card: QEMU's device model and the Linux driver that must take it.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +64,8 @@ pub struct Adapter {
 #[derive(Clone, Copy, Debug)]
 pub struct Machine {
     pub name: &'static str,
+    /// How it boots the ISO: its firmware and the medium.
+    pub mode: BootMode,
     pub adapter: Adapter,
     pub nics: &'static [Nic],
     pub controllers: &'static [Controller],
@@ -91,10 +100,12 @@ const PVSCSI: Controller = Controller {
     driver: "vmw_pvscsi",
 };
 
-/// The matrix: every emulated device once, four machines (two at a time under the VM slots).
+/// The matrix: every emulated device once and every boot mode once, four machines (two at a
+/// time under the VM slots).
 pub const MATRIX: [Machine; 4] = [
     Machine {
         name: "hw-virtio-gpu",
+        mode: BootMode::BiosCd,
         adapter: Adapter {
             name: "virtio-vga",
             vga: "virtio",
@@ -109,6 +120,7 @@ pub const MATRIX: [Machine; 4] = [
     },
     Machine {
         name: "hw-qxl",
+        mode: BootMode::BiosUsb,
         adapter: Adapter { name: "qxl-vga", vga: "qxl", device: None, sysfs_driver: "qxl", drm_name: "qxl" },
         nics: &[Nic { model: "e1000e", driver: "e1000e" }, Nic { model: "vmxnet3", driver: "vmxnet3" }],
         controllers: &[VIRTIO_SCSI, LSI],
@@ -118,6 +130,7 @@ pub const MATRIX: [Machine; 4] = [
     // README), so the machine carries VMware's PVSCSI with the Cirrus display.
     Machine {
         name: "hw-cirrus",
+        mode: BootMode::UefiCd,
         adapter: Adapter {
             name: "cirrus-vga",
             vga: "cirrus",
@@ -128,8 +141,10 @@ pub const MATRIX: [Machine; 4] = [
         nics: &[Nic { model: "virtio-net-pci", driver: "virtio_net" }],
         controllers: &[PVSCSI, AHCI],
     },
+    // ramfb shows a picture only through the UEFI firmware's framebuffer (simpledrm).
     Machine {
         name: "hw-ramfb",
+        mode: BootMode::UefiUsb,
         adapter: Adapter {
             name: "ramfb",
             vga: "none",
@@ -229,32 +244,36 @@ pub struct HardwareTestConfig {
     pub work_dir: PathBuf,
 }
 
-/// Boots one machine until its report and the installer's first frame are both there.
+/// Boots one machine until its boot marker, its report and the installer's first frame are all
+/// there.
 fn boot(config: &HardwareTestConfig, machine: &Machine) -> Result<(Vec<String>, Duration)> {
     for (i, controller) in machine.controllers.iter().enumerate() {
         let file = config.work_dir.join(format!("{}-{}.raw", machine.name, controller.name));
         let disk = std::fs::File::create(&file).with_context(|| format!("creating {}", file.display()))?;
         disk.set_len(disk_bytes(i)).with_context(|| format!("sizing {}", file.display()))?;
     }
-    let spec = VmSpec::uefi(machine.name, &config.work_dir)
+    let spec = machine
+        .mode
+        .machine(machine.name, &config.work_dir, &config.iso)
         .memory(config.memory_mib)
         .vga(machine.adapter.vga)
-        .media(cdrom(&config.iso))
         .media(device_args(machine, &config.work_dir));
     let vm = Vm::start(&spec)?;
-    let serial = vm.wait_for("the hardware report and the installer's first frame", config.timeout, |serial, _| {
-        let done = serial.contains("TRUTHDB-HW done") && serial.contains("TRUTHDB-GUI-SCREEN welcome");
+    let what = "the boot marker, the hardware report and the installer's first frame";
+    let serial = vm.wait_for(what, config.timeout, |serial, _| {
+        let done = serial.contains("TRUTHDB-HW done")
+            && serial.contains("TRUTHDB-GUI-SCREEN welcome")
+            && crate::vm::boot_test::marker_line(serial).is_some();
         done.then(|| Ok(serial.to_owned()))
     })?;
     let elapsed = vm.elapsed();
     vm.kill();
-    if let Some(marker) = crate::vm::boot_test::marker_line(&serial) {
-        crate::vm::boot_test::check_marker(&marker, &config.expected_version)?;
-    }
-    Ok((
-        check(machine, &serial).with_context(|| format!("machine {} ({})", machine.name, vm.serial_log.display()))?,
-        elapsed,
-    ))
+    let context = || format!("machine {} ({}, {})", machine.name, machine.mode, vm.serial_log.display());
+    let marker = crate::vm::boot_test::marker_line(&serial).expect("waited for");
+    crate::vm::boot_test::check_marker(&marker, &config.expected_version).with_context(context)?;
+    let mut found = vec![format!("boot marker: {marker}")];
+    found.extend(check(machine, &serial).with_context(context)?);
+    Ok((found, elapsed))
 }
 
 pub fn run(config: &HardwareTestConfig) -> Result<()> {
@@ -264,14 +283,14 @@ pub fn run(config: &HardwareTestConfig) -> Result<()> {
     std::fs::create_dir_all(&config.work_dir).with_context(|| format!("creating {}", config.work_dir.display()))?;
     let names: Vec<&str> = config.machines.iter().map(|m| m.name).collect();
     let results = progress::stage("hardware test", |s| {
-        s.set(&format!("{} (UEFI, CD; {} at once)", names.join(" + "), crate::vm::qemu::vms_at_once()));
+        s.set(&format!("{} ({} at once)", names.join(" + "), crate::vm::qemu::vms_at_once()));
         Ok(crate::vm::qemu::in_parallel(&config.machines, |machine| boot(config, machine)))
     })?;
     let mut failed = 0;
     for (machine, result) in config.machines.iter().zip(results) {
         match result {
             Ok((found, elapsed)) => {
-                println!("PASS {} ({}, TCG)", machine.name, format_duration(elapsed));
+                println!("PASS {} ({}, {}, TCG)", machine.name, machine.mode, format_duration(elapsed));
                 for line in found {
                     println!("  {line}");
                 }
@@ -392,6 +411,11 @@ mod tests {
         }
         let adapters: Vec<&str> = MATRIX.iter().map(|m| m.adapter.name).collect();
         assert_eq!(adapters, ["virtio-vga", "qxl-vga", "cirrus-vga", "ramfb"]);
+        // The suite's four-way boot is this matrix: each mode exactly once.
+        let modes: Vec<BootMode> = MATRIX.iter().map(|m| m.mode).collect();
+        for mode in BootMode::ALL {
+            assert_eq!(modes.iter().filter(|m| **m == mode).count(), 1, "{mode}");
+        }
         let args = device_args(&MATRIX[0], Path::new("/w")).join(" ");
         assert!(args.contains("-device nvme,drive=hwd0,serial=hwd0"), "{args}");
         assert!(args.contains("-device megasas,id=hwc1 -device scsi-hd,bus=hwc1.0,drive=hwd1"), "{args}");
