@@ -57,7 +57,7 @@ enum Command {
     /// target/truthdb-os/gui-test/screens/.
     GuiTest(vm::gui_test::GuiTestArgs),
     /// Boot the ISO the four ways (BIOS/UEFI x CD/USB), each on a QEMU machine carrying some of
-    /// the emulated network cards (e1000, e1000e, rtl8139, vmxnet3, virtio), storage
+    /// the emulated network cards (e1000, e1000e, igb, rtl8139, vmxnet3, virtio), storage
     /// controllers (NVMe, AHCI, MegaRAID, virtio-scsi, LSI 53C895A, PVSCSI) and displays
     /// (virtio, QXL, Cirrus, ramfb), and check from the serial console the boot marker, that
     /// each device was bound to its driver and that the installer drew on its display.

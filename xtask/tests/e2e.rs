@@ -299,7 +299,9 @@ fn e2e_04_boot_four_ways_on_the_hardware_matrix() {
         assert!(marker.contains(&format!("version={}", env!("CARGO_PKG_VERSION"))), "{marker}");
         assert!(marker.contains("kernel=") && marker.contains("-truthdb"), "not our kernel: {marker}");
     }
-    for device in ["vmxnet3: net", "rtl8139: net", "pvscsi: disk", "megasas: disk", "lsi53c895a: disk", "nvme: disk"] {
+    for device in
+        ["vmxnet3: net", "rtl8139: net", "igb: net", "pvscsi: disk", "megasas: disk", "lsi53c895a: disk", "nvme: disk"]
+    {
         assert!(report.contains(device), "missing {device:?} in:\n{report}");
     }
 }

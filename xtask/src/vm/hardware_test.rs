@@ -24,6 +24,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::project::Project;
 use crate::util::progress::{self, format_duration};
+use crate::util::run::Cmd;
 use crate::vm::boot_test::BootMode;
 use crate::vm::qemu::{Vm, line_from};
 
@@ -152,7 +153,8 @@ pub const MATRIX: [Machine; 4] = [
             sysfs_driver: "simple-framebuffer",
             drm_name: "simpledrm",
         },
-        nics: &[],
+        // Intel's 82576 (igb, servers' usual 1 GbE): QEMU 8.0 and later.
+        nics: &[Nic { model: "igb", driver: "igb" }],
         controllers: &[],
     },
 ];
@@ -182,6 +184,12 @@ fn device_args(machine: &Machine, dir: &Path) -> Vec<String> {
         args.extend(["-device".to_owned(), device.to_owned()]);
     }
     args
+}
+
+/// The network cards of `machines` that QEMU's `-device help` (`models`) does not list.
+fn missing_device_models(machines: &[Machine], models: &str) -> Vec<&'static str> {
+    let listed = |model: &str| models.lines().any(|l| l.starts_with(&format!("name \"{model}\"")));
+    machines.iter().flat_map(|m| m.nics.iter().map(|n| n.model)).filter(|model| !listed(model)).collect()
 }
 
 /// The value of `key=` in a `TRUTHDB-HW` line.
@@ -281,6 +289,15 @@ pub fn run(config: &HardwareTestConfig) -> Result<()> {
         bail!("no ISO at {} (run `cargo xtask iso` first)", config.iso.display());
     }
     std::fs::create_dir_all(&config.work_dir).with_context(|| format!("creating {}", config.work_dir.display()))?;
+    let models = Cmd::new("qemu-system-x86_64").args(["-device", "help"]).read()?;
+    let missing = missing_device_models(&config.machines, &models);
+    if !missing.is_empty() {
+        bail!(
+            "this QEMU has no {} device (igb needs QEMU 8.0 or later; on Debian 12 `cargo xtask doctor --install` \
+             installs QEMU 10 from bookworm-backports)",
+            missing.join(", ")
+        );
+    }
     let names: Vec<&str> = config.machines.iter().map(|m| m.name).collect();
     let results = progress::stage("hardware test", |s| {
         s.set(&format!("{} ({} at once)", names.join(" + "), crate::vm::qemu::vms_at_once()));
@@ -402,7 +419,7 @@ mod tests {
     #[test]
     fn the_matrix_covers_each_emulated_device_once_and_its_disks_differ_in_size() {
         let nics: Vec<&str> = MATRIX.iter().flat_map(|m| m.nics.iter().map(|n| n.model)).collect();
-        for model in ["e1000", "e1000e", "rtl8139", "vmxnet3", "virtio-net-pci"] {
+        for model in ["e1000", "e1000e", "igb", "rtl8139", "vmxnet3", "virtio-net-pci"] {
             assert_eq!(nics.iter().filter(|n| **n == model).count(), 1, "{model}");
         }
         let controllers: Vec<&str> = MATRIX.iter().flat_map(|m| m.controllers.iter().map(|c| c.name)).collect();
@@ -421,5 +438,18 @@ mod tests {
         assert!(args.contains("-device megasas,id=hwc1 -device scsi-hd,bus=hwc1.0,drive=hwd1"), "{args}");
         assert!(args.contains("-netdev user,id=hwnet1 -device rtl8139,netdev=hwnet1"), "{args}");
         assert!(device_args(&MATRIX[3], Path::new("/w")).join(" ").contains("-device ramfb"));
+    }
+
+    #[test]
+    fn a_qemu_without_a_card_of_the_matrix_is_named_before_any_boot() {
+        // QEMU 10's `-device help` lists every card; QEMU 7.2's has no igb.
+        let all: String = MATRIX
+            .iter()
+            .flat_map(|m| m.nics.iter())
+            .map(|n| format!("name \"{}\", bus PCI, desc \"a card\"\n", n.model))
+            .collect();
+        assert!(missing_device_models(&MATRIX, &all).is_empty());
+        let without_igb = all.replace("name \"igb\"", "name \"igbvf\"");
+        assert_eq!(missing_device_models(&MATRIX, &without_igb), ["igb"]);
     }
 }
