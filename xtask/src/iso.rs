@@ -83,20 +83,20 @@ impl ImageInputs<'_> {
 }
 
 /// The machine-wide paths and logs a run uses.
-struct Pipeline<'a> {
+pub(crate) struct Pipeline<'a> {
     project: &'a Project,
     cache: PathBuf,
     logs: PathBuf,
 }
 
 impl<'a> Pipeline<'a> {
-    fn new(project: &'a Project) -> Result<Pipeline<'a>> {
+    pub(crate) fn new(project: &'a Project) -> Result<Pipeline<'a>> {
         let logs = project.logs_dir();
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         Ok(Pipeline { project, cache: project::cache_dir(), logs })
     }
 
-    fn fresh_log(&self, name: &str) -> PathBuf {
+    pub(crate) fn fresh_log(&self, name: &str) -> PathBuf {
         let log = self.logs.join(name);
         let _ = std::fs::remove_file(&log);
         log
@@ -123,7 +123,7 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Stage "build root".
-    fn build_root(&self) -> Result<BuildRoot> {
+    pub(crate) fn build_root(&self) -> Result<BuildRoot> {
         let spec = self.root_spec();
         let log = self.fresh_log("build-root.log");
         stage("build root", |s| {
@@ -137,7 +137,7 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Stage "kernel".
-    fn kernel(&self, root: &BuildRoot) -> Result<KernelPackage> {
+    pub(crate) fn kernel(&self, root: &BuildRoot) -> Result<KernelPackage> {
         let inputs = self.kernel_inputs(root, self.logs.join("kernel.log"))?;
         stage("kernel", |s| {
             if kernel::cached(&inputs)?.is_none() {

@@ -2,6 +2,7 @@
 //! arguments are a type with its own `run`, in the module that does the work (see
 //! ARCHITECTURE.md for the map: `stages/` builds the ISO, `vm/` boots it, `util/` is shared).
 
+mod bench;
 mod container;
 mod disk_image;
 mod doctor;
@@ -72,6 +73,10 @@ enum Command {
     /// 127.0.0.1 without a desktop; the serial console on this terminal (Ctrl-A X quits); SSH
     /// and PostgreSQL forwarded to free ports on 127.0.0.1, printed before it boots.
     Vm(vm::look::VmArgs),
+    /// Measure the ISO's live boot against a yardstick: a minimal Debian live image live-build
+    /// makes from the same options and kernel (built once, cached), both booted side by side
+    /// to their boot marker; prints each round and the ratio.
+    Bench(bench::BenchArgs),
     /// Build a ready-to-boot appliance disk image (raw or qcow2) by running the installer
     /// engine on a loop device (needs root): generic (provisioned on first boot by cloud-init or
     /// systemd credentials)
@@ -115,6 +120,7 @@ impl Command {
             Command::GuiTest(_) => "gui-test",
             Command::HardwareTest(_) => "hardware-test",
             Command::FirstBootTest(_) => "first-boot-test",
+            Command::Bench(_) => "bench",
             Command::Disk(_) => "disk",
             Command::Test(_) => "test",
             _ => return None,
@@ -155,6 +161,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::HardwareTest(args) => args.run(&project()?)?,
         Command::FirstBootTest(args) => args.run(&project()?)?,
         Command::Vm(args) => args.run(&project()?)?,
+        Command::Bench(args) => args.run(&project()?)?,
         Command::Disk(args) => args.run(&project()?)?,
         Command::Release(args) => args.run(&project()?)?,
         Command::BuilderImage(args) => args.run(&project()?, &cli.container)?,
