@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: how much of a live boot is ours. Boots the published ISO beside a
 //! yardstick, a minimal Debian live image that live-build makes from the same `auto/config`
 //! (so the same suite, mirrors, boot loaders and kernel command line) and the same kernel
-//! package, with no package list, no hooks, no overlay and no payload: only a boot marker unit
-//! like ours, so both are timed the same way, from power-on to the marker on the serial console.
+//! package, with no package list, no overlay and no payload, and of our hooks only the two any
+//! image with this kernel needs ([`PLUMBING_HOOKS`]): a boot marker unit like ours, so both are
+//! timed the same way, from power-on to the marker on the serial console.
 //!
 //! The yardstick is built once in the build root and cached under
 //! `<cache>/bench/<digest>/`, named by a digest of everything it is made from (see
@@ -45,8 +46,14 @@ WantedBy=multi-user.target
 
 /// What of the rendered live-build tree the yardstick keeps: live-build's options and our
 /// boot loader menus. Everything else (`config/package-lists`, `config/hooks`,
-/// `config/includes.chroot`, extra apt archives) is the appliance.
+/// `config/includes.chroot`, extra apt archives) is the appliance, but for [`PLUMBING_HOOKS`].
 const KEPT: [&str; 2] = ["auto", "config/bootloaders"];
+
+/// Hooks that make any image with our kernel boot as it should, appliance or not: the initrd
+/// for a kernel installed from `config/packages.chroot`, and the stamps that spare every boot
+/// systemd's ldconfig/hwdb/catalog rebuilds. Without them the yardstick would not boot, or would
+/// be slower than a minimal image needs to be (a flattering ratio).
+const PLUMBING_HOOKS: [&str; 2] = ["0050-initrd-for-every-kernel.hook.chroot", "9990-updates-done.hook.chroot"];
 
 /// `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
@@ -175,6 +182,12 @@ fn keep_only_the_yardstick(tree: &Path) -> Result<PathBuf> {
         fs::create_dir_all(kept.join(part))?;
         fsx::copy_tree(&from, &kept.join(part), &[]).with_context(|| format!("copying {part}/"))?;
     }
+    let hooks = kept.join("config/hooks/normal");
+    fs::create_dir_all(&hooks)?;
+    for hook in PLUMBING_HOOKS {
+        let from = tree.join("config/hooks/normal").join(hook);
+        fs::copy(&from, hooks.join(hook)).with_context(|| format!("copying {}", from.display()))?;
+    }
     let units = kept.join("config/includes.chroot/etc/systemd/system");
     fs::create_dir_all(units.join("multi-user.target.wants"))?;
     fs::write(units.join("yardstick-boot-marker.service"), MARKER_UNIT)?;
@@ -236,6 +249,8 @@ mod tests {
             ("config/bootloaders/grub-pc/grub.cfg", "menuentry\n"),
             ("config/package-lists/appliance.list.chroot", "postgresql\n"),
             ("config/hooks/normal/0100-x.hook.chroot", "#!/bin/sh\n"),
+            ("config/hooks/normal/0050-initrd-for-every-kernel.hook.chroot", "#!/bin/sh\n"),
+            ("config/hooks/normal/9990-updates-done.hook.chroot", "#!/bin/sh\n"),
             ("config/includes.chroot/usr/lib/truthdb/boot-marker", "#!/bin/sh\n"),
         ] {
             fs::create_dir_all(tree.join(file).parent().unwrap()).unwrap();
@@ -245,7 +260,12 @@ mod tests {
         assert!(kept.join("auto/config").is_file());
         assert!(kept.join("config/bootloaders/grub-pc/grub.cfg").is_file());
         assert!(!kept.join("config/package-lists").exists());
-        assert!(!kept.join("config/hooks").exists());
+        let hooks: Vec<String> = fs::read_dir(kept.join("config/hooks/normal"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(hooks.len(), PLUMBING_HOOKS.len(), "{hooks:?}");
+        assert!(PLUMBING_HOOKS.iter().all(|h| hooks.contains(&h.to_string())), "{hooks:?}");
         assert!(!kept.join("config/includes.chroot/usr").exists());
         let wants = kept.join("config/includes.chroot/etc/systemd/system/multi-user.target.wants");
         assert!(wants.join("yardstick-boot-marker.service").exists(), "the marker unit is not enabled");
