@@ -71,6 +71,7 @@ fn run(project: &Project, fast: bool) -> Result<ExitCode> {
             Purpose::ContainerTest,
         ])?;
         doctor::prefer_fast_qemu()?;
+        check_free_space(&space_needed(project))?;
     }
     let actionlint = ensure_actionlint(project)?;
     let cargo = || {
@@ -128,6 +129,83 @@ fn run(project: &Project, fast: bool) -> Result<ExitCode> {
         seen.outcome(result.is_ok())
     }));
     Ok(finish(&rows, started.elapsed(), Some(&log_dir)))
+}
+
+/// What the whole suite writes at its peak, by place, with some margin: the ISO builds, the
+/// VM images, the install tests' disks and overlays in the work directory; chroot and build
+/// root copies in the cache; `e2e_08`'s copy of the project in the temporary directory
+/// (measured: BENCHMARKS.md, "The whole suite"). A full disk midway fails tests in ways that
+/// do not say so (a VM's database not coming up, a copy failing), so it is checked first.
+fn space_needed(project: &Project) -> Vec<(PathBuf, u64)> {
+    const GIB: u64 = 1 << 30;
+    vec![
+        (project.work_dir(), SUITE_WORK_GIB * GIB),
+        (crate::project::cache_dir(), SUITE_CACHE_GIB * GIB),
+        (std::env::temp_dir(), SUITE_TEMP_GIB * GIB),
+    ]
+}
+const SUITE_WORK_GIB: u64 = 14;
+const SUITE_CACHE_GIB: u64 = 4;
+const SUITE_TEMP_GIB: u64 = 4;
+
+/// Fails unless each file system holding `places` has the bytes they need between them, naming
+/// the file system, what it holds, what it has and what it needs.
+fn check_free_space(places: &[(PathBuf, u64)]) -> Result<()> {
+    // df needs paths that exist: a new machine has no cache directory yet.
+    let existing: Vec<PathBuf> = places
+        .iter()
+        .map(|(path, _)| path.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/")).to_path_buf())
+        .collect();
+    let report = Cmd::new("df").args(["--output=target,avail", "-B1"]).args(&existing).read()?;
+    let free = free_bytes_by_mount(&report, places.len())?;
+    let mut short = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for (mount, avail) in &free {
+        if seen.contains(&mount.as_str()) {
+            continue;
+        }
+        seen.push(mount);
+        let on_it: Vec<&(PathBuf, u64)> =
+            places.iter().zip(&free).filter(|(_, (m, _))| m == mount).map(|(place, _)| place).collect();
+        let needed: u64 = on_it.iter().map(|(_, bytes)| bytes).sum();
+        if *avail < needed {
+            let what: Vec<String> = on_it.iter().map(|(path, _)| path.display().to_string()).collect();
+            short.push(format!(
+                "{mount} has {} free for {}; the suite needs about {} there",
+                gib(*avail),
+                what.join(", "),
+                gib(needed)
+            ));
+        }
+    }
+    if !short.is_empty() {
+        bail!(
+            "not enough disk space for `cargo xtask test`: {} (its ISOs, install disks and VM overlays fill it; a \
+             full disk midway fails tests without saying why)",
+            short.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// `df --output=target,avail -B1` for `count` paths: each path's mount point and free bytes.
+fn free_bytes_by_mount(report: &str, count: usize) -> Result<Vec<(String, u64)>> {
+    let rows: Vec<(String, u64)> = report
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let (mount, avail) = line.trim_end().rsplit_once(char::is_whitespace)?;
+            Some((mount.trim().to_owned(), avail.parse().ok()?))
+        })
+        .collect();
+    if rows.len() != count {
+        bail!("df printed {} file systems for {count} paths:\n{report}", rows.len());
+    }
+    Ok(rows)
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 /// The e2e tests that do nothing but run VMs on `e2e_01`'s ISO, each in its own work
@@ -453,6 +531,26 @@ e2e_03_build_leaves_no_mount_or_process: test
         let e2e = include_str!("../tests/e2e.rs");
         assert!(e2e.contains(&format!("const NEEDS_E2E_01: &str = \"{NEEDS_E2E_01}\";")));
         assert!(e2e.contains("panic!(\"no ISO: {NEEDS_E2E_01}"));
+    }
+
+    #[test]
+    fn too_little_disk_space_is_named_before_the_suite_starts() {
+        // The real df, on this machine's own file systems.
+        let here = std::env::temp_dir();
+        check_free_space(&[(here.clone(), 1), (here.join("not-made-yet/deeper"), 1)]).unwrap();
+        let msg = format!("{:#}", check_free_space(&[(here.clone(), u64::MAX / 4)]).unwrap_err());
+        assert!(msg.contains("not enough disk space") && msg.contains(&here.display().to_string()), "{msg}");
+        // Two places on one file system need their sum.
+        let avail =
+            free_bytes_by_mount(&Cmd::new("df").args(["--output=target,avail", "-B1"]).arg(&here).read().unwrap(), 1)
+                .unwrap()[0]
+                .1;
+        assert!(check_free_space(&[(here.clone(), avail / 2 + 1), (here.join("x"), avail / 2 + 1)]).is_err());
+        assert_eq!(
+            free_bytes_by_mount("Mounted on      Avail\n/           100\n/my disk    7\n", 2).unwrap(),
+            [("/".to_owned(), 100), ("/my disk".to_owned(), 7)]
+        );
+        assert!(free_bytes_by_mount("Mounted on Avail\n/ 100\n", 2).is_err());
     }
 
     #[test]
