@@ -92,9 +92,8 @@ impl BenchArgs {
                 s.set(&format!("round {round} of {}: {} and the yardstick side by side", self.rounds, self.mode));
                 let boots = crate::vm::qemu::in_parallel(&machines, |(name, image)| {
                     let spec = self.mode.machine(format!("{name}-{round}"), &work, image).memory(self.memory);
-                    let (line, elapsed) = boot_to_marker(&spec, Duration::from_secs(self.timeout))
-                        .with_context(|| format!("booting {name} ({})", image.display()))?;
-                    Ok((line, elapsed))
+                    boot_to_marker(&spec, Duration::from_secs(self.timeout))
+                        .with_context(|| format!("booting {name} ({})", image.display()))
                 });
                 let mut times = Vec::new();
                 for ((name, _), boot) in machines.iter().zip(boots) {
@@ -214,13 +213,9 @@ fn yardstick_key(tree: &Path, root_key: &str, kernel_key: &str) -> Result<String
 
 /// `lb config` and `lb build` of `tree` in `build`, with our kernel package; the ISO made.
 fn build_yardstick(tree: &Path, build: &Path, root: &Path, kernel: &KernelPackage, log: &Path) -> Result<PathBuf> {
-    let mounted = fsx::mounts_under(build).unwrap_or_default();
-    if !mounted.is_empty() {
-        bail!("{} has mounts below it ({}); unmount them first", build.display(), mounted.join(", "));
-    }
-    fsx::remove_if_present(build)?;
-    fs::create_dir_all(build)?;
-    fsx::copy_tree(tree, build, &[]).context("copying the yardstick's config")?;
+    // The same preparation as the image's own build: refuses mounts below it, keeps only
+    // live-build's package cache.
+    crate::stages::lb_build::prepare_build_dir(build, tree)?;
     let debs = build.join("config/packages.chroot");
     fs::create_dir_all(&debs)?;
     fs::copy(&kernel.deb, debs.join(kernel.deb.file_name().context("kernel package has no file name")?))

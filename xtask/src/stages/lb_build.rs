@@ -246,7 +246,7 @@ fn check_boot_files(live: &Path, release: &str) -> Result<()> {
 
 /// Empties the build directory except live-build's package cache, then puts the rendered
 /// configuration in.
-fn prepare_build_dir(build_dir: &Path, config_dir: &Path) -> Result<()> {
+pub(crate) fn prepare_build_dir(build_dir: &Path, config_dir: &Path) -> Result<()> {
     fs::create_dir_all(build_dir).with_context(|| format!("creating {}", build_dir.display()))?;
     let mounted = fsx::mounts_under(build_dir)?;
     if !mounted.is_empty() {
