@@ -136,7 +136,7 @@ fn run(project: &Project, fast: bool) -> Result<ExitCode> {
 /// root copies in the cache; `e2e_08`'s copy of the project in the temporary directory
 /// (measured: BENCHMARKS.md, "The whole suite"). A full disk midway fails tests in ways that
 /// do not say so (a VM's database not coming up, a copy failing), so it is checked first.
-fn space_needed(project: &Project) -> Vec<(PathBuf, u64)> {
+fn space_needed(project: &Project) -> Vec<Place> {
     const GIB: u64 = 1 << 30;
     vec![
         (project.work_dir(), SUITE_WORK_GIB * GIB),
@@ -144,13 +144,15 @@ fn space_needed(project: &Project) -> Vec<(PathBuf, u64)> {
         (std::env::temp_dir(), SUITE_TEMP_GIB * GIB),
     ]
 }
+/// A path the suite writes below, and the bytes it needs there.
+type Place = (PathBuf, u64);
 const SUITE_WORK_GIB: u64 = 14;
 const SUITE_CACHE_GIB: u64 = 4;
 const SUITE_TEMP_GIB: u64 = 4;
 
 /// Fails unless each file system holding `places` has the bytes they need between them, naming
 /// the file system, what it holds, what it has and what it needs.
-fn check_free_space(places: &[(PathBuf, u64)]) -> Result<()> {
+fn check_free_space(places: &[Place]) -> Result<()> {
     // df needs paths that exist: a new machine has no cache directory yet.
     let existing: Vec<PathBuf> = places
         .iter()
@@ -158,21 +160,22 @@ fn check_free_space(places: &[(PathBuf, u64)]) -> Result<()> {
         .collect();
     let report = Cmd::new("df").args(["--output=target,avail", "-B1"]).args(&existing).read()?;
     let free = free_bytes_by_mount(&report, places.len())?;
-    let mut short = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
-    for (mount, avail) in &free {
-        if seen.contains(&mount.as_str()) {
-            continue;
+    // Places on one file system share its free bytes: (mount, free, places on it).
+    let mut file_systems: Vec<(&str, u64, Vec<&Place>)> = Vec::new();
+    for (place, (mount, avail)) in places.iter().zip(&free) {
+        match file_systems.iter_mut().find(|(m, _, _)| m == mount) {
+            Some((_, _, on_it)) => on_it.push(place),
+            None => file_systems.push((mount, *avail, vec![place])),
         }
-        seen.push(mount);
-        let on_it: Vec<&(PathBuf, u64)> =
-            places.iter().zip(&free).filter(|(_, (m, _))| m == mount).map(|(place, _)| place).collect();
+    }
+    let mut short = Vec::new();
+    for (mount, avail, on_it) in file_systems {
         let needed: u64 = on_it.iter().map(|(_, bytes)| bytes).sum();
-        if *avail < needed {
+        if avail < needed {
             let what: Vec<String> = on_it.iter().map(|(path, _)| path.display().to_string()).collect();
             short.push(format!(
                 "{mount} has {} free for {}; the suite needs about {} there",
-                gib(*avail),
+                gib(avail),
                 what.join(", "),
                 gib(needed)
             ));
