@@ -1,7 +1,7 @@
 //! `cargo xtask iso` (and `cargo xtask kernel`): the pipeline, as a list of named stages.
 //!
 //! manifest -> render -> build root -> package check -> kernel -> installer build -> payload debs
-//! -> lb build -> publish
+//! -> lb build -> sbom -> publish
 //!
 //! Each stage is a function of a small typed input, timed and shown by [`progress::stage`].
 //! Before building, the digest of every input is compared with the published build's: when
@@ -22,6 +22,7 @@ use crate::stages::lb_build::{self, BuiltImage, ChrootSource, Compression, LbBui
 use crate::stages::payload_debs;
 use crate::stages::publish::{self, Artifacts, BuildInfo};
 use crate::stages::render::{self, LiveBuildTree, RenderInputs};
+use crate::stages::sbom;
 use crate::stages::signing::{self, KeySource, Signer};
 use crate::util::digest::Hasher;
 use crate::util::host;
@@ -221,7 +222,8 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let payload_debs = build.payload_debs()?;
     let image = build.lb_build(&root, &tree, &kernel, &installer, payload_debs)?;
     let vm_images = build.vm_images(&image)?;
-    let signer = build.publish(&image, &vm_images, &root, &tree, &kernel, &digest)?;
+    let documents = build.sbom(&image, &root, &kernel, &digest)?;
+    let signer = build.publish(&image, &vm_images, &documents, &root, &tree, &kernel, &digest)?;
     build.report_signature(&signer);
     Ok(())
 }
@@ -433,11 +435,75 @@ impl<'a> IsoBuild<'a> {
         })
     }
 
+    /// Step "sbom": the SBOM (SPDX, CycloneDX) and the provenance statement, from the finished
+    /// chroot, the local packages and the installer's crates.
+    fn sbom(&self, image: &BuiltImage, root: &BuildRoot, kernel: &KernelPackage, digest: &str) -> Result<Vec<PathBuf>> {
+        let project = self.project();
+        let appliance = &project.appliance;
+        stage("sbom", |s| {
+            s.set("the image's packages, licences and the installer's crates");
+            let mut local = vec![sbom::LocalDeb::read(&kernel.deb)?];
+            for deb in &image.payload_debs {
+                local.push(sbom::LocalDeb::read(deb)?);
+            }
+            let mut debs = sbom::read_image(&image.chroot_dir, &local)?;
+            let kernel_name = &local[0].name;
+            let config_sha256 = sbom::file_sha256(&kernel.config)?;
+            for deb in debs.iter_mut().filter(|d| &d.name == kernel_name) {
+                deb.notes = vec![
+                    ("kernel-source".to_owned(), project.kernel_pin.source.describe()),
+                    ("kernel-config-sha256".to_owned(), config_sha256.clone()),
+                    ("kernel-cache-key".to_owned(), kernel.key.clone()),
+                ];
+            }
+            let contents = sbom::ImageContents {
+                debs,
+                installer_version: project.version.clone(),
+                crates: sbom::installer_crates(&project.root)?,
+            };
+            s.set("hashing the ISO");
+            let iso_sha256 = sbom::file_sha256(&image.iso)?;
+            let packages_sha256 = sbom::file_sha256(&image.installed_packages)?;
+            let (commit, dirty) = sbom::git_state(&project.root);
+            let iso_name = project.iso_file_name();
+            let facts = sbom::BuildFacts {
+                stem: &self.stem,
+                name: &appliance.name,
+                version: &project.version,
+                suite: &appliance.suite,
+                architecture: &appliance.architecture,
+                source_date_epoch: self.epoch,
+                inputs_digest: digest,
+                iso_name: &iso_name,
+                iso_sha256: &iso_sha256,
+                commit: commit.as_deref(),
+                dirty,
+                repository: None,
+                packages_sha256: &packages_sha256,
+                payload: appliance.payload.profile.as_deref().unwrap_or_default(),
+                compression: self.args.compression.name(),
+                kernel_key: &kernel.key,
+                build_root_key: &root.key,
+                packages_key: &image.packages_key,
+            };
+            let files = sbom::write(&project.work_dir().join("sbom"), &facts, &contents)?;
+            s.set(&format!(
+                "{} Debian packages, {} crates{}",
+                contents.debs.len(),
+                contents.crates.len(),
+                if dirty { " (the work tree has uncommitted changes: the provenance says so)" } else { "" }
+            ));
+            Ok(files.all().iter().map(|p| p.to_path_buf()).collect())
+        })
+    }
+
     /// Step "publish": sums, signatures and build info into `dist/`, atomically.
+    #[allow(clippy::too_many_arguments)]
     fn publish(
         &self,
         image: &BuiltImage,
         vm_images: &[PathBuf],
+        documents: &[PathBuf],
         root: &BuildRoot,
         tree: &LiveBuildTree,
         kernel: &KernelPackage,
@@ -463,7 +529,8 @@ impl<'a> IsoBuild<'a> {
                 kernel_key: kernel.key.clone(),
                 squashfs_compression: self.args.compression.name().to_owned(),
                 packages_key: image.packages_key.clone(),
-                signing_key: signer.fingerprint.clone(),
+                // A development key is new for every build: its fingerprint is in the key file.
+                signing_key: if signer.is_development { String::new() } else { signer.fingerprint.clone() },
                 development_signature: signer.is_development,
                 vm_images: vm_images
                     .iter()
@@ -475,6 +542,7 @@ impl<'a> IsoBuild<'a> {
                 iso: &image.iso,
                 installed_packages: &image.installed_packages,
                 vm_images,
+                documents,
                 stem: &self.stem,
             };
             let files = publish::publish(&artifacts, &info, &signer, &self.dist, &mut |step| s.set(step))?;

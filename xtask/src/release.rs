@@ -77,6 +77,7 @@ pub fn release_file_names(stem: &str, version: &str, vm_images: &[String]) -> Ve
         FINGERPRINT_FILE.to_owned(),
     ];
     names.extend(vm_images.iter().cloned());
+    names.extend(crate::stages::sbom::file_names(stem));
     names.sort();
     names
 }
@@ -126,6 +127,17 @@ fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
     if out.exists() && fs::read_dir(out)?.next().is_some() {
         bail!("{} is not empty: a release's files are never replaced", out.display());
     }
+    // A development key's fingerprint is not in the build info (the key is new for every
+    // build): the published key file names it.
+    let fingerprint = if info.development_signature {
+        let key = dist.join(crate::stages::signing::DEVELOPMENT_KEY_FILE);
+        crate::stages::signing::key_file_fingerprints(&key)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("{} holds no key", key.display()))?
+    } else {
+        info.signing_key.clone()
+    };
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let iso_name = format!("{stem}.hybrid.iso");
     let org_iso = org_iso_name(&project.version);
@@ -144,7 +156,7 @@ fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
         }
         if name == FINGERPRINT_FILE {
             let label = if info.development_signature { " (DEVELOPMENT key: not a release signature)" } else { "" };
-            fs::write(&to, format!("{}{label}\n", info.signing_key))?;
+            fs::write(&to, format!("{fingerprint}{label}\n"))?;
             continue;
         }
         let from = dist.join(if name == org_iso { &iso_name } else { &name });
@@ -153,7 +165,7 @@ fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
             fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
         }
     }
-    println!("release {tag}{} for {}:", if prerelease { " (pre-release)" } else { "" }, info.signing_key);
+    println!("release {tag}{} for {fingerprint}:", if prerelease { " (pre-release)" } else { "" });
     for name in release_file_names(&stem, &project.version, &info.vm_images) {
         println!("  {}", out.join(name).display());
     }
@@ -215,12 +227,15 @@ mod tests {
     }
 
     #[test]
-    fn the_file_set_is_the_debian_layout_plus_the_fingerprint() {
+    fn the_file_set_is_the_debian_layout_plus_the_fingerprint_and_the_sbom() {
         let names = release_file_names("truthdb-os-0.1.0-amd64", "0.1.0", &[]);
-        assert_eq!(names.len(), 10);
+        assert_eq!(names.len(), 13);
+        for document in ["spdx.json", "cdx.json", "intoto.jsonl"] {
+            assert!(names.contains(&format!("truthdb-os-0.1.0-amd64.{document}")), "{document}");
+        }
         let with_images =
             release_file_names("truthdb-os-0.1.0-amd64", "0.1.0", &["truthdb-os-0.1.0-amd64.qcow2".into()]);
-        assert!(with_images.contains(&"truthdb-os-0.1.0-amd64.qcow2".to_owned()) && with_images.len() == 11);
+        assert!(with_images.contains(&"truthdb-os-0.1.0-amd64.qcow2".to_owned()) && with_images.len() == 14);
         assert!(names.contains(&"truthdb-installer-v0.1.0.iso".to_owned()));
         assert!(names.contains(&"truthdb-installer-v0.1.0.iso.sha256".to_owned()));
         assert!(names.contains(&"truthdb-os-0.1.0-amd64.hybrid.iso".to_owned()));

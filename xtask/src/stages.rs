@@ -2,7 +2,7 @@
 //! input and returns what the next stage needs; none of them knows about the command line.
 //!
 //! render -> apt sources -> build root (+ package check) -> kernel -> installer build -> payload debs ->
-//! lb build (with its chroot cache) -> publish (checksums, signatures)
+//! lb build (with its chroot cache) -> sbom -> publish (checksums, signatures)
 
 pub mod apt_sources;
 pub mod build_root;
@@ -16,4 +16,5 @@ pub mod payload_debs;
 pub mod publish;
 pub mod render;
 pub mod sandbox;
+pub mod sbom;
 pub mod signing;

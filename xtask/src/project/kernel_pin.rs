@@ -33,6 +33,16 @@ pub struct KernelBuild {
     pub base_config: String,
 }
 
+impl KernelSource {
+    /// One line naming the exact source (the SBOM's kernel entry says it).
+    pub fn describe(&self) -> String {
+        match self {
+            KernelSource::DebianPackage { package, version } => format!("Debian source package {package} {version}"),
+            KernelSource::Tarball { url, sha256, version } => format!("{version} from {url} (sha256 {sha256})"),
+        }
+    }
+}
+
 impl KernelPin {
     pub fn load(path: &Path) -> Result<KernelPin> {
         let text = fs::read_to_string(path).with_context(|| format!("reading kernel pin {}", path.display()))?;

@@ -153,7 +153,7 @@ impl ImageInstaller {
 
 /// The cargo that runs xtask (`cargo run` names it in $CARGO), with its toolchain's settings
 /// (sudo may have kept these for us).
-fn host_cargo() -> Cmd {
+pub(crate) fn host_cargo() -> Cmd {
     toolchain_command(std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into()))
 }
 

@@ -73,6 +73,20 @@ impl Compression {
         }
     }
 
+    /// The compression a build info names (see [`Compression::name`]).
+    pub fn from_name(name: &str) -> Option<Compression> {
+        [Compression::Xz, Compression::Zstd, Compression::Lz4].into_iter().find(|c| c.name() == name)
+    }
+
+    /// How `iso --compression` spells it.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Compression::Xz => "xz",
+            Compression::Zstd => "zstd",
+            Compression::Lz4 => "lz4",
+        }
+    }
+
     fn lb_config_args(self) -> Vec<&'static str> {
         match self {
             // live-build's default; passing nothing keeps `lb config` exactly as rendered.
@@ -101,6 +115,10 @@ pub struct BuiltImage {
     /// live-build's list of the packages installed in the image (`dpkg -l` style).
     pub installed_packages: PathBuf,
     pub chroot: ChrootSource,
+    /// The finished chroot, as it went into the squashfs (the SBOM reads its package database).
+    pub chroot_dir: PathBuf,
+    /// The payload's own .deb files that were installed.
+    pub payload_debs: Vec<PathBuf>,
     /// The key of the chroot's packages (see [`crate::stages::chroot_cache`]).
     pub packages_key: String,
 }
@@ -218,7 +236,14 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
             bail!("{name} in the image reports {:?}, expected version {}", said.trim(), inputs.version);
         }
     }
-    Ok(BuiltImage { iso, installed_packages, chroot, packages_key: packages_key.hex })
+    Ok(BuiltImage {
+        iso,
+        installed_packages,
+        chroot,
+        chroot_dir: inputs.build_dir.join("chroot"),
+        payload_debs: inputs.payload_debs.clone(),
+        packages_key: packages_key.hex,
+    })
 }
 
 /// live-build only warns when the initrd is missing; an image without one cannot boot. Also

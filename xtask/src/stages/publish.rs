@@ -4,7 +4,10 @@
 //! dist/<name>-<version>-amd64.hybrid.iso
 //! dist/<name>-<version>-amd64.packages          packages installed in the image
 //! dist/<name>-<version>-amd64.build-info.json   version, inputs digest, signing key
-//! dist/SHA256SUMS, SHA512SUMS                   over the three files above
+//! dist/<name>-<version>-amd64.spdx.json         SBOM, SPDX 2.3 (see `sbom`)
+//! dist/<name>-<version>-amd64.cdx.json          SBOM, CycloneDX 1.5
+//! dist/<name>-<version>-amd64.intoto.jsonl      SLSA v1 provenance of the ISO
+//! dist/SHA256SUMS, SHA512SUMS                   over the files above (and any VM images)
 //! dist/SHA256SUMS.sign, SHA512SUMS.sign         detached armored OpenPGP signatures
 //! dist/DEVELOPMENT-KEY-NOT-FOR-RELEASE.asc      only when no release key was given
 //! ```
@@ -50,7 +53,9 @@ pub struct BuildInfo {
     pub squashfs_compression: String,
     /// The key of the chroot's package set (see `chroot_cache`).
     pub packages_key: String,
-    /// Fingerprint of the key that signed the sums.
+    /// Fingerprint of the key that signed the sums; empty for a development key, which is new
+    /// for every build (its fingerprint is in the published key file), so that two builds of
+    /// one commit write the same build info.
     pub signing_key: String,
     pub development_signature: bool,
     /// The generic VM images published beside the ISO (`iso --vm-images`), by file name.
@@ -64,6 +69,8 @@ pub struct Artifacts<'a> {
     pub installed_packages: &'a Path,
     /// Generic VM images, already named as published (`<stem>.qcow2`, `<stem>.raw.zst`).
     pub vm_images: &'a [PathBuf],
+    /// The SBOM and provenance documents, already named as published (see `sbom::file_names`).
+    pub documents: &'a [PathBuf],
     /// `<name>-<version>-<arch>`: the stem of every published payload file.
     pub stem: &'a str,
 }
@@ -113,6 +120,14 @@ fn stage_release(
             bail!("{name}: not a VM image name publish knows (<stem>.qcow2, <stem>.raw.zst)");
         }
         move_or_copy(image, &staging.join(&name))?;
+        names.push(name);
+    }
+    for document in artifacts.documents {
+        let name = document.file_name().context("a document path has a file name")?.to_string_lossy().into_owned();
+        if !is_release_file(&name) {
+            bail!("{name}: not a document name publish knows (<stem>.spdx.json, .cdx.json, .intoto.jsonl)");
+        }
+        fs::copy(document, staging.join(&name)).with_context(|| format!("copying {}", document.display()))?;
         names.push(name);
     }
 
@@ -170,6 +185,7 @@ fn is_release_file(name: &str) -> bool {
         || name.ends_with(".raw.zst")
         || name.ends_with(".packages")
         || name.ends_with(".build-info.json")
+        || DOCUMENT_SUFFIXES.iter().any(|suffix| name.ends_with(suffix))
         || name.starts_with("SHA256SUMS")
         || name.starts_with("SHA512SUMS")
         || name == DEVELOPMENT_KEY_FILE
@@ -183,11 +199,15 @@ pub fn published_build(dist: &Path, stem: &str) -> Option<BuildInfo> {
     Some(info)
 }
 
+/// The SBOM and provenance documents' endings (`sbom::file_names`).
+const DOCUMENT_SUFFIXES: [&str; 3] = [".spdx.json", ".cdx.json", ".intoto.jsonl"];
+
 /// Files a user downloads and runs: each must be covered by every sums file, or a directory
 /// whose image was left out of the sums would verify and ship unchecked.
 pub fn is_image_artifact(name: &str) -> bool {
     [".hybrid.iso", ".packages", ".build-info.json", ".qcow2", ".raw", ".raw.zst", ".raw.xz", ".img"]
         .iter()
+        .chain(&DOCUMENT_SUFFIXES)
         .any(|suffix| name.ends_with(suffix))
 }
 
@@ -412,8 +432,13 @@ mod tests {
             vm_images: vec!["truthdb-os-0.1.0-amd64.qcow2".into(), "truthdb-os-0.1.0-amd64.raw.zst".into()],
             ..info()
         };
-        let artifacts =
-            Artifacts { iso: &iso, installed_packages: &packages, vm_images: &images, stem: "truthdb-os-0.1.0-amd64" };
+        let artifacts = Artifacts {
+            iso: &iso,
+            installed_packages: &packages,
+            vm_images: &images,
+            documents: &[],
+            stem: "truthdb-os-0.1.0-amd64",
+        };
         publish(&artifacts, &info, &signer, dist.path(), &mut |_| {}).unwrap();
         assert!(!dist.path().join("truthdb-os-0.0.9-amd64.qcow2").exists());
         let checked = verify_sums(dist.path(), &[Algorithm::Sha256, Algorithm::Sha512]).unwrap();
@@ -443,8 +468,13 @@ mod tests {
         fs::write(dist.path().join("NOTES.txt"), "mine").unwrap();
         let (iso, packages) = fake_build(build.path());
         let signer = Signer::new(&KeySource::Development).unwrap();
-        let artifacts =
-            Artifacts { iso: &iso, installed_packages: &packages, vm_images: &[], stem: "truthdb-os-0.1.0-amd64" };
+        let artifacts = Artifacts {
+            iso: &iso,
+            installed_packages: &packages,
+            vm_images: &[],
+            documents: &[],
+            stem: "truthdb-os-0.1.0-amd64",
+        };
         publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).unwrap();
 
         let mut names: Vec<String> =
@@ -513,8 +543,13 @@ mod tests {
         let dist = tempfile::tempdir().unwrap();
         let (iso, packages) = fake_build(build.path());
         let signer = Signer::new(&KeySource::Development).unwrap();
-        let artifacts =
-            Artifacts { iso: &iso, installed_packages: &packages, vm_images: &[], stem: "truthdb-os-0.1.0-amd64" };
+        let artifacts = Artifacts {
+            iso: &iso,
+            installed_packages: &packages,
+            vm_images: &[],
+            documents: &[],
+            stem: "truthdb-os-0.1.0-amd64",
+        };
         publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).unwrap();
         (dist, signer)
     }
@@ -607,8 +642,13 @@ mod tests {
         fs::write(dist.path().join("SHA256SUMS"), "previous\n").unwrap();
         let signer = Signer::new(&KeySource::Development).unwrap();
         let missing = Path::new("/nonexistent/x.iso");
-        let artifacts =
-            Artifacts { iso: missing, installed_packages: missing, vm_images: &[], stem: "truthdb-os-0.1.0-amd64" };
+        let artifacts = Artifacts {
+            iso: missing,
+            installed_packages: missing,
+            vm_images: &[],
+            documents: &[],
+            stem: "truthdb-os-0.1.0-amd64",
+        };
         assert!(publish(&artifacts, &info(), &signer, dist.path(), &mut |_| {}).is_err());
         let names: Vec<_> = fs::read_dir(dist.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["SHA256SUMS"]);

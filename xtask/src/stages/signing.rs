@@ -234,7 +234,6 @@ fn colon_fingerprints(listing: &str) -> Vec<String> {
 }
 
 /// The primary fingerprint(s) of the public key(s) in an armored key file.
-#[cfg(test)]
 pub fn key_file_fingerprints(key: &Path) -> Result<Vec<String>> {
     let listing = Cmd::new("gpg")
         .args(["--batch", "--with-colons", "--show-keys"])
