@@ -25,6 +25,8 @@ pub enum Purpose {
     /// The suite's container build (`--container` with Podman; runc: crun refuses hybrid
     /// cgroups, see container.rs).
     ContainerTest,
+    /// `repro-check`: diffoscope for a report when two builds differ.
+    ReproCheck,
 }
 
 struct HostTool {
@@ -57,6 +59,10 @@ const HOST_TOOLS: &[HostTool] = &[
     HostTool { probe: "sfdisk", package: "fdisk", purpose: Purpose::Build },
     HostTool { probe: "sfdisk", package: "fdisk", purpose: Purpose::Disk },
     HostTool { probe: "partx", package: "util-linux", purpose: Purpose::Disk },
+    // The SBOM reads our kernel's and the payload's .deb control fields.
+    HostTool { probe: "dpkg-deb", package: "dpkg", purpose: Purpose::Build },
+    // `repro-check` shows where two builds differ.
+    HostTool { probe: "diffoscope", package: "diffoscope-minimal", purpose: Purpose::ReproCheck },
     HostTool { probe: "losetup", package: "mount", purpose: Purpose::Disk },
     HostTool { probe: "mkfs.vfat", package: "dosfstools", purpose: Purpose::Disk },
     HostTool { probe: "mcopy", package: "mtools", purpose: Purpose::Disk },

@@ -9,6 +9,7 @@ mod doctor;
 mod iso;
 mod project;
 mod release;
+mod repro;
 mod stages;
 mod test_suite;
 mod util;
@@ -82,6 +83,10 @@ enum Command {
     /// systemd credentials)
     /// without --config, or pre-provisioned for one machine with it.
     Disk(disk_image::DiskArgs),
+    /// Build the image again from a clean clone of the same commit, in its own work directory
+    /// and cache (the cached kernel package reused unless --with-kernel), and compare the
+    /// published files byte for byte; diffoscope shows where they differ.
+    ReproCheck(repro::ReproCheckArgs),
     /// Check a release tag against the workspace version and put the release's files (ISO,
     /// sums, signatures, package manifest, build info, key fingerprint) into a directory.
     Release(release::ReleaseArgs),
@@ -122,6 +127,7 @@ impl Command {
             Command::FirstBootTest(_) => "first-boot-test",
             Command::Bench(_) => "bench",
             Command::Disk(_) => "disk",
+            Command::ReproCheck(_) => "repro-check",
             Command::Test(_) => "test",
             _ => return None,
         })
@@ -164,6 +170,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => args.run(&project()?)?,
         Command::Disk(args) => args.run(&project()?)?,
         Command::Release(args) => args.run(&project()?)?,
+        Command::ReproCheck(args) => args.run(&project()?)?,
         Command::BuilderImage(args) => args.run(&project()?, &cli.container)?,
         Command::CacheKeys(args) => args.run(&project()?)?,
         Command::Doctor(args) => args.run()?,

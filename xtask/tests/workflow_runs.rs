@@ -71,7 +71,8 @@ const PLAN: &[(&str, &str, Part)] = &[
 ];
 
 /// What a step before a job's boundary must never run (a boundary that moved or vanished).
-const HEAVY: &[&str] = &[".ci/run", "xtask iso", "xtask kernel", "boot-test", "install-test", "builder-image"];
+const HEAVY: &[&str] =
+    &[".ci/run", "xtask iso", "repro-check", "xtask kernel", "boot-test", "install-test", "builder-image"];
 
 /// The event each workflow is run for: (GITHUB_EVENT_NAME, GITHUB_REF).
 fn event_of(workflow: &str, version: &str) -> (&'static str, String) {
