@@ -108,10 +108,13 @@ fn e2e_01_iso_build_and_publish() {
             "SHA512SUMS".into(),
             "SHA512SUMS.sign".into(),
             format!("{stem}.build-info.json"),
+            format!("{stem}.cdx.json"),
             format!("{stem}.hybrid.iso"),
+            format!("{stem}.intoto.jsonl"),
             format!("{stem}.packages"),
             format!("{stem}.qcow2"),
             format!("{stem}.raw.zst"),
+            format!("{stem}.spdx.json"),
         ]
     );
     assert!(stdout(&built).contains("NOT a release signature"));
@@ -234,10 +237,13 @@ fn e2e_02_caches_verify_and_release_rehearsal() {
         "SHA512SUMS.sign".into(),
         "SIGNING-KEY-FINGERPRINT.txt".into(),
         format!("{stem}.build-info.json"),
+        format!("{stem}.cdx.json"),
         format!("{stem}.hybrid.iso"),
+        format!("{stem}.intoto.jsonl"),
         format!("{stem}.packages"),
         format!("{stem}.qcow2"),
         format!("{stem}.raw.zst"),
+        format!("{stem}.spdx.json"),
         format!("truthdb-installer-v{version}.iso"),
         format!("truthdb-installer-v{version}.iso.sha256"),
     ];
@@ -804,4 +810,125 @@ fn e2e_12_generic_vm_image_provisions_itself_on_first_boot() {
     ] {
         assert!(report.contains(pass), "missing {pass:?} in:\n{report}");
     }
+}
+
+/// The SBOM validators from PyPI, pinned, in a virtualenv of their own under `target/`.
+const SBOM_VALIDATORS: [&str; 2] = ["spdx-tools==0.8.5", "cyclonedx-python-lib[json-validation]==11.12.0"];
+
+fn sbom_validator_python() -> PathBuf {
+    let venv = repo_root().join("target/truthdb-os/tools/sbom-venv");
+    let python = venv.join("bin/python");
+    let stamp = venv.join("installed");
+    if fs::read_to_string(&stamp).ok().as_deref() != Some(&SBOM_VALIDATORS.join("\n")) {
+        let _ = fs::remove_dir_all(&venv);
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--only-binary", ":all:"])
+            .args(SBOM_VALIDATORS));
+        fs::write(&stamp, SBOM_VALIDATORS.join("\n")).unwrap();
+    }
+    python
+}
+
+#[test]
+#[ignore = "needs e2e_01's ISO and PyPI; run by `cargo xtask test`"]
+fn e2e_13_sbom_and_provenance_are_valid_and_describe_the_image() {
+    let iso = built_iso();
+    let dist = dist_dir();
+    let stem = iso_name().trim_end_matches(".hybrid.iso").to_owned();
+    let spdx_path = dist.join(format!("{stem}.spdx.json"));
+    let cdx_path = dist.join(format!("{stem}.cdx.json"));
+    let provenance_path = dist.join(format!("{stem}.intoto.jsonl"));
+
+    // The reference validators accept both documents.
+    let validated = run(Command::new(sbom_validator_python())
+        .arg(repo_root().join("xtask/tests/common/validate_sbom.py"))
+        .args([&spdx_path, &cdx_path]));
+    eprintln!("{}", stdout(&validated));
+
+    // The SPDX document lists exactly the packages the image has (`.packages`, which live-build
+    // writes from dpkg), each at its version, every Debian one with its .deb's sha256.
+    let spdx: serde_json::Value = serde_json::from_str(&fs::read_to_string(&spdx_path).unwrap()).unwrap();
+    let spdx_packages = spdx["packages"].as_array().unwrap();
+    let debs: Vec<&serde_json::Value> =
+        spdx_packages.iter().filter(|p| p["SPDXID"].as_str().unwrap().starts_with("SPDXRef-deb-")).collect();
+    let listed = fs::read_to_string(dist.join(format!("{stem}.packages"))).unwrap();
+    let mut manifest: Vec<(String, String)> = listed
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(name, version)| (name.split(':').next().unwrap().to_owned(), version.to_owned()))
+        .collect();
+    manifest.sort();
+    let mut in_sbom: Vec<(String, String)> = debs
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_owned(), p["versionInfo"].as_str().unwrap().to_owned()))
+        .collect();
+    in_sbom.sort();
+    assert_eq!(in_sbom, manifest, "the SBOM's Debian packages are not the image's");
+    let unhashed: Vec<&str> =
+        debs.iter().filter(|p| p.get("checksums").is_none()).map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(unhashed.is_empty(), "packages without their .deb's sha256: {unhashed:?}");
+    let kernel = debs.iter().find(|p| p["name"].as_str().unwrap().starts_with("linux-image-")).unwrap();
+    assert!(kernel["comment"].as_str().unwrap().contains("kernel-config-sha256: "), "{kernel}");
+    let licensed = debs.iter().filter(|p| p["licenseDeclared"] != "NOASSERTION").count();
+    eprintln!("{licensed} of {} Debian packages declare a machine-readable licence", debs.len());
+    assert!(licensed * 2 > debs.len(), "fewer than half the packages have a licence: {licensed}");
+    let crates = spdx_packages.iter().filter(|p| p["SPDXID"].as_str().unwrap().starts_with("SPDXRef-crate-")).count();
+    assert!(crates > 50, "the installer's crates are missing ({crates})");
+
+    // CycloneDX names the same components.
+    let cdx: serde_json::Value = serde_json::from_str(&fs::read_to_string(&cdx_path).unwrap()).unwrap();
+    let cdx_debs = cdx["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["purl"].as_str().unwrap().starts_with("pkg:deb/"))
+        .count();
+    assert_eq!(cdx_debs, debs.len());
+
+    // The provenance statement's subject is the published ISO, its byproducts the two SBOMs,
+    // its source the commit the image was built from.
+    let statement: serde_json::Value =
+        serde_json::from_str(fs::read_to_string(&provenance_path).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(statement["predicateType"], "https://slsa.dev/provenance/v1");
+    assert_eq!(statement["subject"][0]["name"], iso_name().as_str());
+    assert_eq!(statement["subject"][0]["digest"]["sha256"], sha256_of(&iso).unwrap().as_str());
+    for (i, path) in [&spdx_path, &cdx_path].iter().enumerate() {
+        assert_eq!(
+            statement["predicate"]["runDetails"]["byproducts"][i]["digest"]["sha256"],
+            sha256_of(path).unwrap().as_str()
+        );
+    }
+    let head = run(Command::new("git").args(["-c", "safe.directory=*", "rev-parse", "HEAD"]).current_dir(repo_root()));
+    assert_eq!(
+        statement["predicate"]["buildDefinition"]["resolvedDependencies"][0]["digest"]["gitCommit"],
+        stdout(&head).trim()
+    );
+    // All three are in the signed sums (verify requires every published document listed).
+    let sums = fs::read_to_string(dist.join("SHA256SUMS")).unwrap();
+    for name in [&spdx_path, &cdx_path, &provenance_path] {
+        assert!(sums.contains(name.file_name().unwrap().to_str().unwrap()), "{} not in SHA256SUMS", name.display());
+    }
+}
+
+#[test]
+#[ignore = "needs root, the Debian mirror and e2e_01's ISO and caches; run by `cargo xtask test`"]
+fn e2e_14_a_second_build_of_the_commit_is_bit_for_bit_the_same() {
+    built_iso();
+    let dist = dist_dir();
+    // A clean clone of HEAD built in its own work directory, sharing the machine's caches (so
+    // the customisation and the binary stage run again), compared with e2e_01's files. The
+    // full form, with a cache of its own, is measured in BENCHMARKS.md.
+    let checked = xtask(&["repro-check", "--shared-cache", "--against", dist.to_str().unwrap()]);
+    let report = stdout(&checked);
+    assert!(checked.status.success(), "repro-check failed:\n{report}");
+    assert!(report.contains("reproducible: two builds of "), "{report}");
+    let stem = iso_name().trim_end_matches(".hybrid.iso").to_owned();
+    for name in [format!("{stem}.hybrid.iso"), format!("{stem}.spdx.json"), format!("{stem}.build-info.json")] {
+        assert!(report.contains(&format!("same     {name}")), "{name} not compared:\n{report}");
+    }
+    // The second build's work tree is gone; e2e_01's ISO is untouched.
+    assert!(!repo_root().join("target/truthdb-os/repro/src").exists());
+    built_iso();
 }
