@@ -56,6 +56,7 @@ const PLAN: &[(&str, &str, Part)] = &[
     ("ci.yml", "windows-host", Part::Skip("runs on windows-2022; this host is Linux")),
     ("ci.yml", "e2e", Part::Before(".ci/run")),
     ("nightly.yml", "nightly", Part::Before(".ci/run")),
+    ("nightly.yml", "reproducible", Part::Before("repro-check")),
     ("release.yml", "build", Part::Before(".ci/run")),
     (
         "release.yml",
