@@ -446,7 +446,9 @@ impl<'a> IsoBuild<'a> {
             for deb in &image.payload_debs {
                 local.push(sbom::LocalDeb::read(deb)?);
             }
-            let mut debs = sbom::read_image(&image.chroot_dir, &local)?;
+            let manifest = std::fs::read_to_string(&image.installed_packages)
+                .with_context(|| format!("reading {}", image.installed_packages.display()))?;
+            let mut debs = sbom::read_image(&image.chroot_dir, &image.installed_packages, &manifest, &local)?;
             let kernel_name = &local[0].name;
             let config_sha256 = sbom::file_sha256(&kernel.config)?;
             for deb in debs.iter_mut().filter(|d| &d.name == kernel_name) {

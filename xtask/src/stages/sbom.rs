@@ -7,8 +7,12 @@
 //! <stem>.intoto.jsonl  an in-toto statement with a SLSA v1 provenance predicate for the ISO
 //! ```
 //!
-//! The package list is read from the finished chroot itself (`var/lib/dpkg/status`), not from
-//! live-build's `.packages` file, which has no architecture or source package. A package's
+//! The packages are those of live-build's `.packages` list, which it writes from the chroot
+//! just after the squashfs is made; their details (architecture, source package) come from
+//! the finished chroot's `var/lib/dpkg/status`. The chroot alone would say too much: the
+//! binary stage installs the boot loaders' packages into it after the squashfs is taken, and
+//! purging them leaves their dependencies behind (`libfribidi0` and `shared-mime-info` were
+//! in the chroot's database but not in the image). A package's
 //! sha256 is its `.deb`'s: from the apt indices the chroot was installed from, or for the
 //! local packages (our kernel, the payload's debs) from the files themselves. Licences come
 //! from the machine-readable `copyright` files (DEP-5) the packages ship; a package without
@@ -182,7 +186,22 @@ fn field<'p>(paragraph: &'p [(String, String)], name: &str) -> Option<&'p str> {
 
 /// The packages dpkg has installed in the chroot at `chroot`, with their .deb's sha256 from the
 /// apt indices in the chroot or from `local_debs`, and their licences.
-pub fn read_image(chroot: &Path, local_debs: &[LocalDeb]) -> Result<Vec<DebPackage>> {
+/// The image's packages: each line `name[:arch]<TAB>version` of `manifest` (live-build's
+/// `.packages`, read from `manifest_path`), as the chroot's dpkg database describes it.
+pub fn read_image(
+    chroot: &Path,
+    manifest_path: &Path,
+    manifest: &str,
+    local_debs: &[LocalDeb],
+) -> Result<Vec<DebPackage>> {
+    let mut listed = BTreeSet::new();
+    for (number, line) in manifest.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let Some((name, version)) = line.split_once('\t') else {
+            bail!("{} line {}: {line:?} is not `package<TAB>version`", manifest_path.display(), number + 1);
+        };
+        let name = name.split(':').next().unwrap_or(name);
+        listed.insert((name.to_owned(), version.trim().to_owned()));
+    }
     let status_path = chroot.join("var/lib/dpkg/status");
     let status =
         fs::read_to_string(&status_path).with_context(|| format!("reading the image's {}", status_path.display()))?;
@@ -198,7 +217,7 @@ pub fn read_image(chroot: &Path, local_debs: &[LocalDeb]) -> Result<Vec<DebPacka
         else {
             continue;
         };
-        if !installed {
+        if !installed || !listed.remove(&(name.to_owned(), version.to_owned())) {
             continue;
         }
         let (source, source_version) = match field(&paragraph, "Source") {
@@ -224,8 +243,16 @@ pub fn read_image(chroot: &Path, local_debs: &[LocalDeb]) -> Result<Vec<DebPacka
             notes: Vec::new(),
         });
     }
+    if let Some((name, version)) = listed.first() {
+        bail!(
+            "{} lists {name} {version}, which {} does not have installed ({} such packages)",
+            manifest_path.display(),
+            status_path.display(),
+            listed.len()
+        );
+    }
     if debs.is_empty() {
-        bail!("{} lists no installed package", status_path.display());
+        bail!("{} lists no installed package", manifest_path.display());
     }
     debs.sort();
     Ok(debs)
@@ -865,7 +892,8 @@ mod tests {
             root.join("var/lib/dpkg/status"),
             "Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nSource: glibc (2.41-12)\nVersion: 2.41-12+b1\nDescription: GNU C\n multi line\n\n\
              Package: gone\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1\n\n\
-             Package: linux-image-6.12.117-truthdb\nStatus: install ok installed\nArchitecture: amd64\nSource: linux-upstream\nVersion: 6.12.117-1\n",
+             Package: linux-image-6.12.117-truthdb\nStatus: install ok installed\nArchitecture: amd64\nSource: linux-upstream\nVersion: 6.12.117-1\n\n\
+             Package: leftover\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2\n",
         )
         .unwrap();
         fs::write(
@@ -884,7 +912,15 @@ mod tests {
             architecture: "amd64".into(),
             sha256: "cccc".into(),
         };
-        let debs = read_image(root, &[local]).unwrap();
+        // `leftover` is in the chroot's database but not in the squashfs (not in `.packages`).
+        let manifest = Path::new("image.packages");
+        let debs = read_image(
+            root,
+            manifest,
+            "libc6:amd64\t2.41-12+b1\nlinux-image-6.12.117-truthdb\t6.12.117-1\n",
+            &[local.clone()],
+        )
+        .unwrap();
         assert_eq!(debs.len(), 2, "{debs:?}");
         assert_eq!(debs[0].name, "libc6");
         assert_eq!((debs[0].source.as_str(), debs[0].source_version.as_str()), ("glibc", "2.41-12"));
@@ -893,6 +929,13 @@ mod tests {
         assert_eq!((debs[1].source.as_str(), debs[1].source_version.as_str()), ("linux-upstream", "6.12.117-1"));
         assert_eq!(debs[1].sha256.as_deref(), Some("cccc"));
         assert_eq!(debs[1].license, None);
+
+        // A listed package the database lacks is named.
+        let error = read_image(root, manifest, "libc6\t2.41-12+b1\nzstd\t1.5.7\n", &[local]).unwrap_err().to_string();
+        assert!(
+            error.contains("image.packages lists zstd 1.5.7, which") && error.contains("var/lib/dpkg/status"),
+            "{error}"
+        );
     }
 
     #[test]
