@@ -918,7 +918,7 @@ mod tests {
             root,
             manifest,
             "libc6:amd64\t2.41-12+b1\nlinux-image-6.12.117-truthdb\t6.12.117-1\n",
-            &[local.clone()],
+            std::slice::from_ref(&local),
         )
         .unwrap();
         assert_eq!(debs.len(), 2, "{debs:?}");
