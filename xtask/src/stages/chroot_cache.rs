@@ -31,7 +31,10 @@ use crate::util::run::Cmd;
 /// with the namespace anyway; unmounting through live-build also drops their stage files, and
 /// moves `/var/lib/dpkg` back from a tmpfs if `--build-with-tmpfs` is on), so the chroot can
 /// be copied as it is. Everything else `chroot_prep` configured stays, with its stage files.
+/// It first notes when it started, beside the stage files (kept with a cached chroot): see
+/// [`CUSTOMISE_SCRIPT`].
 pub const PACKAGES_SCRIPT: &str = r#"set -e
+date +%s.%N > .build/truthdb-packages-started
 lb bootstrap
 lb chroot_prep install all mode-archives-chroot
 lb chroot_linux-image
@@ -52,7 +55,14 @@ lb chroot_prep remove "devpts proc selinuxfs sysfs tmpfs"
 /// then live-build's own `installer`, `binary` and `source` stages. With `--debian-installer
 /// none` (what auto/config says) the installer stage makes nothing: it only copies the chroot
 /// and refreshes apt's indices twice (about a minute), so it runs only when an installer is wanted.
+///
+/// It starts by setting every time the packages script made (anything newer than its start)
+/// to SOURCE_DATE_EPOCH. mksquashfs clamps only times after SOURCE_DATE_EPOCH (the commit's
+/// time), so without this a chroot cached before the commit was made kept its own build's
+/// times in the image while a chroot made afresh had them clamped: two builds of one commit
+/// differed in 2,652 entries' times (BENCHMARKS.md, issue 17).
 pub const CUSTOMISE_SCRIPT: &str = r#"set -e
+find chroot -xdev -newermt "@$(cat .build/truthdb-packages-started)" -exec touch --no-dereference --date="@$SOURCE_DATE_EPOCH" -- {} +
 lb chroot_prep install all mode-archives-chroot
 lb chroot_includes_after_packages
 lb chroot_hooks
@@ -414,8 +424,36 @@ mod tests {
         let at = helpers.iter().position(|h| *h == split[0]).expect("the packages script unmounts");
         assert_eq!(helpers.drain(at..at + 2).collect::<Vec<_>>(), split);
         assert_eq!(helpers, lb_chroot);
-        assert!(PACKAGES_SCRIPT.starts_with("set -e\nlb bootstrap\n"));
+        assert!(PACKAGES_SCRIPT.starts_with("set -e\ndate +%s.%N > .build/truthdb-packages-started\nlb bootstrap\n"));
         assert!(CUSTOMISE_SCRIPT.ends_with("\tlb installer\nfi\nlb binary\nlb source\n"));
+    }
+
+    #[test]
+    fn the_times_the_packages_script_made_become_source_date_epoch() {
+        // The customisation script's first command, run as it runs in the build directory: a
+        // file from a package (older than the start) keeps its time; what the build made, a
+        // file, a directory and a symlink (itself, not its target), gets SOURCE_DATE_EPOCH.
+        let build = tempfile::tempdir().unwrap();
+        let dir = build.path();
+        fs::create_dir_all(dir.join(".build")).unwrap();
+        fs::create_dir_all(dir.join("chroot/usr/share/doc/pkg")).unwrap();
+        fs::create_dir_all(dir.join("chroot/etc/made")).unwrap();
+        let packaged = dir.join("chroot/usr/share/doc/pkg/copyright");
+        fs::write(&packaged, "packaged").unwrap();
+        fs::write(dir.join("chroot/etc/made/by-the-build"), "made").unwrap();
+        std::os::unix::fs::symlink("/nowhere", dir.join("chroot/etc/made/link")).unwrap();
+        let at = |secs: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        for old in [&packaged, &dir.join("chroot/usr/share/doc/pkg")] {
+            fs::File::open(old).unwrap().set_modified(at(1_600_000_000)).unwrap();
+        }
+        fs::write(dir.join(".build/truthdb-packages-started"), "1700000000.5\n").unwrap();
+        let clamp = CUSTOMISE_SCRIPT.lines().find(|l| l.starts_with("find chroot")).unwrap();
+        Cmd::new("sh").args(["-c", clamp]).dir(dir).env("SOURCE_DATE_EPOCH", "1650000000").run().unwrap();
+        let mtime = |path: &Path| fs::symlink_metadata(path).unwrap().modified().unwrap();
+        assert_eq!(mtime(&packaged), at(1_600_000_000));
+        for made in ["chroot/etc/made/by-the-build", "chroot/etc/made", "chroot/etc/made/link", "chroot/etc"] {
+            assert_eq!(mtime(&dir.join(made)), at(1_650_000_000), "{made}");
+        }
     }
 
     #[test]
