@@ -450,7 +450,7 @@ impl<'a> IsoBuild<'a> {
                 .with_context(|| format!("reading {}", image.installed_packages.display()))?;
             let mut debs = sbom::read_image(&image.chroot_dir, &image.installed_packages, &manifest, &local)?;
             let kernel_name = &local[0].name;
-            let config_sha256 = sbom::file_sha256(&kernel.config)?;
+            let config_sha256 = crate::stages::checksums::sha256_file(&kernel.config)?;
             for deb in debs.iter_mut().filter(|d| &d.name == kernel_name) {
                 deb.notes = vec![
                     ("kernel-source".to_owned(), project.kernel_pin.source.describe()),
@@ -464,8 +464,8 @@ impl<'a> IsoBuild<'a> {
                 crates: sbom::installer_crates(&project.root)?,
             };
             s.set("hashing the ISO");
-            let iso_sha256 = sbom::file_sha256(&image.iso)?;
-            let packages_sha256 = sbom::file_sha256(&image.installed_packages)?;
+            let iso_sha256 = crate::stages::checksums::sha256_file(&image.iso)?;
+            let packages_sha256 = crate::stages::checksums::sha256_file(&image.installed_packages)?;
             let (commit, dirty) = sbom::git_state(&project.root);
             let iso_name = project.iso_file_name();
             let facts = sbom::BuildFacts {

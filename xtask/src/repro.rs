@@ -73,7 +73,9 @@ pub fn compare(first: &Path, second: &Path, names: &[String]) -> Result<Vec<(Str
         let result = match (a.is_file(), b.is_file()) {
             (false, _) => Comparison::Missing(a.display().to_string()),
             (_, false) => Comparison::Missing(b.display().to_string()),
-            _ if sbom::file_sha256(&a)? == sbom::file_sha256(&b)? => Comparison::Same,
+            _ if crate::stages::checksums::sha256_file(&a)? == crate::stages::checksums::sha256_file(&b)? => {
+                Comparison::Same
+            }
             _ => Comparison::Differs,
         };
         out.push((name.clone(), result));

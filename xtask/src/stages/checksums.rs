@@ -64,6 +64,14 @@ pub fn digest_file(path: &Path) -> Result<FileDigests> {
     Ok(FileDigests { sha256: hex::encode(a.finalize()), sha512: hex::encode(b.finalize()) })
 }
 
+/// The SHA-256 of one file alone (the SBOM's and repro-check's digests), streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// The text of a sums file for `files` (name, digests).
 pub fn sums_text(algorithm: Algorithm, files: &[(String, FileDigests)]) -> String {
     let mut sorted: Vec<&(String, FileDigests)> = files.iter().collect();

@@ -144,15 +144,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// sha256 of a file, streamed.
-pub fn file_sha256(path: &Path) -> Result<String> {
-    use sha2::Digest;
-    let mut file = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
 // --- reading the image -----------------------------------------------------------------------
 
 /// Paragraphs of a Debian control-style file (deb822): fields in order, continuation lines
@@ -316,7 +307,7 @@ impl LocalDeb {
             name: get("Package")?,
             version: get("Version")?,
             architecture: get("Architecture")?,
-            sha256: file_sha256(path)?,
+            sha256: crate::stages::checksums::sha256_file(path)?,
         })
     }
 }
@@ -1040,7 +1031,7 @@ mod tests {
             statement["predicate"]["buildDefinition"]["resolvedDependencies"][0]["digest"]["gitCommit"],
             "c0ffee"
         );
-        let spdx_sum = file_sha256(&a.spdx).unwrap();
+        let spdx_sum = crate::stages::checksums::sha256_file(&a.spdx).unwrap();
         assert_eq!(statement["predicate"]["runDetails"]["byproducts"][0]["digest"]["sha256"], spdx_sum.as_str());
         let cdx: Value = serde_json::from_str(&fs::read_to_string(&a.cyclonedx).unwrap()).unwrap();
         assert!(cdx["serialNumber"].as_str().unwrap().starts_with("urn:uuid:"));
