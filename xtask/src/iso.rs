@@ -7,15 +7,20 @@
 //! Before building, the digest of every input is compared with the published build's: when
 //! nothing changed (and the same key would sign), the command says so and stops.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::doctor::{self, Purpose};
 use crate::project::{self, Project};
 use crate::stages::apt_sources::{self, RepositoryPackages};
 use crate::stages::build_root::{self, BuildRoot, BuildRootSpec};
-use crate::stages::chroot_cache::ChrootCache;
+use crate::project::package_lock::PackageLock;
+use crate::stages::apt_proxy::{self, AptProxy};
+use crate::stages::chroot_cache::{self, ChrootCache};
+use crate::stages::fetch;
+use crate::stages::package_store::{self, PackageStore};
 use crate::stages::installer_build::{self, ImageInstaller, InstallerBuildInputs};
 use crate::stages::kernel::{self, KernelInputs, KernelPackage};
 use crate::stages::lb_build::{self, BuiltImage, ChrootSource, Compression, LbBuildInputs};
@@ -50,6 +55,14 @@ pub struct IsoArgs {
     /// are in the sums, and so signed.
     #[arg(long)]
     pub vm_images: bool,
+    /// Build from the archive as it is now, in a fresh chroot, and record every file it
+    /// fetched into the package lock (what `cargo xtask lock` does).
+    #[arg(long)]
+    pub update_lock: bool,
+    /// The package lock to build from (or, with --update-lock, to write) instead of
+    /// lb-config/packages.lock.
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
 }
 
 /// Everything the image depends on, in one digest: what live-build is given, the build root
@@ -65,6 +78,8 @@ pub struct ImageInputs<'a> {
     pub version: &'a str,
     pub compression: Compression,
     pub vm_images: bool,
+    /// The lock's digest; "none" unlocked, "recording" for `cargo xtask lock`.
+    pub package_lock: &'a str,
 }
 
 impl ImageInputs<'_> {
@@ -79,8 +94,42 @@ impl ImageInputs<'_> {
             .field("version", self.version)
             .field("squashfs-compression", self.compression.name())
             .field("vm-images", if self.vm_images { "generic qcow2 and raw.zst" } else { "none" })
+            .field("package-lock", self.package_lock)
             .hex()
     }
+}
+
+/// How a build treats the package lock (`lb-config/packages.lock` or `--lock`).
+pub(crate) enum LockPlan {
+    /// No lock: the archive as it is now (what was fetched still goes into the package store).
+    Unlocked,
+    /// Built from `lock`: the apt proxy serves only its files, from the package store.
+    Locked { path: PathBuf, lock: PackageLock },
+    /// `cargo xtask lock`: built from the archive as it is now, in a fresh chroot, and what was
+    /// fetched recorded into `path` with the `inputs` it was made from.
+    Recording { path: PathBuf, inputs: BTreeMap<String, String> },
+}
+
+impl LockPlan {
+    fn digest(&self) -> Result<String> {
+        Ok(match self {
+            LockPlan::Unlocked => "none".to_owned(),
+            LockPlan::Locked { lock, .. } => lock.digest()?,
+            LockPlan::Recording { .. } => "recording".to_owned(),
+        })
+    }
+}
+
+/// What a package lock is checked against: a digest of each input that decides which files
+/// the build fetches (the rendered live-build tree's package inputs, less the image's name,
+/// which carries the version; and the payload's own .debs, whose dependencies count too).
+pub fn package_lock_inputs(project: &Project, tree_dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut inputs = chroot_cache::package_inputs(tree_dir)?;
+    inputs.insert(
+        "payload debs".to_owned(),
+        payload_debs::inputs_digest(&project.root, &project.appliance.payload.debs)?,
+    );
+    Ok(inputs)
 }
 
 /// The machine-wide paths and logs a run uses.
@@ -162,6 +211,12 @@ impl CacheKeysArgs {
         let (root, kernel) = cache_keys(project)?;
         println!("build-root={root}");
         println!("kernel={kernel}");
+        // What a package lock's [inputs] must say to be fresh.
+        let dir = tempfile::tempdir()?;
+        let tree = render::render(&RenderInputs::of(project), &dir.path().join("config"))?;
+        for (name, digest) in package_lock_inputs(project, &tree.dir)? {
+            println!("package-lock-input {name}={digest}");
+        }
         Ok(())
     }
 }
@@ -172,6 +227,57 @@ pub fn cache_keys(project: &Project) -> Result<(String, String)> {
     let root = build_root::planned(&cx.root_spec(), &cx.cache);
     let kernel = cx.kernel_inputs(&root, PathBuf::new())?.key()?;
     Ok((root.key, kernel))
+}
+
+/// `cargo xtask lock`.
+#[derive(Debug, clap::Args)]
+pub struct LockArgs {
+    /// Where the lock goes (default: lb-config/packages.lock).
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
+    /// Where to publish the image built on the way (default: `dist/` in the project).
+    #[arg(long)]
+    pub dist: Option<PathBuf>,
+    /// Only say whether the lock is fresh against the inputs as they are now (exit 1 when it
+    /// is stale); build nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+impl LockArgs {
+    pub fn run(self, project: &Project) -> Result<()> {
+        if self.check {
+            return check_lock(project, self.lock.as_deref());
+        }
+        IsoArgs { update_lock: true, lock: self.lock, dist: self.dist, ..IsoArgs::default() }.run(project)
+    }
+}
+
+/// `cargo xtask lock --check`: renders the tree and compares the lock's inputs (no root needed).
+fn check_lock(project: &Project, lock: Option<&Path>) -> Result<()> {
+    let path = lock.map(Path::to_path_buf).unwrap_or_else(|| project.package_lock_path());
+    if !path.exists() {
+        if lock.is_some() {
+            bail!("{}: no such package lock", path.display());
+        }
+        println!("no package lock ({} does not exist): builds use the archive as it is", path.display());
+        return Ok(());
+    }
+    let lock = PackageLock::read(&path)?;
+    let dir = tempfile::tempdir()?;
+    let tree = render::render(&RenderInputs::of(project), &dir.path().join("config"))?;
+    let stale = lock.stale_inputs(&package_lock_inputs(project, &tree.dir)?);
+    if !stale.is_empty() {
+        bail!("{} is stale: {} changed since it was recorded; run `cargo xtask lock`", path.display(), stale.join(", "));
+    }
+    println!(
+        "fresh: {} ({} packages, {} indexes, archive state {})",
+        path.display(),
+        lock.packages.len(),
+        lock.indexes.len(),
+        lock.snapshot_time
+    );
+    Ok(())
 }
 
 /// `cargo xtask kernel`: build (or find in the cache) the kernel package.
@@ -209,10 +315,12 @@ impl IsoArgs {
 pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     let build = IsoBuild::start(project, args)?;
     let tree = build.render()?;
-    let digest = build.inputs_digest(&tree)?;
+    let lock = build.package_lock(&tree)?;
+    let digest = build.inputs_digest(&tree, &lock)?;
     if build.is_up_to_date(&digest)? {
         return Ok(());
     }
+    build.package_store(&lock)?;
     let repositories = build.apt_sources()?;
     let root = build.cx.build_root()?;
     build.package_check(&root, &tree, &repositories)?;
@@ -220,7 +328,7 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     build.payload_kernel_check(&kernel)?;
     let installer = build.installer(&root)?;
     let payload_debs = build.payload_debs()?;
-    let image = build.lb_build(&root, &tree, &kernel, &installer, payload_debs)?;
+    let image = build.lb_build(&root, &tree, &kernel, &installer, payload_debs, &lock)?;
     let vm_images = build.vm_images(&image)?;
     let documents = build.sbom(&image, &root, &kernel, &digest)?;
     let signer = build.publish(&image, &vm_images, &documents, &root, &tree, &kernel, &digest)?;
@@ -265,8 +373,73 @@ impl<'a> IsoBuild<'a> {
         stage("render", |_| render::render(&RenderInputs::of(project), &project.default_live_build_tree_dir()))
     }
 
+    /// Step "package lock": how the build treats `packages.lock`; a stale lock stops it here.
+    fn package_lock(&self, tree: &LiveBuildTree) -> Result<LockPlan> {
+        let project = self.project();
+        let path = self.args.lock.clone().unwrap_or_else(|| project.package_lock_path());
+        let inputs = package_lock_inputs(project, &tree.dir)?;
+        if self.args.update_lock {
+            let appliance = &project.appliance;
+            let mirrors = [&appliance.mirrors.archive, &appliance.mirrors.security];
+            let repositories = appliance.apt_repositories.iter().map(|r| &r.url);
+            if let Some(url) = mirrors.into_iter().chain(repositories).find(|u| u.starts_with("https://")) {
+                bail!(
+                    "cannot record a package lock: {url} is an https:// source, which apt fetches without the \
+                     pipeline's apt proxy; use its http:// address (apt checks the archive's signatures either way)"
+                );
+            }
+            return Ok(LockPlan::Recording { path, inputs });
+        }
+        if !path.exists() {
+            if self.args.lock.is_some() {
+                bail!("{}: no such package lock", path.display());
+            }
+            return Ok(LockPlan::Unlocked);
+        }
+        let lock = PackageLock::read(&path)?;
+        let stale = lock.stale_inputs(&inputs);
+        if !stale.is_empty() {
+            bail!(
+                "{} is stale: {} changed since it was recorded. Record it again with `cargo xtask lock` \
+                 (which builds the image from the archive as it is now)",
+                path.display(),
+                stale.join(", ")
+            );
+        }
+        Ok(LockPlan::Locked { path, lock })
+    }
+
+    /// Step "package store": every file of the lock in the store, fetched if need be, before
+    /// anything is built.
+    fn package_store(&self, plan: &LockPlan) -> Result<()> {
+        let LockPlan::Locked { path, lock } = plan else {
+            return Ok(());
+        };
+        let mirrors = &self.project().appliance.mirrors;
+        let store = PackageStore::new(&self.cx.cache);
+        stage("package store", |s| {
+            s.set(&format!("{} packages and {} indexes of {}", lock.packages.len(), lock.indexes.len(), path.display()));
+            let sources = package_store::Sources {
+                snapshot: mirrors.snapshot.as_deref(),
+                archive_mirror: &mirrors.archive,
+                security_mirror: &mirrors.security,
+            };
+            let log = self.cx.fresh_log("package-store.log");
+            let filled = store.fill(lock, &sources, &log, &mut |what| s.set_detail(&format!("fetching {what}")))?;
+            s.set(&format!(
+                "{} files in {}, {} fetched ({:.1} MB); archive state {}",
+                filled.in_store,
+                store.dir().display(),
+                filled.fetched,
+                filled.fetched_bytes as f64 / 1e6,
+                lock.snapshot_time
+            ));
+            Ok(())
+        })
+    }
+
     /// Step "inputs digest": everything the image would be built from, before building any of it.
-    fn inputs_digest(&self, tree: &LiveBuildTree) -> Result<String> {
+    fn inputs_digest(&self, tree: &LiveBuildTree, lock: &LockPlan) -> Result<String> {
         let project = self.project();
         let planned_root = build_root::planned(&self.cx.root_spec(), &self.cx.cache);
         let kernel_key = self.cx.kernel_inputs(&planned_root, PathBuf::new())?.key()?;
@@ -282,13 +455,14 @@ impl<'a> IsoBuild<'a> {
             version: &project.version,
             compression: self.args.compression,
             vm_images: self.args.vm_images,
+            package_lock: &lock.digest()?,
         }
         .digest())
     }
 
     /// Whether `dist/` already holds this build (then says so): the no-op check.
     fn is_up_to_date(&self, digest: &str) -> Result<bool> {
-        if self.args.force || !is_published(&self.dist, &self.stem, digest, &self.key_source)? {
+        if self.args.force || self.args.update_lock || !is_published(&self.dist, &self.stem, digest, &self.key_source)? {
             return Ok(false);
         }
         println!(
@@ -368,9 +542,20 @@ impl<'a> IsoBuild<'a> {
         kernel: &KernelPackage,
         installer: &ImageInstaller,
         payload_debs: Vec<PathBuf>,
+        lock: &LockPlan,
     ) -> Result<BuiltImage> {
         let project = self.project();
         let log = self.cx.fresh_log("lb-build.log");
+        let store = PackageStore::new(&self.cx.cache);
+        let mode = match lock {
+            LockPlan::Locked { lock, .. } => apt_proxy::Mode::Replay(lock.files().map(|(_, f)| (f.url.clone(), f)).collect()),
+            LockPlan::Unlocked | LockPlan::Recording { .. } => {
+                let fetch_log = self.cx.fresh_log("apt-fetch.log");
+                apt_proxy::Mode::Record(Box::new(move |url, target| fetch::download(url, target, &fetch_log)))
+            }
+        };
+        let proxy_log = self.cx.fresh_log("apt-proxy.log");
+        let proxy = AptProxy::start(mode, PackageStore::new(&self.cx.cache), &proxy_log)?;
         let inputs = LbBuildInputs {
             root,
             tree,
@@ -384,9 +569,14 @@ impl<'a> IsoBuild<'a> {
             version: project.version.clone(),
             compression: self.args.compression,
             chroot_cache: Some(ChrootCache::new(&self.cx.cache)),
-            fresh_chroot: self.args.fresh_chroot,
+            fresh_chroot: self.args.fresh_chroot || matches!(lock, LockPlan::Recording { .. }),
+            apt_proxy: proxy.url(),
+            lock: match lock {
+                LockPlan::Locked { lock, .. } => Some(lock),
+                _ => None,
+            },
         };
-        stage("lb build", |s| {
+        let built = stage("lb build", |s| {
             let phase_start = std::time::Instant::now();
             s.set(&format!("starting (log: {})", log.display()));
             let built = lb_build::build(&inputs, &mut |lb_stage, helper| {
@@ -395,7 +585,22 @@ impl<'a> IsoBuild<'a> {
                     None => s.set(&format!("lb {lb_stage} [{at}]")),
                     Some(helper) => s.set_detail(&format!("lb {lb_stage} > {helper} [{at}]")),
                 }
-            })?;
+            });
+            let report = proxy.finish();
+            let built = match (built, lock) {
+                (Err(error), LockPlan::Locked { path, .. }) if !report.missing.is_empty() => {
+                    let first: Vec<&str> = report.missing.iter().take(3).map(String::as_str).collect();
+                    return Err(error.context(format!(
+                        "the build asked for {} file(s) {} does not have ({}; all in {}): record the lock again \
+                         with `cargo xtask lock`",
+                        report.missing.len(),
+                        path.display(),
+                        first.join(", "),
+                        proxy_log.display()
+                    )));
+                }
+                (built, _) => built?,
+            };
             let key = &built.packages_key[..16];
             match &built.chroot {
                 ChrootSource::Cached => {
@@ -405,8 +610,28 @@ impl<'a> IsoBuild<'a> {
                 }
                 ChrootSource::Built(why) => println!("lb build: chroot with its packages built (key {key}): {why}"),
             }
-            Ok(built)
-        })
+            let (bytes, files) = store.size();
+            println!(
+                "lb build: {} files through the apt proxy (log: {}); the package store holds {files} files, {:.0} MB",
+                report.served.len(),
+                proxy_log.display(),
+                bytes as f64 / 1e6
+            );
+            Ok((built, report))
+        })?;
+        let (built, report) = built;
+        if let LockPlan::Recording { path, inputs } = lock {
+            let recorded = store.lock_of_recording(&report.served, inputs.clone())?;
+            recorded.write(path)?;
+            println!(
+                "package lock: {} packages and {} indexes (archive state {}) written to {}",
+                recorded.packages.len(),
+                recorded.indexes.len(),
+                recorded.snapshot_time,
+                path.display()
+            );
+        }
+        Ok(built)
     }
 
     /// Step "vm images" (with `--vm-images`): the generic VM images, made from the ISO just

@@ -40,6 +40,11 @@ struct Cli {
 enum Command {
     /// Build the signed, checksummed hybrid ISO into dist/ (needs root; uses sudo if not).
     Iso(iso::IsoArgs),
+    /// Record the package lock (lb-config/packages.lock): build the image from the archive as
+    /// it is now in a fresh chroot, every download through the pipeline's apt proxy, and write
+    /// down each file it fetched (signed indexes and .debs) by URL and sha256; the files go into
+    /// the package store. `iso` then builds from the lock. `--check`: is the lock still fresh?
+    Lock(iso::LockArgs),
     /// Build the appliance kernel package from kernel/ (or say it is cached), in the build root.
     Kernel(iso::KernelArgs),
     /// Render the live-build configuration only, to read or diff what live-build gets.
@@ -158,6 +163,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     let project = || cli.project.load();
     match cli.command {
         Command::Iso(args) => args.run(&project()?)?,
+        Command::Lock(args) => args.run(&project()?)?,
         Command::Kernel(args) => args.run(&project()?)?,
         Command::Config(args) => args.run(&project()?)?,
         Command::Verify(args) => args.run()?,

@@ -4,6 +4,7 @@
 
 pub mod appliance;
 pub mod kernel_pin;
+pub mod package_lock;
 pub mod package_list;
 
 use std::path::{Path, PathBuf};
@@ -132,6 +133,10 @@ impl Project {
     }
     pub fn overlay_dir(&self) -> PathBuf {
         self.root.join("overlay")
+    }
+    /// The package lock `cargo xtask lock` records and `iso` builds from, when it exists.
+    pub fn package_lock_path(&self) -> PathBuf {
+        self.lb_config_dir().join("packages.lock")
     }
     pub fn packages_list(&self) -> PathBuf {
         self.root.join("packages.list")

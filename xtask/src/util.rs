@@ -2,6 +2,7 @@
 //! file-system operations, digests, locks, progress lines and host facts. None of
 //! them depends on the project, a stage or a VM.
 
+pub mod deb822;
 pub mod digest;
 pub mod fsx;
 pub mod host;

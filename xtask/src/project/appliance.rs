@@ -200,6 +200,11 @@ pub struct Mirrors {
     /// The security archive (suite `<suite>-security`).
     #[serde(default = "default_security_mirror")]
     pub security: String,
+    /// snapshot.debian.org (or a mirror of it): where a locked build fetches what the package
+    /// store lacks, at the lock's archive state, before trying the two mirrors above (which drop
+    /// old versions). None: the store, then the mirrors.
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -256,7 +261,7 @@ fn default_timeout() -> u32 {
 
 impl Default for Mirrors {
     fn default() -> Self {
-        Mirrors { archive: default_archive_mirror(), security: default_security_mirror() }
+        Mirrors { archive: default_archive_mirror(), security: default_security_mirror(), snapshot: None }
     }
 }
 
@@ -374,7 +379,10 @@ impl Appliance {
                 bail!("field `archive_areas`: unknown area {area:?}");
             }
         }
-        for (field, url) in [("mirrors.archive", &self.mirrors.archive), ("mirrors.security", &self.mirrors.security)] {
+        let snapshot = self.mirrors.snapshot.iter().map(|url| ("mirrors.snapshot", url));
+        for (field, url) in
+            [("mirrors.archive", &self.mirrors.archive), ("mirrors.security", &self.mirrors.security)].into_iter().chain(snapshot)
+        {
             let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
             if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
                 bail!("field `{field}`: {url:?} is not an http:// or https:// URL");

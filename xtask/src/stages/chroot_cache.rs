@@ -83,11 +83,12 @@ lb source
 pub const AFTER_PACKAGES: [&str; 5] =
     ["includes.chroot", "includes.chroot_after_packages", "hooks", "includes.binary", "bootloaders"];
 
-/// `lb config` options only live-build's binary stage reads (boot menus, ISO labels; checked
-/// against live-build 1:20250505: only `binary_*` and `source_iso` use them). Left out of the
-/// key, so a new version (in the volume id) or kernel parameter reuses the chroot.
-pub const BINARY_ONLY_OPTIONS: [&str; 4] =
-    ["--bootappend-live", "--iso-volume", "--iso-publisher", "--iso-application"];
+/// `lb config` options only live-build's binary stage reads (boot menus, ISO labels, the
+/// image's file name; checked against live-build 1:20250505: only `binary_*` and `source_*`
+/// use them). Left out of the key, so a new version (in the volume id and the image name) or
+/// kernel parameter reuses the chroot, and leaves a package lock fresh.
+pub const BINARY_ONLY_OPTIONS: [&str; 5] =
+    ["--bootappend-live", "--iso-volume", "--iso-publisher", "--iso-application", "--image-name"];
 
 /// The digest of `auto/`, with the lines of `auto/config` that set a [`BINARY_ONLY_OPTIONS`]
 /// option left out (the rendered script gives each option a line of its own), and its comments
@@ -119,6 +120,31 @@ fn auto_digest(auto: &Path) -> Result<String> {
     Ok(hasher.hex())
 }
 
+/// A digest of each input live-build reads before the package set is complete, in a rendered
+/// live-build tree or a build directory: `auto/` (less [`BINARY_ONLY_OPTIONS`]) and every
+/// `config/` tree but [`AFTER_PACKAGES`] (in a build directory, `config/packages.chroot/` with
+/// our kernel's and the payload's .debs). Part of the chroot's key, and what a package lock
+/// is checked against.
+pub fn package_inputs(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut parts = BTreeMap::new();
+    parts.insert("auto/".to_owned(), auto_digest(&dir.join("auto"))?);
+    let config = dir.join("config");
+    for entry in fs::read_dir(&config).with_context(|| format!("reading {}", config.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if AFTER_PACKAGES.contains(&name.as_str()) {
+            continue;
+        }
+        let digest = if entry.file_type()?.is_dir() {
+            crate::util::digest::tree_digest(&entry.path())?
+        } else {
+            Hasher::new().tree("file", &entry.path())?.hex()
+        };
+        parts.insert(format!("config/{name}"), digest);
+    }
+    Ok(parts)
+}
+
 /// What one cached chroot was made from: a digest per input, and one over all of them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PackagesKey {
@@ -130,24 +156,9 @@ impl PackagesKey {
     /// The inputs of the chroot in the live-build tree `build_dir` (rendered config and .debs
     /// in place, before `lb config` writes its own files) and the build root `build_root_key`.
     pub fn of(build_dir: &Path, build_root_key: &str) -> Result<PackagesKey> {
-        let mut parts = BTreeMap::new();
+        let mut parts = package_inputs(build_dir)?;
         parts.insert("build root".to_owned(), build_root_key.to_owned());
         parts.insert("split script".to_owned(), Hasher::new().field("script", PACKAGES_SCRIPT).hex());
-        parts.insert("auto/".to_owned(), auto_digest(&build_dir.join("auto"))?);
-        let config = build_dir.join("config");
-        for entry in fs::read_dir(&config).with_context(|| format!("reading {}", config.display()))? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if AFTER_PACKAGES.contains(&name.as_str()) {
-                continue;
-            }
-            let digest = if entry.file_type()?.is_dir() {
-                crate::util::digest::tree_digest(&entry.path())?
-            } else {
-                Hasher::new().tree("file", &entry.path())?.hex()
-            };
-            parts.insert(format!("config/{name}"), digest);
-        }
         let mut all = Hasher::new();
         for (name, digest) in &parts {
             all.field(name, digest);
@@ -199,12 +210,22 @@ impl ChrootCache {
         self.dir.join(key.entry_name())
     }
 
-    /// Copies the cached chroot for `key` into `build_dir` (which holds no chroot yet).
-    pub fn restore(&self, key: &PackagesKey, build_dir: &Path) -> Result<Restored> {
+    /// Copies the cached chroot for `key` into `build_dir` (which holds no chroot yet), if
+    /// `refuse` has nothing against the cached chroot (a locked build refuses one whose
+    /// packages are not the lock's: the key says what was asked for, not what the archive gave).
+    pub fn restore(
+        &self,
+        key: &PackagesKey,
+        build_dir: &Path,
+        refuse: &dyn Fn(&Path) -> Result<Option<String>>,
+    ) -> Result<Restored> {
         let entry = self.entry(key);
         let _lock = lock::cache_entry(&entry)?;
         if !entry.join("inputs").is_file() {
             return Ok(Restored::Miss(self.why_missing(key)));
+        }
+        if let Some(why) = refuse(&entry.join("chroot"))? {
+            return Ok(Restored::Miss(why));
         }
         copy_tree_exact(&entry.join("chroot"), &build_dir.join("chroot"))?;
         let stages = build_dir.join(".build");
@@ -366,18 +387,18 @@ mod tests {
             key(dir.path())
         };
         let base = config(
-            "\t--distribution trixie \\\n\t--iso-volume 'TruthDB 0.1.0' \\\n\t--bootappend-live 'boot=live quiet' \\\n",
+            "\t--distribution trixie \\\n\t--image-name truthdb-os-0.1.0 \\\n\t--iso-volume 'TruthDB 0.1.0' \\\n\t--bootappend-live 'boot=live quiet' \\\n",
         );
         let new_version = config(
-            "\t--distribution trixie \\\n\t--iso-volume 'TruthDB 0.2.0' \\\n\t--bootappend-live 'boot=live quiet' \\\n",
+            "\t--distribution trixie \\\n\t--image-name truthdb-os-0.2.0 \\\n\t--iso-volume 'TruthDB 0.2.0' \\\n\t--bootappend-live 'boot=live quiet' \\\n",
         );
         let new_params = config(
-            "\t--distribution trixie \\\n\t--iso-volume 'TruthDB 0.1.0' \\\n\t--bootappend-live 'boot=live' \\\n",
+            "\t--distribution trixie \\\n\t--image-name truthdb-os-0.1.0 \\\n\t--iso-volume 'TruthDB 0.1.0' \\\n\t--bootappend-live 'boot=live' \\\n",
         );
         assert_eq!(base, new_version);
         assert_eq!(base, new_params);
         let new_suite = config(
-            "\t--distribution forky \\\n\t--iso-volume 'TruthDB 0.1.0' \\\n\t--bootappend-live 'boot=live quiet' \\\n",
+            "\t--distribution forky \\\n\t--image-name truthdb-os-0.1.0 \\\n\t--iso-volume 'TruthDB 0.1.0' \\\n\t--bootappend-live 'boot=live quiet' \\\n",
         );
         assert_ne!(base, new_suite);
     }
@@ -469,7 +490,7 @@ mod tests {
         fs::write(build.path().join("chroot.packages.install"), "postgresql\t17\n").unwrap();
         let cached = ChrootCache::new(cache.path());
         let key = key(build.path());
-        let Restored::Miss(why) = cached.restore(&key, build.path()).unwrap() else { panic!("hit in an empty cache") };
+        let Restored::Miss(why) = cached.restore(&key, build.path(), &|_| Ok(None)).unwrap() else { panic!("hit in an empty cache") };
         assert_eq!(why, "no chroot cached yet");
         cached.save(&key, build.path()).unwrap();
 
@@ -477,16 +498,22 @@ mod tests {
         tree(fresh.path());
         fs::create_dir_all(fresh.path().join(".build")).unwrap();
         fs::write(fresh.path().join(".build/config"), "new").unwrap();
-        assert!(matches!(cached.restore(&key, fresh.path()).unwrap(), Restored::Hit));
+        assert!(matches!(cached.restore(&key, fresh.path(), &|_| Ok(None)).unwrap(), Restored::Hit));
         assert_eq!(fs::read_to_string(fresh.path().join("chroot/usr/bin/psql")).unwrap(), "psql");
         assert_eq!(fs::read_link(fresh.path().join("chroot/usr/bin/pg")).unwrap(), Path::new("psql"));
         assert!(fresh.path().join(".build/chroot_install-packages.live").is_file());
         assert_eq!(fs::read_to_string(fresh.path().join(".build/config")).unwrap(), "new");
         assert!(fresh.path().join("chroot.packages.install").is_file());
+        let refused = cached
+            .restore(&key, tempfile::tempdir().unwrap().path(), &|chroot| {
+                Ok(chroot.join("usr/bin/psql").is_file().then(|| "not the lock's packages".to_owned()))
+            })
+            .unwrap();
+        assert!(matches!(refused, Restored::Miss(why) if why == "not the lock's packages"));
 
         fs::write(fresh.path().join("config/package-lists/appliance.list.chroot"), "mariadb-server\n").unwrap();
         let other = PackagesKey::of(fresh.path(), "trixie-amd64-root").unwrap();
-        let Restored::Miss(why) = cached.restore(&other, tempfile::tempdir().unwrap().path()).unwrap() else {
+        let Restored::Miss(why) = cached.restore(&other, tempfile::tempdir().unwrap().path(), &|_| Ok(None)).unwrap() else {
             panic!("a changed package list hit the cache")
         };
         assert_eq!(why, "changed since the last cached chroot: config/package-lists");

@@ -15,12 +15,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::project::package_lock::PackageLock;
 use crate::stages::build_root::BuildRoot;
 use crate::stages::chroot_cache::{self, ChrootCache, PackagesKey, Restored};
 use crate::stages::installer_build::ImageInstaller;
 use crate::stages::kernel::KernelPackage;
 use crate::stages::render::LiveBuildTree;
 use crate::stages::sandbox::RootCommand;
+use crate::util::deb822;
 use crate::util::fsx;
 
 pub struct LbBuildInputs<'a> {
@@ -48,6 +50,10 @@ pub struct LbBuildInputs<'a> {
     pub chroot_cache: Option<ChrootCache>,
     /// Build the chroot even when the cache has one for these inputs (and replace it).
     pub fresh_chroot: bool,
+    /// The apt proxy every download goes through (`http_proxy` for live-build).
+    pub apt_proxy: String,
+    /// A locked build's lock: a cached chroot is used only if its packages are the lock's.
+    pub lock: Option<&'a PackageLock>,
 }
 
 /// The squashfs compression of the live system (`lb config --chroot-squashfs-compression-*`).
@@ -171,6 +177,7 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
             .bind(&inputs.build_dir, "/build")
             .workdir("/build")
             .env("SOURCE_DATE_EPOCH", epoch.clone())
+            .env("http_proxy", inputs.apt_proxy.clone())
             .to_cmd()
     };
     // Helpers of one stage run inside another (binary installs tools with chroot_* helpers),
@@ -199,7 +206,13 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
 
     let restored = match &inputs.chroot_cache {
         Some(_) if inputs.fresh_chroot => Restored::Miss("--fresh-chroot".to_owned()),
-        Some(cache) => cache.restore(&packages_key, &inputs.build_dir)?,
+        Some(cache) => {
+            let local = local_package_names(&local_debs)?;
+            cache.restore(&packages_key, &inputs.build_dir, &|chroot| match inputs.lock {
+                Some(lock) => chroot_differs_from_lock(chroot, lock, &local),
+                None => Ok(None),
+            })?
+        }
         None => Restored::Miss("the chroot cache is off".to_owned()),
     };
     let chroot = match restored {
@@ -244,6 +257,51 @@ pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&s
         payload_debs: inputs.payload_debs.clone(),
         packages_key: packages_key.hex,
     })
+}
+
+/// The names of the packages in `config/packages.chroot/` (ours, not the archive's).
+fn local_package_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(package) = name.strip_suffix(".deb").and_then(|n| n.split('_').next()) {
+            names.push(package.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Why a cached chroot is not the one a locked build would make, if it is not: a package
+/// dpkg has installed in it that the lock has at another version or not at all (the packages
+/// in `local` are ours, installed from `config/packages.chroot/`).
+pub fn chroot_differs_from_lock(chroot: &Path, lock: &PackageLock, local: &[String]) -> Result<Option<String>> {
+    let status_path = chroot.join("var/lib/dpkg/status");
+    let status = fs::read_to_string(&status_path).with_context(|| format!("reading {}", status_path.display()))?;
+    let locked = lock.versions();
+    let mut differ = Vec::new();
+    for paragraph in deb822::paragraphs(&status) {
+        let get = |name: &str| deb822::field(&paragraph, name).unwrap_or_default();
+        if !get("Status").ends_with(" installed") {
+            continue;
+        }
+        let (name, version, arch) = (get("Package"), get("Version"), get("Architecture"));
+        match locked.get(&(name, arch)) {
+            Some(&at) if at == version => {}
+            Some(&at) => differ.push(format!("{name} {version} (the lock has {at})")),
+            None if local.iter().any(|l| l == name) => {}
+            None => differ.push(format!("{name} {version} (not in the lock)")),
+        }
+    }
+    if differ.is_empty() {
+        return Ok(None);
+    }
+    let shown: Vec<&str> = differ.iter().take(3).map(String::as_str).collect();
+    Ok(Some(format!(
+        "the cached chroot's packages are not packages.lock's ({} differ: {}{})",
+        differ.len(),
+        shown.join(", "),
+        if differ.len() > shown.len() { ", ..." } else { "" }
+    )))
 }
 
 /// live-build only warns when the initrd is missing; an image without one cannot boot. Also

@@ -102,6 +102,15 @@ pub fn write_in_tree(root: &Path, rel: impl AsRef<Path>, contents: impl AsRef<[u
     Ok(path)
 }
 
+/// Writes `contents` to `path` by way of a temporary file beside it, renamed over `path`: a
+/// reader never sees half a file, and an interrupted write leaves the old one.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let partial = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    fs::write(&partial, contents).with_context(|| format!("writing {}", partial.display()))?;
+    fs::rename(&partial, path).with_context(|| format!("renaming {} to {}", partial.display(), path.display()))
+}
+
 /// Whether a process with this PID exists: leftovers named after the run that made them
 /// (partial build roots, GnuPG homes) are removed only when that run is gone.
 pub fn process_alive(pid: u32) -> bool {

@@ -1,0 +1,345 @@
+//! `lb-config/packages.lock`: every file the image's build fetched from apt repositories, by
+//! URL and sha256, like Cargo.lock for the Debian side.
+//!
+//! A lock is recorded, not resolved: `cargo xtask lock` builds the image in a fresh chroot with
+//! live-build's downloads (debootstrap's and apt's, every stage) going through the pipeline's
+//! apt proxy ([`crate::stages::apt_proxy`]), which keeps what it fetched. That is exact where a
+//! resolver would have to guess what live-build asks for: the signed `InRelease` files and the
+//! indexes apt read (the archive state), and every .deb, the boot loaders' packages of the
+//! binary stage included. A locked build serves exactly those files back from the package
+//! store ([`crate::stages::package_store`]) and nothing else, so apt sees the archive as it was
+//! and verifies it with Debian's own keys, and the image's apt lists are those of the lock.
+//!
+//! The lock names the inputs it was recorded from (a digest each, the chroot cache's idea of
+//! "what decides the packages"): when one changes, the lock is stale and the build says which.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The lock format's version; a lock of another version is refused.
+pub const FORMAT: u32 = 1;
+
+const HEADER: &str = "\
+# packages.lock: every file the image's build fetched from apt repositories (the signed
+# indexes, so the archive state, and every .deb), by URL and sha256. Written by
+# `cargo xtask lock`; `cargo xtask iso` builds from it, serving only these files from the
+# package store. Do not edit it: change packages.list or the manifest and run `cargo xtask lock`.
+";
+
+/// One `packages.lock`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PackageLock {
+    pub version: u32,
+    /// The archive state as snapshot.debian.org names it: the newest `Date:` of the locked
+    /// `InRelease` files, `YYYYMMDDTHHMMSSZ`.
+    pub snapshot_time: String,
+    /// A digest of each input the fetched files depend on ([`crate::stages::chroot_cache`]).
+    pub inputs: BTreeMap<String, String>,
+    /// Indexes and anything else fetched that is not a package: `InRelease`, `Packages`,
+    /// `Sources`, `Translation-*`, by-hash files.
+    #[serde(default, rename = "index")]
+    pub indexes: Vec<LockedFile>,
+    #[serde(default, rename = "package")]
+    pub packages: Vec<LockedPackage>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct LockedFile {
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct LockedPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl LockedPackage {
+    /// `name version (arch)`, how messages name a package.
+    pub fn describe(&self) -> String {
+        format!("{} {} ({})", self.name, self.version, self.architecture)
+    }
+
+    pub fn file(&self) -> LockedFile {
+        LockedFile { url: self.url.clone(), sha256: self.sha256.clone(), size: self.size }
+    }
+}
+
+impl PackageLock {
+    pub fn read(path: &Path) -> Result<PackageLock> {
+        let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let lock: PackageLock = toml::from_str(&text).with_context(|| format!("{}: not a package lock", path.display()))?;
+        lock.check().with_context(|| format!("{} is not consistent", path.display()))?;
+        Ok(lock)
+    }
+
+    /// The lock as written: sorted, so the same build gives the same bytes.
+    pub fn to_text(&self) -> Result<String> {
+        let mut sorted = self.clone();
+        sorted.indexes.sort();
+        sorted.packages.sort();
+        Ok(format!("{HEADER}{}", toml::to_string(&sorted).context("serialising the package lock")?))
+    }
+
+    /// Written next to `path` and renamed over it.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::util::fsx::write_atomically(path, self.to_text()?.as_bytes())
+    }
+
+    /// Every file, packages first, with what to call it in a message.
+    pub fn files(&self) -> impl Iterator<Item = (String, LockedFile)> + '_ {
+        let packages = self.packages.iter().map(|p| (p.describe(), p.file()));
+        let indexes = self.indexes.iter().map(|f| (format!("index {}", f.url), f.clone()));
+        packages.chain(indexes)
+    }
+
+    /// The lock's own digest (what a build from it is keyed by).
+    pub fn digest(&self) -> Result<String> {
+        Ok(crate::util::digest::Hasher::new().field("packages.lock", self.to_text()?).hex())
+    }
+
+    /// What a hand edit breaks: the format, digests, and a package whose URL is not the pool
+    /// file of its name, version and architecture (Debian's pool names leave the epoch out).
+    pub fn check(&self) -> Result<()> {
+        if self.version != FORMAT {
+            bail!("version = {} (this xtask reads version {FORMAT}); run `cargo xtask lock`", self.version);
+        }
+        for (what, file) in self.files() {
+            if file.sha256.len() != 64 || !file.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("{what}: sha256 {:?} is not a SHA-256 digest", file.sha256);
+            }
+            if !(file.url.starts_with("http://") || file.url.starts_with("https://")) {
+                bail!("{what}: url {:?} is not an http(s) URL", file.url);
+            }
+        }
+        for package in &self.packages {
+            let expected = pool_file_name(&package.name, &package.version, &package.architecture);
+            let actual = url_file_name(&package.url);
+            if actual != expected {
+                bail!(
+                    "package {}: its url names {actual}, but name, version and architecture say {expected}",
+                    package.describe()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The inputs that differ from `current` (added and removed ones too), empty when fresh.
+    pub fn stale_inputs(&self, current: &BTreeMap<String, String>) -> Vec<String> {
+        let mut names: Vec<&String> = self.inputs.keys().chain(current.keys()).collect();
+        names.sort();
+        names.dedup();
+        names.into_iter().filter(|n| self.inputs.get(*n) != current.get(*n)).cloned().collect()
+    }
+
+    /// The locked version of each package name, for comparing an installed system with.
+    pub fn versions(&self) -> BTreeMap<(&str, &str), &str> {
+        self.packages.iter().map(|p| ((p.name.as_str(), p.architecture.as_str()), p.version.as_str())).collect()
+    }
+}
+
+/// The file name Debian's pool gives a package: `name_version_arch.deb`, the version without
+/// its epoch.
+pub fn pool_file_name(name: &str, version: &str, architecture: &str) -> String {
+    let version = version.split_once(':').map_or(version, |(_, rest)| rest);
+    format!("{name}_{version}_{architecture}.deb")
+}
+
+/// The last path segment of `url`, percent-decoded (apt asks for `%3a` where a version has `:`).
+pub fn url_file_name(url: &str) -> String {
+    percent_decode(url.rsplit('/').next().unwrap_or_default())
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(byte) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Where snapshot.debian.org keeps `url` as it was at `time`, if `url` is under one of the
+/// Debian mirrors it archives: `archive` (archive `debian`) or `security` (`debian-security`).
+pub fn snapshot_url(url: &str, snapshot: &str, time: &str, archive: &str, security: &str) -> Option<String> {
+    let snapshot = snapshot.trim_end_matches('/');
+    for (mirror, name) in [(security, "debian-security"), (archive, "debian")] {
+        let mirror = mirror.trim_end_matches('/');
+        if let Some(rest) = url.strip_prefix(mirror).and_then(|r| r.strip_prefix('/')) {
+            return Some(format!("{snapshot}/archive/{name}/{time}/{rest}"));
+        }
+    }
+    None
+}
+
+/// An InRelease's `Date:` (RFC 2822, as the archive writes it: `Sat, 21 Nov 2026 09:15:44 UTC`)
+/// as snapshot.debian.org's `YYYYMMDDTHHMMSSZ`.
+pub fn snapshot_time_of_release_date(date: &str) -> Option<String> {
+    let words: Vec<&str> = date.split_whitespace().collect();
+    let [_, day, month, year, time, zone] = words.as_slice() else {
+        return None;
+    };
+    if !matches!(*zone, "UTC" | "GMT" | "+0000") {
+        return None;
+    }
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = MONTHS.iter().position(|m| m == month)? + 1;
+    let day: u32 = day.parse().ok()?;
+    let year: u32 = year.parse().ok()?;
+    let hms: Vec<u32> = time.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let [h, m, s] = hms.as_slice() else {
+        return None;
+    };
+    Some(format!("{year:04}{month:02}{day:02}T{h:02}{m:02}{s:02}Z"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> PackageLock {
+        PackageLock {
+            version: FORMAT,
+            snapshot_time: "20261130T002233Z".to_owned(),
+            inputs: [("auto/".to_owned(), "a1".to_owned()), ("config/package-lists".to_owned(), "b2".to_owned())]
+                .into(),
+            indexes: vec![LockedFile {
+                url: "http://deb.debian.org/debian/dists/trixie/InRelease".to_owned(),
+                sha256: "1".repeat(64),
+                size: 140420,
+            }],
+            packages: vec![
+                LockedPackage {
+                    name: "passwd".to_owned(),
+                    version: "1:4.17.4-2".to_owned(),
+                    architecture: "amd64".to_owned(),
+                    url: "http://deb.debian.org/debian/pool/main/s/shadow/passwd_4.17.4-2_amd64.deb".to_owned(),
+                    sha256: "2".repeat(64),
+                    size: 1000,
+                },
+                LockedPackage {
+                    name: "bash".to_owned(),
+                    version: "5.2.37-2+b5".to_owned(),
+                    architecture: "amd64".to_owned(),
+                    url: "http://deb.debian.org/debian/pool/main/b/bash/bash_5.2.37-2%2bb5_amd64.deb".to_owned(),
+                    sha256: "3".repeat(64),
+                    size: 2000,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_lock_is_written_sorted_and_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("packages.lock");
+        let lock = sample();
+        lock.write(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# packages.lock"));
+        assert!(text.find("name = \"bash\"").unwrap() < text.find("name = \"passwd\"").unwrap(), "{text}");
+        let read = PackageLock::read(&path).unwrap();
+        assert_eq!(read.to_text().unwrap(), text);
+        assert_eq!(read.digest().unwrap(), lock.digest().unwrap());
+    }
+
+    #[test]
+    fn a_version_edited_without_its_url_is_refused_naming_the_package() {
+        let mut lock = sample();
+        lock.packages[1].version = "9.9-1".to_owned();
+        let error = format!("{:#}", lock.check().unwrap_err());
+        assert!(error.contains("package bash 9.9-1 (amd64)"), "{error}");
+        assert!(error.contains("bash_5.2.37-2+b5_amd64.deb") && error.contains("bash_9.9-1_amd64.deb"), "{error}");
+        let mut lock = sample();
+        lock.version = 2;
+        assert!(format!("{:#}", lock.check().unwrap_err()).contains("version = 2"));
+        let mut lock = sample();
+        lock.indexes[0].sha256 = "xyz".to_owned();
+        assert!(format!("{:#}", lock.check().unwrap_err()).contains("is not a SHA-256 digest"));
+        sample().check().unwrap();
+    }
+
+    #[test]
+    fn stale_inputs_are_named() {
+        let lock = sample();
+        let mut current = lock.inputs.clone();
+        assert!(lock.stale_inputs(&current).is_empty());
+        current.insert("config/package-lists".to_owned(), "changed".to_owned());
+        current.insert("config/archives".to_owned(), "new".to_owned());
+        assert_eq!(lock.stale_inputs(&current), ["config/archives", "config/package-lists"]);
+    }
+
+    #[test]
+    fn snapshot_urls_follow_the_mirror_a_file_came_from() {
+        let at = "20261130T002233Z";
+        let (archive, security) = ("http://deb.debian.org/debian", "http://deb.debian.org/debian-security/");
+        assert_eq!(
+            snapshot_url(
+                "http://deb.debian.org/debian/pool/main/b/bash/bash_5.2.37-2_amd64.deb",
+                "https://snapshot.debian.org/",
+                at,
+                archive,
+                security
+            )
+            .as_deref(),
+            Some("https://snapshot.debian.org/archive/debian/20261130T002233Z/pool/main/b/bash/bash_5.2.37-2_amd64.deb")
+        );
+        assert_eq!(
+            snapshot_url(
+                "http://deb.debian.org/debian-security/dists/trixie-security/InRelease",
+                "https://snapshot.debian.org",
+                at,
+                archive,
+                security
+            )
+            .as_deref(),
+            Some("https://snapshot.debian.org/archive/debian-security/20261130T002233Z/dists/trixie-security/InRelease")
+        );
+        assert_eq!(
+            snapshot_url("http://127.0.0.1:8080/debian/pool/x.deb", "https://snapshot.debian.org", at, archive, security),
+            None
+        );
+    }
+
+    #[test]
+    fn release_dates_become_snapshot_times() {
+        assert_eq!(
+            snapshot_time_of_release_date("Sat, 21 Nov 2026 09:15:44 UTC").as_deref(),
+            Some("20261121T091544Z")
+        );
+        assert_eq!(snapshot_time_of_release_date("Mon, 7 Dec 2026 00:22:33 UTC").as_deref(), Some("20261207T002233Z"));
+        assert_eq!(snapshot_time_of_release_date("yesterday"), None);
+    }
+
+    #[test]
+    fn pool_names_drop_the_epoch_and_urls_are_decoded() {
+        assert_eq!(pool_file_name("passwd", "1:4.17.4-2", "amd64"), "passwd_4.17.4-2_amd64.deb");
+        assert_eq!(url_file_name("http://h/pool/main/b/bash/bash_5.2.37-2%2bb5_amd64.deb"), "bash_5.2.37-2+b5_amd64.deb");
+        assert_eq!(url_file_name("http://h/a%3ab_1.deb"), "a:b_1.deb");
+        assert_eq!(url_file_name("http://h/50%"), "50%");
+    }
+}
