@@ -13,17 +13,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::doctor::{self, Purpose};
+use crate::project::package_lock::PackageLock;
 use crate::project::{self, Project};
+use crate::stages::apt_proxy::{self, AptProxy};
 use crate::stages::apt_sources::{self, RepositoryPackages};
 use crate::stages::build_root::{self, BuildRoot, BuildRootSpec};
-use crate::project::package_lock::PackageLock;
-use crate::stages::apt_proxy::{self, AptProxy};
 use crate::stages::chroot_cache::{self, ChrootCache};
 use crate::stages::fetch;
-use crate::stages::package_store::{self, PackageStore};
 use crate::stages::installer_build::{self, ImageInstaller, InstallerBuildInputs};
 use crate::stages::kernel::{self, KernelInputs, KernelPackage};
 use crate::stages::lb_build::{self, BuiltImage, ChrootSource, Compression, LbBuildInputs};
+use crate::stages::package_store::{self, PackageStore};
 use crate::stages::payload_debs;
 use crate::stages::publish::{self, Artifacts, BuildInfo};
 use crate::stages::render::{self, LiveBuildTree, RenderInputs};
@@ -268,7 +268,11 @@ fn check_lock(project: &Project, lock: Option<&Path>) -> Result<()> {
     let tree = render::render(&RenderInputs::of(project), &dir.path().join("config"))?;
     let stale = lock.stale_inputs(&package_lock_inputs(project, &tree.dir)?);
     if !stale.is_empty() {
-        bail!("{} is stale: {} changed since it was recorded; run `cargo xtask lock`", path.display(), stale.join(", "));
+        bail!(
+            "{} is stale: {} changed since it was recorded; run `cargo xtask lock`",
+            path.display(),
+            stale.join(", ")
+        );
     }
     println!(
         "fresh: {} ({} packages, {} indexes, archive state {})",
@@ -418,7 +422,12 @@ impl<'a> IsoBuild<'a> {
         let mirrors = &self.project().appliance.mirrors;
         let store = PackageStore::new(&self.cx.cache);
         stage("package store", |s| {
-            s.set(&format!("{} packages and {} indexes of {}", lock.packages.len(), lock.indexes.len(), path.display()));
+            s.set(&format!(
+                "{} packages and {} indexes of {}",
+                lock.packages.len(),
+                lock.indexes.len(),
+                path.display()
+            ));
             let sources = package_store::Sources {
                 snapshot: mirrors.snapshot.as_deref(),
                 archive_mirror: &mirrors.archive,
@@ -462,7 +471,8 @@ impl<'a> IsoBuild<'a> {
 
     /// Whether `dist/` already holds this build (then says so): the no-op check.
     fn is_up_to_date(&self, digest: &str) -> Result<bool> {
-        if self.args.force || self.args.update_lock || !is_published(&self.dist, &self.stem, digest, &self.key_source)? {
+        if self.args.force || self.args.update_lock || !is_published(&self.dist, &self.stem, digest, &self.key_source)?
+        {
             return Ok(false);
         }
         println!(
@@ -548,7 +558,9 @@ impl<'a> IsoBuild<'a> {
         let log = self.cx.fresh_log("lb-build.log");
         let store = PackageStore::new(&self.cx.cache);
         let mode = match lock {
-            LockPlan::Locked { lock, .. } => apt_proxy::Mode::Replay(lock.files().map(|(_, f)| (f.url.clone(), f)).collect()),
+            LockPlan::Locked { lock, .. } => {
+                apt_proxy::Mode::Replay(lock.files().map(|(_, f)| (f.url.clone(), f)).collect())
+            }
             LockPlan::Unlocked | LockPlan::Recording { .. } => {
                 let fetch_log = self.cx.fresh_log("apt-fetch.log");
                 apt_proxy::Mode::Record(Box::new(move |url, target| fetch::download(url, target, &fetch_log)))

@@ -4,8 +4,8 @@
 
 pub mod appliance;
 pub mod kernel_pin;
-pub mod package_lock;
 pub mod package_list;
+pub mod package_lock;
 
 use std::path::{Path, PathBuf};
 

@@ -249,3 +249,78 @@ fn a_bad_apt_repository_is_named_by_its_field_or_key_file() {
     p.write("lb-config/apt-keys/vendor.asc", "not a key\n");
     assert_config_fails(&p, &["lb-config/apt-keys/vendor.asc", "not an armored OpenPGP public key"]);
 }
+
+/// A package lock for the project as it is now (its `[inputs]` from `cache-keys`), holding
+/// the one package `name version (amd64)` at `url`.
+fn write_lock(p: &ProjectCopy, name: &str, version: &str, url: &str) {
+    let keys = common::stdout(&p.xtask(&["cache-keys"]));
+    let inputs: String = keys
+        .lines()
+        .filter_map(|l| l.strip_prefix("package-lock-input "))
+        .map(|l| {
+            let (name, digest) = l.split_once('=').unwrap();
+            format!("{name:?} = {digest:?}\n")
+        })
+        .collect();
+    assert!(inputs.contains("config/package-lists"), "cache-keys printed no lock inputs:\n{keys}");
+    let sha = "0".repeat(64);
+    p.write(
+        "lb-config/packages.lock",
+        &format!(
+            "version = 1\nsnapshot_time = \"20261130T002233Z\"\n\n[inputs]\n{inputs}\n[[index]]\n\
+             url = \"http://deb.debian.org/debian/dists/trixie/InRelease\"\nsha256 = \"{sha}\"\nsize = 1\n\n\
+             [[package]]\nname = \"{name}\"\nversion = \"{version}\"\narchitecture = \"amd64\"\nurl = \"{url}\"\n\
+             sha256 = \"{sha}\"\nsize = 1\n"
+        ),
+    );
+}
+
+/// Runs `iso` into a `dist/` holding a previous release; asserts it fails with `expected` and
+/// leaves `dist/` as it was.
+fn assert_iso_fails_leaving_dist(p: &ProjectCopy, expected: &[&str]) {
+    let dist = p.path("dist");
+    fs::create_dir_all(&dist).unwrap();
+    fs::write(dist.join("SHA256SUMS"), "previous release\n").unwrap();
+    let before = snapshot(&dist);
+    let result = p.xtask(&["iso", "--dist", dist.to_str().unwrap()]);
+    let err = stderr(&result);
+    assert!(!result.status.success(), "iso succeeded:\n{err}");
+    for word in expected {
+        assert!(err.contains(word), "expected {word:?} in:\n{err}");
+    }
+    assert_eq!(snapshot(&dist), before, "a refused build changed dist/");
+}
+
+#[test]
+fn a_stale_package_lock_stops_the_build_naming_what_changed() {
+    let p = ProjectCopy::new();
+    let url = "http://deb.debian.org/debian/pool/main/b/bash/bash_5.2.37-2+b5_amd64.deb";
+    write_lock(&p, "bash", "5.2.37-2+b5", url);
+    let fresh = p.xtask(&["lock", "--check"]);
+    assert!(fresh.status.success(), "{}", stderr(&fresh));
+    assert!(common::stdout(&fresh).contains("fresh: "), "{}", common::stdout(&fresh));
+
+    p.append_line("packages.list", "hello");
+    let stale = p.xtask(&["lock", "--check"]);
+    assert_eq!(stale.status.code(), Some(1), "{}", stderr(&stale));
+    assert!(stderr(&stale).contains("packages.lock is stale: config/package-lists changed"), "{}", stderr(&stale));
+    assert_iso_fails_leaving_dist(&p, &["packages.lock is stale: config/package-lists changed", "cargo xtask lock"]);
+}
+
+#[test]
+fn a_locked_version_no_source_has_stops_the_build_naming_the_package() {
+    let p = ProjectCopy::new();
+    // A version edited without its URL: the lock contradicts itself.
+    write_lock(&p, "bash", "9.9.9-1", "http://deb.debian.org/debian/pool/main/b/bash/bash_5.2.37-2+b5_amd64.deb");
+    assert_iso_fails_leaving_dist(
+        &p,
+        &["packages.lock", "package bash 9.9.9-1 (amd64): its url names bash_5.2.37-2+b5_amd64.deb"],
+    );
+    // Both edited: a version the archive does not have. Refused before anything is built.
+    let url = "http://deb.debian.org/debian/pool/main/b/bash/bash_9.9.9-1_amd64.deb";
+    write_lock(&p, "bash", "9.9.9-1", url);
+    assert_iso_fails_leaving_dist(
+        &p,
+        &["packages.lock: bash 9.9.9-1 (amd64) is in no configured source", url, "snapshot.debian.org: not configured"],
+    );
+}

@@ -380,8 +380,9 @@ impl Appliance {
             }
         }
         let snapshot = self.mirrors.snapshot.iter().map(|url| ("mirrors.snapshot", url));
-        for (field, url) in
-            [("mirrors.archive", &self.mirrors.archive), ("mirrors.security", &self.mirrors.security)].into_iter().chain(snapshot)
+        for (field, url) in [("mirrors.archive", &self.mirrors.archive), ("mirrors.security", &self.mirrors.security)]
+            .into_iter()
+            .chain(snapshot)
         {
             let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
             if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {

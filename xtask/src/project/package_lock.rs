@@ -81,7 +81,8 @@ impl LockedPackage {
 impl PackageLock {
     pub fn read(path: &Path) -> Result<PackageLock> {
         let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let lock: PackageLock = toml::from_str(&text).with_context(|| format!("{}: not a package lock", path.display()))?;
+        let lock: PackageLock =
+            toml::from_str(&text).with_context(|| format!("{}: not a package lock", path.display()))?;
         lock.check().with_context(|| format!("{} is not consistent", path.display()))?;
         Ok(lock)
     }
@@ -171,7 +172,8 @@ fn percent_decode(text: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'%'
             && i + 2 < bytes.len()
-            && let Some(byte) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(byte) =
+                std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(byte);
             i += 3;
@@ -306,7 +308,9 @@ mod tests {
                 security
             )
             .as_deref(),
-            Some("https://snapshot.debian.org/archive/debian/20261130T002233Z/pool/main/b/bash/bash_5.2.37-2_amd64.deb")
+            Some(
+                "https://snapshot.debian.org/archive/debian/20261130T002233Z/pool/main/b/bash/bash_5.2.37-2_amd64.deb"
+            )
         );
         assert_eq!(
             snapshot_url(
@@ -317,20 +321,25 @@ mod tests {
                 security
             )
             .as_deref(),
-            Some("https://snapshot.debian.org/archive/debian-security/20261130T002233Z/dists/trixie-security/InRelease")
+            Some(
+                "https://snapshot.debian.org/archive/debian-security/20261130T002233Z/dists/trixie-security/InRelease"
+            )
         );
         assert_eq!(
-            snapshot_url("http://127.0.0.1:8080/debian/pool/x.deb", "https://snapshot.debian.org", at, archive, security),
+            snapshot_url(
+                "http://127.0.0.1:8080/debian/pool/x.deb",
+                "https://snapshot.debian.org",
+                at,
+                archive,
+                security
+            ),
             None
         );
     }
 
     #[test]
     fn release_dates_become_snapshot_times() {
-        assert_eq!(
-            snapshot_time_of_release_date("Sat, 21 Nov 2026 09:15:44 UTC").as_deref(),
-            Some("20261121T091544Z")
-        );
+        assert_eq!(snapshot_time_of_release_date("Sat, 21 Nov 2026 09:15:44 UTC").as_deref(), Some("20261121T091544Z"));
         assert_eq!(snapshot_time_of_release_date("Mon, 7 Dec 2026 00:22:33 UTC").as_deref(), Some("20261207T002233Z"));
         assert_eq!(snapshot_time_of_release_date("yesterday"), None);
     }
@@ -338,7 +347,10 @@ mod tests {
     #[test]
     fn pool_names_drop_the_epoch_and_urls_are_decoded() {
         assert_eq!(pool_file_name("passwd", "1:4.17.4-2", "amd64"), "passwd_4.17.4-2_amd64.deb");
-        assert_eq!(url_file_name("http://h/pool/main/b/bash/bash_5.2.37-2%2bb5_amd64.deb"), "bash_5.2.37-2+b5_amd64.deb");
+        assert_eq!(
+            url_file_name("http://h/pool/main/b/bash/bash_5.2.37-2%2bb5_amd64.deb"),
+            "bash_5.2.37-2+b5_amd64.deb"
+        );
         assert_eq!(url_file_name("http://h/a%3ab_1.deb"), "a:b_1.deb");
         assert_eq!(url_file_name("http://h/50%"), "50%");
     }

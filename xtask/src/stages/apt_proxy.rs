@@ -280,7 +280,8 @@ mod tests {
             Ok(())
         });
         let proxy =
-            AptProxy::start(Mode::Record(upstream), PackageStore::new(cache.path()), &cache.path().join("p.log")).unwrap();
+            AptProxy::start(Mode::Record(upstream), PackageStore::new(cache.path()), &cache.path().join("p.log"))
+                .unwrap();
         let url = "http://deb.debian.org/debian/dists/trixie/InRelease";
         assert_eq!(get(&proxy, url), ("200".to_owned(), format!("{url} fetched 1")));
         assert_eq!(get(&proxy, url), ("200".to_owned(), format!("{url} fetched 1")), "fetched again");
@@ -312,8 +313,11 @@ mod tests {
         assert_eq!(get(&proxy, "http://deb.debian.org/debian/pool/main/h/hello/hello_2.11-1_amd64.deb").0, "404");
         // Keep-alive and pipelining: two requests on one connection, answered in order.
         let mut stream = TcpStream::connect(proxy.address).unwrap();
-        write!(stream, "GET {url} HTTP/1.1\r\nHost: deb.debian.org\r\n\r\nHEAD {url} HTTP/1.1\r\nConnection: close\r\n\r\n")
-            .unwrap();
+        write!(
+            stream,
+            "GET {url} HTTP/1.1\r\nHost: deb.debian.org\r\n\r\nHEAD {url} HTTP/1.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut both = String::new();
         stream.read_to_string(&mut both).unwrap();
         assert_eq!(both.matches("HTTP/1.1 200 OK").count(), 2, "{both}");

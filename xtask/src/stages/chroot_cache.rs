@@ -490,7 +490,9 @@ mod tests {
         fs::write(build.path().join("chroot.packages.install"), "postgresql\t17\n").unwrap();
         let cached = ChrootCache::new(cache.path());
         let key = key(build.path());
-        let Restored::Miss(why) = cached.restore(&key, build.path(), &|_| Ok(None)).unwrap() else { panic!("hit in an empty cache") };
+        let Restored::Miss(why) = cached.restore(&key, build.path(), &|_| Ok(None)).unwrap() else {
+            panic!("hit in an empty cache")
+        };
         assert_eq!(why, "no chroot cached yet");
         cached.save(&key, build.path()).unwrap();
 
@@ -513,7 +515,8 @@ mod tests {
 
         fs::write(fresh.path().join("config/package-lists/appliance.list.chroot"), "mariadb-server\n").unwrap();
         let other = PackagesKey::of(fresh.path(), "trixie-amd64-root").unwrap();
-        let Restored::Miss(why) = cached.restore(&other, tempfile::tempdir().unwrap().path(), &|_| Ok(None)).unwrap() else {
+        let Restored::Miss(why) = cached.restore(&other, tempfile::tempdir().unwrap().path(), &|_| Ok(None)).unwrap()
+        else {
             panic!("a changed package list hit the cache")
         };
         assert_eq!(why, "changed since the last cached chroot: config/package-lists");

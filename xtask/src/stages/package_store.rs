@@ -84,7 +84,13 @@ impl PackageStore {
     /// Makes sure the store holds every file of `lock`, fetching what it lacks from `sources`
     /// (each checked against the lock's sha256 before it enters the store). Fails naming the
     /// first package no source has, and why each source did not, before anything is built.
-    pub fn fill(&self, lock: &PackageLock, sources: &Sources, log: &Path, on_file: &mut dyn FnMut(&str)) -> Result<Filled> {
+    pub fn fill(
+        &self,
+        lock: &PackageLock,
+        sources: &Sources,
+        log: &Path,
+        on_file: &mut dyn FnMut(&str),
+    ) -> Result<Filled> {
         fs::create_dir_all(&self.dir).with_context(|| format!("creating the package store {}", self.dir.display()))?;
         let mut filled = Filled::default();
         for (what, file) in lock.files() {
@@ -288,7 +294,9 @@ mod tests {
         let mut served = BTreeMap::new();
         let deb_url = "http://deb.debian.org/debian/pool/main/h/hello/hello_2.10-3_amd64.deb";
         served.insert(deb_url.to_owned(), LockedFile { url: deb_url.to_owned(), sha256: deb_sha.clone(), size });
-        for (suite, date) in [("trixie", "Sat, 21 Nov 2026 09:15:44 UTC"), ("trixie-updates", "Mon, 30 Nov 2026 20:11:02 UTC")] {
+        for (suite, date) in
+            [("trixie", "Sat, 21 Nov 2026 09:15:44 UTC"), ("trixie-updates", "Mon, 30 Nov 2026 20:11:02 UTC")]
+        {
             let release = store.temp_path().unwrap();
             fs::write(&release, format!("-----BEGIN PGP SIGNED MESSAGE-----\nOrigin: Debian\nDate: {date}\n")).unwrap();
             let sha256 = store.add(&release).unwrap();
