@@ -435,14 +435,17 @@ impl<'a> IsoBuild<'a> {
             };
             let log = self.cx.fresh_log("package-store.log");
             let filled = store.fill(lock, &sources, &log, &mut |what| s.set_detail(&format!("fetching {what}")))?;
-            s.set(&format!(
-                "{} files in {}, {} fetched ({:.1} MB); archive state {}",
+            println!(
+                "package lock: building from {} ({} packages, archive state {}); {} files were in the package \
+                 store {}, {} fetched ({:.1} MB)",
+                path.display(),
+                lock.packages.len(),
+                lock.snapshot_time,
                 filled.in_store,
                 store.dir().display(),
                 filled.fetched,
                 filled.fetched_bytes as f64 / 1e6,
-                lock.snapshot_time
-            ));
+            );
             Ok(())
         })
     }
@@ -587,6 +590,7 @@ impl<'a> IsoBuild<'a> {
                 LockPlan::Locked { lock, .. } => Some(lock),
                 _ => None,
             },
+            without_live_build_cache: matches!(lock, LockPlan::Recording { .. }),
         };
         let built = stage("lb build", |s| {
             let phase_start = std::time::Instant::now();

@@ -42,6 +42,10 @@ pub struct ReproCheckArgs {
     /// VM images) as its build info records them.
     #[arg(long, value_name = "DIR")]
     pub against: Option<PathBuf>,
+    /// Build (both times, or the second time with --against) from this package lock instead
+    /// of the commit's lb-config/packages.lock.
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
 }
 
 /// The published files two builds of one commit must agree on, byte for byte.
@@ -95,6 +99,13 @@ impl ReproCheckArgs {
                  so commit or stash them first"
             );
         }
+        // The second build runs in another directory: the lock by its absolute path.
+        let lock = match &self.lock {
+            Some(path) => {
+                Some(fs::canonicalize(path).with_context(|| format!("{}: no such package lock", path.display()))?)
+            }
+            None => None,
+        };
         let work = project.work_dir().join("repro");
         let clone = work.join("src");
         let dist = work.join("dist");
@@ -108,8 +119,12 @@ impl ReproCheckArgs {
                 eprintln!("==> first build: `iso` in the project (nothing is rebuilt if dist/ is up to date)");
                 let first_dist = project.default_dist_dir();
                 let _lock = project.lock_work_dir()?;
-                let args =
-                    IsoArgs { compression: self.compression, dist: Some(first_dist.clone()), ..IsoArgs::default() };
+                let args = IsoArgs {
+                    compression: self.compression,
+                    dist: Some(first_dist.clone()),
+                    lock: lock.clone(),
+                    ..IsoArgs::default()
+                };
                 iso::run(project, &args)?;
                 first_dist
             }
@@ -152,6 +167,9 @@ impl ReproCheckArgs {
             .env("TRUTHDB_CACHE_DIR", &cache);
         if !first.vm_images.is_empty() {
             second = second.arg("--vm-images");
+        }
+        if let Some(lock) = &lock {
+            second = second.arg("--lock").arg(lock);
         }
         if let Some(epoch) = std::env::var_os("SOURCE_DATE_EPOCH") {
             second = second.env("SOURCE_DATE_EPOCH", epoch);

@@ -48,6 +48,12 @@ fn no_mounts_below(dir: &Path) {
 
 /// Written by `e2e_01` once the ISO it built passed every check on it: the ISO's sha256. Beside
 /// `e2e-dist`, not in it (the dist file set and the release rehearsal see no stranger).
+/// The package lock e2e_01 records and e2e_14 builds from (not lb-config/'s: the suite must
+/// not change the work tree).
+fn e2e_lock() -> PathBuf {
+    repo_root().join("target/truthdb-os/e2e-packages.lock")
+}
+
 fn built_marker() -> PathBuf {
     repo_root().join("target/truthdb-os/e2e-dist.ok")
 }
@@ -92,9 +98,13 @@ fn e2e_01_iso_build_and_publish() {
     let _ = fs::remove_dir_all(&dist);
 
     // Build for real (--force: a cached image in this dist must not stand in for a build), with
-    // the generic VM images a release publishes (e2e_12 boots the qcow2).
-    let built = xtask(&["iso", "--force", "--vm-images", "--dist", dist_arg]);
+    // the generic VM images a release publishes (e2e_12 boots the qcow2), recording the package
+    // lock as `cargo xtask lock` does (a fresh chroot; e2e_14 builds from the lock).
+    let _ = fs::remove_file(e2e_lock());
+    let lock_arg = e2e_lock().to_str().unwrap().to_owned();
+    let built = xtask(&["iso", "--force", "--vm-images", "--update-lock", "--lock", &lock_arg, "--dist", dist_arg]);
     assert!(built.status.success(), "iso failed");
+    check_recorded_lock(&stdout(&built), &dist);
     let mut names: Vec<String> =
         fs::read_dir(&dist).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
@@ -912,17 +922,57 @@ fn e2e_13_sbom_and_provenance_are_valid_and_describe_the_image() {
     }
 }
 
+/// The lock e2e_01 recorded: every package of the image that is not ours at the version the
+/// image has, the signed indexes (the archive state), and every file in the package store.
+fn check_recorded_lock(said: &str, dist: &Path) {
+    assert!(said.contains("package lock: ") && said.contains("written to"), "{said}");
+    let lock: toml::Value = toml::from_str(&fs::read_to_string(e2e_lock()).unwrap()).unwrap();
+    let packages = lock["package"].as_array().unwrap();
+    let indexes = lock["index"].as_array().unwrap();
+    assert!(packages.len() > 200, "only {} packages locked", packages.len());
+    let urls: Vec<&str> = indexes.iter().map(|i| i["url"].as_str().unwrap()).collect();
+    for suite in ["dists/trixie/InRelease", "dists/trixie-security/InRelease", "dists/trixie-updates/InRelease"] {
+        assert!(urls.iter().any(|u| u.ends_with(suite)), "no {suite} among the locked indexes: {urls:?}");
+    }
+    let store = cache_dir().join("packages/sha256");
+    for file in packages.iter().chain(indexes) {
+        let sha = file["sha256"].as_str().unwrap();
+        assert!(store.join(sha).is_file(), "{} is not in the package store", file["url"]);
+    }
+    let locked: std::collections::BTreeMap<&str, &str> =
+        packages.iter().map(|p| (p["name"].as_str().unwrap(), p["version"].as_str().unwrap())).collect();
+    let manifest = dist.join(iso_name().replace(".hybrid.iso", ".packages"));
+    for line in fs::read_to_string(&manifest).unwrap().lines() {
+        let (name, version) = line.split_once('\t').unwrap();
+        let name = name.split(':').next().unwrap();
+        if name.starts_with("linux-image-") && name.ends_with("-truthdb") {
+            continue; // ours, from config/packages.chroot
+        }
+        assert_eq!(locked.get(name), Some(&version), "{name} {version} of the image is not in the lock as such");
+    }
+}
+
 #[test]
 #[ignore = "needs root, the Debian mirror and e2e_01's ISO and caches; run by `cargo xtask test`"]
 fn e2e_14_a_second_build_of_the_commit_is_bit_for_bit_the_same() {
     built_iso();
     let dist = dist_dir();
-    // A clean clone of HEAD built in its own work directory, sharing the machine's caches (so
-    // the customisation and the binary stage run again), compared with e2e_01's files. The
-    // full form, with a cache of its own, is measured in BENCHMARKS.md.
-    let checked = xtask(&["repro-check", "--shared-cache", "--against", dist.to_str().unwrap()]);
+    // A clean clone of HEAD built in its own work directory from the lock e2e_01 recorded,
+    // sharing the machine's caches (so the customisation and the binary stage run again, every
+    // download served by the apt proxy from the package store), compared with e2e_01's files.
+    // The full form, with a cache of its own, is measured in BENCHMARKS.md.
+    let lock = e2e_lock();
+    let checked = xtask(&[
+        "repro-check",
+        "--shared-cache",
+        "--against",
+        dist.to_str().unwrap(),
+        "--lock",
+        lock.to_str().unwrap(),
+    ]);
     let report = stdout(&checked);
     assert!(checked.status.success(), "repro-check failed:\n{report}");
+    assert!(report.contains(&format!("package lock: building from {}", lock.display())), "{report}");
     assert!(report.contains("reproducible: two builds of "), "{report}");
     let stem = iso_name().trim_end_matches(".hybrid.iso").to_owned();
     for name in [format!("{stem}.hybrid.iso"), format!("{stem}.spdx.json"), format!("{stem}.build-info.json")] {

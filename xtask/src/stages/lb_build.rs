@@ -54,6 +54,9 @@ pub struct LbBuildInputs<'a> {
     pub apt_proxy: String,
     /// A locked build's lock: a cached chroot is used only if its packages are the lock's.
     pub lock: Option<&'a PackageLock>,
+    /// Start without live-build's own caches (`cache/`: its .debs and its bootstrap stage),
+    /// so that every file the build needs is fetched, and so recorded: `cargo xtask lock`.
+    pub without_live_build_cache: bool,
 }
 
 /// The squashfs compression of the live system (`lb config --chroot-squashfs-compression-*`).
@@ -146,6 +149,9 @@ pub fn phase_of(line: &str) -> Option<(&str, Option<&str>)> {
 
 /// Runs `lb config` and `lb build`. `on_progress(stage, helper)` follows live-build's stages.
 pub fn build(inputs: &LbBuildInputs, on_progress: &mut dyn FnMut(&str, Option<&str>)) -> Result<BuiltImage> {
+    if inputs.without_live_build_cache {
+        fsx::remove_if_present(&inputs.build_dir.join("cache"))?;
+    }
     prepare_build_dir(&inputs.build_dir, &inputs.tree.dir)?;
     // live-build installs every .deb in config/packages.chroot/ from a local repository; only
     // the image package goes there (no headers, -dbg or libc-dev).
