@@ -204,19 +204,26 @@ impl<'a> Pipeline<'a> {
 
 /// `cargo xtask cache-keys`.
 #[derive(Debug, clap::Args)]
-pub struct CacheKeysArgs {}
+pub struct CacheKeysArgs {
+    /// Print instead the digests a package lock's `[inputs]` must hold to be fresh, one
+    /// `NAME=DIGEST` per line.
+    #[arg(long)]
+    pub lock_inputs: bool,
+}
 
 impl CacheKeysArgs {
     pub fn run(self, project: &Project) -> Result<()> {
+        if self.lock_inputs {
+            let dir = tempfile::tempdir()?;
+            let tree = render::render(&RenderInputs::of(project), &dir.path().join("config"))?;
+            for (name, digest) in package_lock_inputs(project, &tree.dir)? {
+                println!("{name}={digest}");
+            }
+            return Ok(());
+        }
         let (root, kernel) = cache_keys(project)?;
         println!("build-root={root}");
         println!("kernel={kernel}");
-        // What a package lock's [inputs] must say to be fresh.
-        let dir = tempfile::tempdir()?;
-        let tree = render::render(&RenderInputs::of(project), &dir.path().join("config"))?;
-        for (name, digest) in package_lock_inputs(project, &tree.dir)? {
-            println!("package-lock-input {name}={digest}");
-        }
         Ok(())
     }
 }
@@ -332,9 +339,19 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     build.payload_kernel_check(&kernel)?;
     let installer = build.installer(&root)?;
     let payload_debs = build.payload_debs()?;
-    let image = build.lb_build(&root, &tree, &kernel, &installer, payload_debs, &lock)?;
+    let (image, recorded) = build.lb_build(&root, &tree, &kernel, &installer, payload_debs, &lock)?;
+    // A recorded build is what a build from its new lock makes: it is published as one, so
+    // that `iso` right after `lock` finds it up to date and the two agree byte for byte.
+    let (lock, digest) = match (recorded, lock) {
+        (Some(recorded), LockPlan::Recording { path, .. }) => {
+            let lock = LockPlan::Locked { path, lock: recorded };
+            let digest = build.inputs_digest(&tree, &lock)?;
+            (lock, digest)
+        }
+        (_, lock) => (lock, digest),
+    };
     let vm_images = build.vm_images(&image)?;
-    let documents = build.sbom(&image, &root, &kernel, &digest)?;
+    let documents = build.sbom(&image, &root, &kernel, &digest, &lock)?;
     let signer = build.publish(&image, &vm_images, &documents, &root, &tree, &kernel, &digest)?;
     build.report_signature(&signer);
     Ok(())
@@ -556,7 +573,7 @@ impl<'a> IsoBuild<'a> {
         installer: &ImageInstaller,
         payload_debs: Vec<PathBuf>,
         lock: &LockPlan,
-    ) -> Result<BuiltImage> {
+    ) -> Result<(BuiltImage, Option<PackageLock>)> {
         let project = self.project();
         let log = self.cx.fresh_log("lb-build.log");
         let store = PackageStore::new(&self.cx.cache);
@@ -636,18 +653,19 @@ impl<'a> IsoBuild<'a> {
             Ok((built, report))
         })?;
         let (built, report) = built;
-        if let LockPlan::Recording { path, inputs } = lock {
-            let recorded = store.lock_of_recording(&report.served, inputs.clone())?;
-            recorded.write(path)?;
-            println!(
-                "package lock: {} packages and {} indexes (archive state {}) written to {}",
-                recorded.packages.len(),
-                recorded.indexes.len(),
-                recorded.snapshot_time,
-                path.display()
-            );
-        }
-        Ok(built)
+        let LockPlan::Recording { path, inputs } = lock else {
+            return Ok((built, None));
+        };
+        let recorded = store.lock_of_recording(&report.served, inputs.clone())?;
+        recorded.write(path)?;
+        println!(
+            "package lock: {} packages and {} indexes (archive state {}) written to {}",
+            recorded.packages.len(),
+            recorded.indexes.len(),
+            recorded.snapshot_time,
+            path.display()
+        );
+        Ok((built, Some(recorded)))
     }
 
     /// Step "vm images" (with `--vm-images`): the generic VM images, made from the ISO just
@@ -678,7 +696,18 @@ impl<'a> IsoBuild<'a> {
 
     /// Step "sbom": the SBOM (SPDX, CycloneDX) and the provenance statement, from the finished
     /// chroot, the local packages and the installer's crates.
-    fn sbom(&self, image: &BuiltImage, root: &BuildRoot, kernel: &KernelPackage, digest: &str) -> Result<Vec<PathBuf>> {
+    fn sbom(
+        &self,
+        image: &BuiltImage,
+        root: &BuildRoot,
+        kernel: &KernelPackage,
+        digest: &str,
+        lock: &LockPlan,
+    ) -> Result<Vec<PathBuf>> {
+        let lock_sha256 = match lock {
+            LockPlan::Locked { path, .. } => Some(crate::stages::checksums::sha256_file(path)?),
+            _ => None,
+        };
         let project = self.project();
         let appliance = &project.appliance;
         stage("sbom", |s| {
@@ -728,6 +757,7 @@ impl<'a> IsoBuild<'a> {
                 kernel_key: &kernel.key,
                 build_root_key: &root.key,
                 packages_key: &image.packages_key,
+                package_lock_sha256: lock_sha256.as_deref(),
             };
             let files = sbom::write(&project.work_dir().join("sbom"), &facts, &contents)?;
             s.set(&format!(

@@ -250,13 +250,12 @@ fn a_bad_apt_repository_is_named_by_its_field_or_key_file() {
     assert_config_fails(&p, &["lb-config/apt-keys/vendor.asc", "not an armored OpenPGP public key"]);
 }
 
-/// A package lock for the project as it is now (its `[inputs]` from `cache-keys`), holding
+/// A package lock for the project as it is now (its `[inputs]` from `cache-keys --lock-inputs`), holding
 /// the one package `name version (amd64)` at `url`.
 fn write_lock(p: &ProjectCopy, name: &str, version: &str, url: &str) {
-    let keys = common::stdout(&p.xtask(&["cache-keys"]));
+    let keys = common::stdout(&p.xtask(&["cache-keys", "--lock-inputs"]));
     let inputs: String = keys
         .lines()
-        .filter_map(|l| l.strip_prefix("package-lock-input "))
         .map(|l| {
             let (name, digest) = l.split_once('=').unwrap();
             format!("{name:?} = {digest:?}\n")

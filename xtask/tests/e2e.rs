@@ -915,6 +915,11 @@ fn e2e_13_sbom_and_provenance_are_valid_and_describe_the_image() {
         statement["predicate"]["buildDefinition"]["resolvedDependencies"][0]["digest"]["gitCommit"],
         stdout(&head).trim()
     );
+    // e2e_01 recorded a package lock: the provenance names it by digest.
+    let dependencies = statement["predicate"]["buildDefinition"]["resolvedDependencies"].as_array().unwrap();
+    let lock =
+        dependencies.iter().find(|d| d["name"] == "packages.lock").expect("the provenance names no packages.lock");
+    assert_eq!(lock["digest"]["sha256"], sha256_of(&e2e_lock()).unwrap().as_str());
     // All three are in the signed sums (verify requires every published document listed).
     let sums = fs::read_to_string(dist.join("SHA256SUMS")).unwrap();
     for name in [&spdx_path, &cdx_path, &provenance_path] {

@@ -77,13 +77,15 @@ pub struct BuildFacts<'a> {
     pub dirty: bool,
     /// The project's repository URL (the workspace's `repository`), if it names one.
     pub repository: Option<&'a str>,
-    /// sha256 of the installed-packages list (`.packages`), until a package lock exists.
+    /// sha256 of the installed-packages list (`.packages`).
     pub packages_sha256: &'a str,
     pub payload: &'a str,
     pub compression: &'a str,
     pub kernel_key: &'a str,
     pub build_root_key: &'a str,
     pub packages_key: &'a str,
+    /// sha256 of the package lock the image was built from (or recorded), if any.
+    pub package_lock_sha256: Option<&'a str>,
 }
 
 /// Everything the image holds that the documents list.
@@ -768,6 +770,13 @@ pub fn provenance(facts: &BuildFacts, byproducts: &[(String, String)]) -> Value 
         "digest": {"sha256": facts.packages_sha256},
         "annotations": {"what": "the image's installed Debian packages (name and version), as published beside it"},
     }));
+    if let Some(sha256) = facts.package_lock_sha256 {
+        dependencies.push(json!({
+            "name": "packages.lock",
+            "digest": {"sha256": sha256},
+            "annotations": {"what": "the package lock: every file fetched from apt repositories (signed indexes and .debs) by URL and sha256"},
+        }));
+    }
     json!({
         "_type": "https://in-toto.io/Statement/v1",
         "subject": [{"name": facts.iso_name, "digest": {"sha256": facts.iso_sha256}}],
@@ -946,7 +955,19 @@ mod tests {
             kernel_key: "kk",
             build_root_key: "rk",
             packages_key: "pk",
+            package_lock_sha256: None,
         }
+    }
+
+    #[test]
+    fn the_provenance_names_the_package_lock_it_was_built_from() {
+        let unlocked = provenance(&facts(), &[]);
+        let dependencies = unlocked["predicate"]["buildDefinition"]["resolvedDependencies"].as_array().unwrap();
+        assert!(!dependencies.iter().any(|d| d["name"] == "packages.lock"), "{dependencies:?}");
+        let locked = provenance(&BuildFacts { package_lock_sha256: Some("ab12"), ..facts() }, &[]);
+        let dependencies = locked["predicate"]["buildDefinition"]["resolvedDependencies"].as_array().unwrap();
+        let lock = dependencies.iter().find(|d| d["name"] == "packages.lock").expect("no packages.lock");
+        assert_eq!(lock["digest"]["sha256"], "ab12");
     }
 
     fn contents() -> ImageContents {
