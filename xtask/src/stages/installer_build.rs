@@ -109,6 +109,10 @@ fn build_in_builder(
     }
     let target = cache_dir.join("installer-target").join(format!("builder-{builder_release}"));
     std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set: where is cargo's registry?")?;
     host_cargo()
         .args([
             "build",
@@ -123,6 +127,7 @@ fn build_in_builder(
         .arg(&target)
         .dir(&inputs.workspace)
         .env("TRUTHDB_VERSION", &inputs.version)
+        .env("CARGO_ENCODED_RUSTFLAGS", remap_path_prefixes(&inputs.workspace, &cargo_home))
         .run_logged(&inputs.log, |_| {})
         .with_context(|| format!("building the installer in the builder image (log: {})", inputs.log.display()))?;
     let binaries = ImageInstaller::built_in(&target)?;
@@ -251,10 +256,40 @@ pub fn build_for_image(
     Ok(binaries)
 }
 
+/// rustc flags that write the paths the build root's compile uses (`/src`, `/opt/cargo-home`)
+/// into the binaries (panic messages, debug info) instead of where this checkout and cargo's
+/// registry happen to be, so the binaries do not depend on them. Encoded for
+/// `CARGO_ENCODED_RUSTFLAGS` (0x1f between flags), so a path may hold spaces.
+pub fn remap_path_prefixes(workspace: &Path, cargo_home: &Path) -> String {
+    [(workspace, "/src"), (cargo_home, "/opt/cargo-home")]
+        .iter()
+        .map(|(from, to)| format!("--remap-path-prefix={}={to}", from.display()))
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
+}
+
 /// Beside a build root's installer target: what its release binaries were built from (the
 /// sources' digest and the version), so the builder image can take them as they are.
 const BUILT_FROM: &str = "built-from";
 
 fn built_from(inputs: &InstallerBuildInputs) -> Result<String> {
     Ok(format!("sources {}\nversion {}\n", source_digest(&inputs.workspace)?, inputs.version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builder_s_paths_are_remapped_to_the_build_root_s() {
+        let flags = remap_path_prefixes(Path::new("/home/me/my work/truthdb-os"), Path::new("/root/.cargo"));
+        let flags: Vec<&str> = flags.split('\u{1f}').collect();
+        assert_eq!(
+            flags,
+            [
+                "--remap-path-prefix=/home/me/my work/truthdb-os=/src",
+                "--remap-path-prefix=/root/.cargo=/opt/cargo-home"
+            ]
+        );
+    }
 }
