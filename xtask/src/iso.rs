@@ -766,7 +766,16 @@ impl<'a> IsoBuild<'a> {
                 contents.crates.len(),
                 if dirty { " (the work tree has uncommitted changes: the provenance says so)" } else { "" }
             ));
-            Ok(files.all().iter().map(|p| p.to_path_buf()).collect())
+            let mut documents: Vec<PathBuf> = files.all().iter().map(|p| p.to_path_buf()).collect();
+            // The lock goes out with the image (signed by the sums): with the release's tag it
+            // is what a rebuild needs.
+            if let LockPlan::Locked { path, .. } = lock {
+                let published =
+                    project.work_dir().join("sbom").join(format!("{}{}", self.stem, publish::PACKAGE_LOCK_SUFFIX));
+                std::fs::copy(path, &published).with_context(|| format!("copying {}", path.display()))?;
+                documents.push(published);
+            }
+            Ok(documents)
         })
     }
 

@@ -62,8 +62,9 @@ pub fn org_iso_name(version: &str) -> String {
 /// The files a release publishes, by name, for a build stem and version: Debian's image
 /// layout, the key's fingerprint, and the ISO again under the organisation's name with its
 /// own `.sha256` (the same bytes as the ISO SHA256SUMS lists, so the signed sums cover it too),
-/// and the generic VM images the build published (`iso --vm-images`).
-pub fn release_file_names(stem: &str, version: &str, vm_images: &[String]) -> Vec<String> {
+/// and the generic VM images the build published (`iso --vm-images`), and its package lock
+/// when it was built from one (or recorded one).
+pub fn release_file_names(stem: &str, version: &str, vm_images: &[String], with_lock: bool) -> Vec<String> {
     let mut names = vec![
         org_iso_name(version),
         format!("{}.sha256", org_iso_name(version)),
@@ -78,6 +79,9 @@ pub fn release_file_names(stem: &str, version: &str, vm_images: &[String]) -> Ve
     ];
     names.extend(vm_images.iter().cloned());
     names.extend(crate::stages::sbom::file_names(stem));
+    if with_lock {
+        names.push(format!("{stem}{}", publish::PACKAGE_LOCK_SUFFIX));
+    }
     names.sort();
     names
 }
@@ -141,7 +145,8 @@ fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let iso_name = format!("{stem}.hybrid.iso");
     let org_iso = org_iso_name(&project.version);
-    for name in release_file_names(&stem, &project.version, &info.vm_images) {
+    let with_lock = dist.join(format!("{stem}{}", publish::PACKAGE_LOCK_SUFFIX)).is_file();
+    for name in release_file_names(&stem, &project.version, &info.vm_images, with_lock) {
         let to = out.join(&name);
         if name == format!("{org_iso}.sha256") {
             // sha256sum's format, from the sums just verified.
@@ -166,7 +171,7 @@ fn run(project: &Project, args: &ReleaseArgs) -> Result<()> {
         }
     }
     println!("release {tag}{} for {fingerprint}:", if prerelease { " (pre-release)" } else { "" });
-    for name in release_file_names(&stem, &project.version, &info.vm_images) {
+    for name in release_file_names(&stem, &project.version, &info.vm_images, with_lock) {
         println!("  {}", out.join(name).display());
     }
     Ok(())
@@ -228,13 +233,15 @@ mod tests {
 
     #[test]
     fn the_file_set_is_the_debian_layout_plus_the_fingerprint_and_the_sbom() {
-        let names = release_file_names("truthdb-os-0.1.0-amd64", "0.1.0", &[]);
+        let names = release_file_names("truthdb-os-0.1.0-amd64", "0.1.0", &[], false);
         assert_eq!(names.len(), 13);
+        let locked = release_file_names("truthdb-os-0.1.0-amd64", "0.1.0", &[], true);
+        assert!(locked.contains(&"truthdb-os-0.1.0-amd64.packages.lock".to_owned()), "{locked:?}");
         for document in ["spdx.json", "cdx.json", "intoto.jsonl"] {
             assert!(names.contains(&format!("truthdb-os-0.1.0-amd64.{document}")), "{document}");
         }
         let with_images =
-            release_file_names("truthdb-os-0.1.0-amd64", "0.1.0", &["truthdb-os-0.1.0-amd64.qcow2".into()]);
+            release_file_names("truthdb-os-0.1.0-amd64", "0.1.0", &["truthdb-os-0.1.0-amd64.qcow2".into()], false);
         assert!(with_images.contains(&"truthdb-os-0.1.0-amd64.qcow2".to_owned()) && with_images.len() == 14);
         assert!(names.contains(&"truthdb-installer-v0.1.0.iso".to_owned()));
         assert!(names.contains(&"truthdb-installer-v0.1.0.iso.sha256".to_owned()));

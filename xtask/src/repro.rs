@@ -61,6 +61,16 @@ pub fn compared_files(stem: &str) -> Vec<String> {
     names
 }
 
+/// [`compared_files`], and the package lock when the first build published one.
+fn compared_files_of(first_dist: &Path, stem: &str) -> Vec<String> {
+    let mut names = compared_files(stem);
+    let lock = format!("{stem}{}", publish::PACKAGE_LOCK_SUFFIX);
+    if first_dist.join(&lock).is_file() {
+        names.push(lock);
+    }
+    names
+}
+
 /// How one file compared.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Comparison {
@@ -186,8 +196,10 @@ impl ReproCheckArgs {
         // VM images are not reproducible yet (file system UUIDs and times): with them, the sums
         // that list them differ too, and neither is compared.
         let with_images = !first.vm_images.is_empty();
-        let names: Vec<String> =
-            compared_files(&stem).into_iter().filter(|n| !(with_images && n.starts_with("SHA"))).collect();
+        let names: Vec<String> = compared_files_of(&first_dist, &stem)
+            .into_iter()
+            .filter(|n| !(with_images && n.starts_with("SHA")))
+            .collect();
         if with_images {
             println!("  (not compared: {} and the sums listing them)", first.vm_images.join(", "));
         }

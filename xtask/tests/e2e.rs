@@ -122,6 +122,7 @@ fn e2e_01_iso_build_and_publish() {
             format!("{stem}.hybrid.iso"),
             format!("{stem}.intoto.jsonl"),
             format!("{stem}.packages"),
+            format!("{stem}.packages.lock"),
             format!("{stem}.qcow2"),
             format!("{stem}.raw.zst"),
             format!("{stem}.spdx.json"),
@@ -251,6 +252,7 @@ fn e2e_02_caches_verify_and_release_rehearsal() {
         format!("{stem}.hybrid.iso"),
         format!("{stem}.intoto.jsonl"),
         format!("{stem}.packages"),
+        format!("{stem}.packages.lock"),
         format!("{stem}.qcow2"),
         format!("{stem}.raw.zst"),
         format!("{stem}.spdx.json"),
@@ -946,6 +948,12 @@ fn check_recorded_lock(said: &str, dist: &Path) {
     }
     let locked: std::collections::BTreeMap<&str, &str> =
         packages.iter().map(|p| (p["name"].as_str().unwrap(), p["version"].as_str().unwrap())).collect();
+    let published = dist.join(iso_name().replace(".hybrid.iso", ".packages.lock"));
+    assert_eq!(
+        fs::read(&published).unwrap(),
+        fs::read(e2e_lock()).unwrap(),
+        "the published lock is not the recorded one"
+    );
     let manifest = dist.join(iso_name().replace(".hybrid.iso", ".packages"));
     for line in fs::read_to_string(&manifest).unwrap().lines() {
         let (name, version) = line.split_once('\t').unwrap();
@@ -980,7 +988,12 @@ fn e2e_14_a_second_build_of_the_commit_is_bit_for_bit_the_same() {
     assert!(report.contains(&format!("package lock: building from {}", lock.display())), "{report}");
     assert!(report.contains("reproducible: two builds of "), "{report}");
     let stem = iso_name().trim_end_matches(".hybrid.iso").to_owned();
-    for name in [format!("{stem}.hybrid.iso"), format!("{stem}.spdx.json"), format!("{stem}.build-info.json")] {
+    for name in [
+        format!("{stem}.hybrid.iso"),
+        format!("{stem}.spdx.json"),
+        format!("{stem}.build-info.json"),
+        format!("{stem}.packages.lock"),
+    ] {
         assert!(report.contains(&format!("same     {name}")), "{name} not compared:\n{report}");
     }
     // The second build's work tree is gone; e2e_01's ISO is untouched.

@@ -125,7 +125,9 @@ fn stage_release(
     for document in artifacts.documents {
         let name = document.file_name().context("a document path has a file name")?.to_string_lossy().into_owned();
         if !is_release_file(&name) {
-            bail!("{name}: not a document name publish knows (<stem>.spdx.json, .cdx.json, .intoto.jsonl)");
+            bail!(
+                "{name}: not a document name publish knows (<stem>.spdx.json, .cdx.json, .intoto.jsonl, .packages.lock)"
+            );
         }
         fs::copy(document, staging.join(&name)).with_context(|| format!("copying {}", document.display()))?;
         names.push(name);
@@ -199,8 +201,12 @@ pub fn published_build(dist: &Path, stem: &str) -> Option<BuildInfo> {
     Some(info)
 }
 
-/// The SBOM and provenance documents' endings (`sbom::file_names`).
-const DOCUMENT_SUFFIXES: [&str; 3] = [".spdx.json", ".cdx.json", ".intoto.jsonl"];
+/// The SBOM and provenance documents' endings (`sbom::file_names`), and the package lock's,
+/// published beside a build made from one (or recording one).
+const DOCUMENT_SUFFIXES: [&str; 4] = [".spdx.json", ".cdx.json", ".intoto.jsonl", PACKAGE_LOCK_SUFFIX];
+
+/// `<stem>.packages.lock`: the package lock a build was made from, as published.
+pub const PACKAGE_LOCK_SUFFIX: &str = ".packages.lock";
 
 /// Files a user downloads and runs: each must be covered by every sums file, or a directory
 /// whose image was left out of the sums would verify and ship unchecked.
