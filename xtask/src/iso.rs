@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::doctor::{self, Purpose};
-use crate::project::package_lock::PackageLock;
+use crate::project::package_lock::{LockedFile, PackageLock};
 use crate::project::{self, Project};
 use crate::stages::apt_proxy::{self, AptProxy};
 use crate::stages::apt_sources::{self, RepositoryPackages};
-use crate::stages::build_root::{self, BuildRoot, BuildRootSpec};
+use crate::stages::build_root::{self, BuildRoot, BuildRootSpec, RootPolicy};
 use crate::stages::chroot_cache::{self, ChrootCache};
 use crate::stages::fetch;
 use crate::stages::installer_build::{self, ImageInstaller, InstallerBuildInputs};
@@ -125,6 +125,7 @@ impl LockPlan {
 /// which carries the version; and the payload's own .debs, whose dependencies count too).
 pub fn package_lock_inputs(project: &Project, tree_dir: &Path) -> Result<BTreeMap<String, String>> {
     let mut inputs = chroot_cache::package_inputs(tree_dir)?;
+    inputs.insert("build root".to_owned(), BuildRootSpec::for_image(&project.appliance).key());
     inputs.insert(
         "payload debs".to_owned(),
         payload_debs::inputs_digest(&project.root, &project.appliance.payload.debs)?,
@@ -333,13 +334,14 @@ pub fn run(project: &Project, args: &IsoArgs) -> Result<()> {
     }
     build.package_store(&lock)?;
     let repositories = build.apt_sources()?;
-    let root = build.cx.build_root()?;
+    let (root, root_files) = build.build_root(&lock)?;
     build.package_check(&root, &tree, &repositories)?;
     let kernel = build.cx.kernel(&root)?;
     build.payload_kernel_check(&kernel)?;
     let installer = build.installer(&root)?;
     let payload_debs = build.payload_debs()?;
-    let (image, recorded) = build.lb_build(&root, &tree, &kernel, &installer, payload_debs, &lock)?;
+    let (image, image_files) = build.lb_build(&root, &tree, &kernel, &installer, payload_debs, &lock)?;
+    let recorded = build.record_lock(&lock, &root_files, &image_files)?;
     // A recorded build is what a build from its new lock makes: it is published as one, so
     // that `iso` right after `lock` finds it up to date and the two agree byte for byte.
     let (lock, digest) = match (recorded, lock) {
@@ -503,6 +505,56 @@ impl<'a> IsoBuild<'a> {
         Ok(true)
     }
 
+    /// Step "build root": the cached root (checked against a lock's build root), or one made
+    /// with every download through the apt proxy. Returns what the proxy served, which a
+    /// recording build writes into the lock.
+    fn build_root(&self, lock: &LockPlan) -> Result<(BuildRoot, BTreeMap<String, LockedFile>)> {
+        let spec = self.cx.root_spec();
+        let log = self.cx.fresh_log("build-root.log");
+        let (policy, mode) = match lock {
+            LockPlan::Unlocked => (RootPolicy::Cached, self.recording_proxy("apt-fetch-build-root.log")),
+            LockPlan::Recording { .. } => (RootPolicy::Remake, self.recording_proxy("apt-fetch-build-root.log")),
+            LockPlan::Locked { lock, .. } => (
+                RootPolicy::Locked(lock),
+                apt_proxy::Mode::Replay(lock.build_root_files().map(|(_, f)| (f.url.clone(), f)).collect()),
+            ),
+        };
+        let proxy_log = self.cx.fresh_log("apt-proxy-build-root.log");
+        let proxy = AptProxy::start(mode, PackageStore::new(&self.cx.cache), &proxy_log)?;
+        let made = stage("build root", |s| {
+            s.set(&format!(
+                "the cached one, or debootstrap {} with live-build and a compiler (log: {})",
+                spec.suite,
+                log.display()
+            ));
+            build_root::ensure_for_image(&spec, &self.cx.cache, &log, policy, &proxy.url())
+        });
+        let report = proxy.finish();
+        let (root, why) = match (made, lock) {
+            (Err(error), LockPlan::Locked { path, .. }) if !report.missing.is_empty() => {
+                return Err(error.context(format!(
+                    "making the build root asked for {} file(s) {} does not have (e.g. {}; all in {}): record \
+                     the lock again with `cargo xtask lock`",
+                    report.missing.len(),
+                    path.display(),
+                    report.missing.iter().next().map(String::as_str).unwrap_or_default(),
+                    proxy_log.display()
+                )));
+            }
+            (made, _) => made?,
+        };
+        if let Some(why) = why {
+            println!("build root: made ({why}); {} files through the apt proxy", report.served.len());
+        }
+        Ok((root, report.served))
+    }
+
+    /// A recording apt proxy's mode: each URL fetched once from its origin with curl.
+    fn recording_proxy(&self, fetch_log: &str) -> apt_proxy::Mode {
+        let fetch_log = self.cx.fresh_log(fetch_log);
+        apt_proxy::Mode::Record(Box::new(move |url, target| fetch::download(url, target, &fetch_log)))
+    }
+
     /// Step "payload kernel check": the kernel options the payload needs are built in.
     fn payload_kernel_check(&self, kernel: &KernelPackage) -> Result<()> {
         let payload = &self.project().appliance.payload;
@@ -573,18 +625,15 @@ impl<'a> IsoBuild<'a> {
         installer: &ImageInstaller,
         payload_debs: Vec<PathBuf>,
         lock: &LockPlan,
-    ) -> Result<(BuiltImage, Option<PackageLock>)> {
+    ) -> Result<(BuiltImage, BTreeMap<String, LockedFile>)> {
         let project = self.project();
         let log = self.cx.fresh_log("lb-build.log");
         let store = PackageStore::new(&self.cx.cache);
         let mode = match lock {
             LockPlan::Locked { lock, .. } => {
-                apt_proxy::Mode::Replay(lock.files().map(|(_, f)| (f.url.clone(), f)).collect())
+                apt_proxy::Mode::Replay(lock.image_files().map(|(_, f)| (f.url.clone(), f)).collect())
             }
-            LockPlan::Unlocked | LockPlan::Recording { .. } => {
-                let fetch_log = self.cx.fresh_log("apt-fetch.log");
-                apt_proxy::Mode::Record(Box::new(move |url, target| fetch::download(url, target, &fetch_log)))
-            }
+            LockPlan::Unlocked | LockPlan::Recording { .. } => self.recording_proxy("apt-fetch.log"),
         };
         let proxy_log = self.cx.fresh_log("apt-proxy.log");
         let proxy = AptProxy::start(mode, PackageStore::new(&self.cx.cache), &proxy_log)?;
@@ -653,19 +702,34 @@ impl<'a> IsoBuild<'a> {
             Ok((built, report))
         })?;
         let (built, report) = built;
+        Ok((built, report.served))
+    }
+
+    /// Step "package lock" again, when recording: what the build root and `lb build` fetched,
+    /// written into the lock.
+    fn record_lock(
+        &self,
+        lock: &LockPlan,
+        root_files: &BTreeMap<String, LockedFile>,
+        image_files: &BTreeMap<String, LockedFile>,
+    ) -> Result<Option<PackageLock>> {
         let LockPlan::Recording { path, inputs } = lock else {
-            return Ok((built, None));
+            return Ok(None);
         };
-        let recorded = store.lock_of_recording(&report.served, inputs.clone())?;
+        let store = PackageStore::new(&self.cx.cache);
+        let recorded = store.lock_of_recording(image_files, root_files, inputs.clone())?;
         recorded.write(path)?;
         println!(
-            "package lock: {} packages and {} indexes (archive state {}) written to {}",
+            "package lock: {} packages and {} indexes, and the build root's {} packages and {} indexes \
+             (archive state {}), written to {}",
             recorded.packages.len(),
             recorded.indexes.len(),
+            recorded.build_root_packages.len(),
+            recorded.build_root_indexes.len(),
             recorded.snapshot_time,
             path.display()
         );
-        Ok((built, Some(recorded)))
+        Ok(Some(recorded))
     }
 
     /// Step "vm images" (with `--vm-images`): the generic VM images, made from the ISO just

@@ -933,16 +933,23 @@ fn e2e_13_sbom_and_provenance_are_valid_and_describe_the_image() {
 /// image has, the signed indexes (the archive state), and every file in the package store.
 fn check_recorded_lock(said: &str, dist: &Path) {
     assert!(said.contains("package lock: ") && said.contains("written to"), "{said}");
+    assert!(said.contains("build root: made (recording a package lock: made anew)"), "{said}");
     let lock: toml::Value = toml::from_str(&fs::read_to_string(e2e_lock()).unwrap()).unwrap();
     let packages = lock["package"].as_array().unwrap();
     let indexes = lock["index"].as_array().unwrap();
     assert!(packages.len() > 200, "only {} packages locked", packages.len());
+    let root_packages = lock["build_root_package"].as_array().unwrap();
+    let root_indexes = lock["build_root_index"].as_array().unwrap();
+    let root_names: Vec<&str> = root_packages.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for tool in ["live-build", "debootstrap", "gcc", "libudev-dev"] {
+        assert!(root_names.contains(&tool), "the build root's {tool} is not in the lock");
+    }
     let urls: Vec<&str> = indexes.iter().map(|i| i["url"].as_str().unwrap()).collect();
     for suite in ["dists/trixie/InRelease", "dists/trixie-security/InRelease", "dists/trixie-updates/InRelease"] {
         assert!(urls.iter().any(|u| u.ends_with(suite)), "no {suite} among the locked indexes: {urls:?}");
     }
     let store = cache_dir().join("packages/sha256");
-    for file in packages.iter().chain(indexes) {
+    for file in packages.iter().chain(indexes).chain(root_packages).chain(root_indexes) {
         let sha = file["sha256"].as_str().unwrap();
         assert!(store.join(sha).is_file(), "{} is not in the package store", file["url"]);
     }
@@ -986,6 +993,8 @@ fn e2e_14_a_second_build_of_the_commit_is_bit_for_bit_the_same() {
     let report = stdout(&checked);
     assert!(checked.status.success(), "repro-check failed:\n{report}");
     assert!(report.contains(&format!("package lock: building from {}", lock.display())), "{report}");
+    // e2e_01 made the build root from the archive as it recorded the lock: checked, and reused.
+    assert!(!report.contains("build root: made"), "the locked build did not take the recorded build root:\n{report}");
     assert!(report.contains("reproducible: two builds of "), "{report}");
     let stem = iso_name().trim_end_matches(".hybrid.iso").to_owned();
     for name in [

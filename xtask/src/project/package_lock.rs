@@ -46,6 +46,12 @@ pub struct PackageLock {
     pub indexes: Vec<LockedFile>,
     #[serde(default, rename = "package")]
     pub packages: Vec<LockedPackage>,
+    /// The build root's files (debootstrap on the host, then apt in the root): the tools that
+    /// run live-build and compile the kernel and the installer.
+    #[serde(default, rename = "build_root_index")]
+    pub build_root_indexes: Vec<LockedFile>,
+    #[serde(default, rename = "build_root_package")]
+    pub build_root_packages: Vec<LockedPackage>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -92,6 +98,8 @@ impl PackageLock {
         let mut sorted = self.clone();
         sorted.indexes.sort();
         sorted.packages.sort();
+        sorted.build_root_indexes.sort();
+        sorted.build_root_packages.sort();
         Ok(format!("{HEADER}{}", toml::to_string(&sorted).context("serialising the package lock")?))
     }
 
@@ -100,10 +108,24 @@ impl PackageLock {
         crate::util::fsx::write_atomically(path, self.to_text()?.as_bytes())
     }
 
-    /// Every file, packages first, with what to call it in a message.
+    /// Every file, the image's and the build root's, packages first, with what to call it in
+    /// a message.
     pub fn files(&self) -> impl Iterator<Item = (String, LockedFile)> + '_ {
+        self.image_files().chain(self.build_root_files())
+    }
+
+    /// The files of the image's build (what `lb build` fetches).
+    pub fn image_files(&self) -> impl Iterator<Item = (String, LockedFile)> + '_ {
         let packages = self.packages.iter().map(|p| (p.describe(), p.file()));
         let indexes = self.indexes.iter().map(|f| (format!("index {}", f.url), f.clone()));
+        packages.chain(indexes)
+    }
+
+    /// The files of the build root (what debootstrap and apt fetch to make it).
+    pub fn build_root_files(&self) -> impl Iterator<Item = (String, LockedFile)> + '_ {
+        let packages =
+            self.build_root_packages.iter().map(|p| (format!("build root package {}", p.describe()), p.file()));
+        let indexes = self.build_root_indexes.iter().map(|f| (format!("build root index {}", f.url), f.clone()));
         packages.chain(indexes)
     }
 
@@ -126,7 +148,7 @@ impl PackageLock {
                 bail!("{what}: url {:?} is not an http(s) URL", file.url);
             }
         }
-        for package in &self.packages {
+        for package in self.packages.iter().chain(&self.build_root_packages) {
             let expected = pool_file_name(&package.name, &package.version, &package.architecture);
             let actual = url_file_name(&package.url);
             if actual != expected {
@@ -147,9 +169,42 @@ impl PackageLock {
         names.into_iter().filter(|n| self.inputs.get(*n) != current.get(*n)).cloned().collect()
     }
 
-    /// The locked version of each package name, for comparing an installed system with.
+    /// The locked version of each of the image's packages by name and architecture, for
+    /// comparing an installed system with.
     pub fn versions(&self) -> BTreeMap<(&str, &str), &str> {
-        self.packages.iter().map(|p| ((p.name.as_str(), p.architecture.as_str()), p.version.as_str())).collect()
+        versions_of(&self.packages)
+    }
+
+    /// The same for the build root's packages.
+    pub fn build_root_versions(&self) -> BTreeMap<(&str, &str), &str> {
+        versions_of(&self.build_root_packages)
+    }
+}
+
+fn versions_of(packages: &[LockedPackage]) -> BTreeMap<(&str, &str), &str> {
+    packages.iter().map(|p| ((p.name.as_str(), p.architecture.as_str()), p.version.as_str())).collect()
+}
+
+impl PackageLock {
+    /// Which of the installed packages in a root's dpkg `status` differ from `locked`, as
+    /// `name version (...)` phrases; the packages named in `ours` (installed from our own
+    /// .debs) are left out.
+    pub fn differences(status: &str, locked: &BTreeMap<(&str, &str), &str>, ours: &[String]) -> Vec<String> {
+        let mut differ = Vec::new();
+        for paragraph in crate::util::deb822::paragraphs(status) {
+            let get = |name: &str| crate::util::deb822::field(&paragraph, name).unwrap_or_default();
+            if !get("Status").ends_with(" installed") {
+                continue;
+            }
+            let (name, version, arch) = (get("Package"), get("Version"), get("Architecture"));
+            match locked.get(&(name, arch)) {
+                Some(&at) if at == version => {}
+                Some(&at) => differ.push(format!("{name} {version} (the lock has {at})")),
+                None if ours.iter().any(|o| o == name) => {}
+                None => differ.push(format!("{name} {version} (not in the lock)")),
+            }
+        }
+        differ
     }
 }
 
@@ -252,6 +307,7 @@ mod tests {
                     size: 2000,
                 },
             ],
+            ..PackageLock::default()
         }
     }
 
@@ -353,5 +409,40 @@ mod tests {
         );
         assert_eq!(url_file_name("http://h/a%3ab_1.deb"), "a:b_1.deb");
         assert_eq!(url_file_name("http://h/50%"), "50%");
+    }
+
+    #[test]
+    fn an_installed_root_is_compared_with_the_lock_by_name_architecture_and_version() {
+        let lock = sample();
+        let status = "Package: bash\nStatus: install ok installed\nArchitecture: amd64\nVersion: 5.2.37-2+b5\n\n\
+                      Package: passwd\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:4.17.4-1\n\n\
+                      Package: linux-image-6.12-truthdb\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n\n\
+                      Package: gone\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1\n\n\
+                      Package: extra\nStatus: install ok installed\nArchitecture: all\nVersion: 2\n";
+        let differ = PackageLock::differences(status, &lock.versions(), &["linux-image-6.12-truthdb".to_owned()]);
+        assert_eq!(differ, ["passwd 1:4.17.4-1 (the lock has 1:4.17.4-2)", "extra 2 (not in the lock)"]);
+        // The build root's packages are their own section.
+        assert!(
+            PackageLock::differences(
+                "Package: bash\nStatus: install ok installed\nArchitecture: amd64\nVersion: 5.2.37-2+b5\n",
+                &lock.build_root_versions(),
+                &[]
+            )
+            .len()
+                == 1
+        );
+        let mut with_root = sample();
+        with_root.build_root_packages.push(LockedPackage {
+            name: "debootstrap".into(),
+            version: "1.0.141".into(),
+            architecture: "all".into(),
+            url: "http://deb.debian.org/debian/pool/main/d/debootstrap/debootstrap_1.0.141_all.deb".into(),
+            sha256: "4".repeat(64),
+            size: 1,
+        });
+        assert_eq!(with_root.files().count(), 4);
+        assert_eq!(with_root.build_root_files().count(), 1);
+        with_root.build_root_packages[0].version = "1.0.140".into();
+        assert!(format!("{:#}", with_root.check().unwrap_err()).contains("package debootstrap 1.0.140 (all)"));
     }
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::project::appliance::Appliance;
+use crate::project::package_lock::PackageLock;
 use crate::stages::sandbox::RootCommand;
 use crate::util::digest::Hasher;
 use crate::util::fsx;
@@ -133,11 +134,57 @@ pub fn ensure(spec: &BuildRootSpec, cache_dir: &Path, log: &Path, on_line: &mut 
     let _lock = crate::util::lock::cache_entry(&root_path(spec, cache_dir))?;
     let root = match cached(spec, cache_dir) {
         Some(root) => root,
-        None => make_cached_root(spec, cache_dir, log, on_line)?,
+        None => make_cached_root(spec, cache_dir, log, on_line, None)?,
     };
     // Roots of other inputs (an older live-build, another mirror) are kept while in use.
     fsx::touch_and_prune(&root.path, UNUSED_ROOT_LIFETIME)?;
     Ok(root)
+}
+
+/// How [`ensure_for_image`] treats a cached root.
+pub enum RootPolicy<'a> {
+    /// Use it, or make one if there is none.
+    Cached,
+    /// Make the root anew and replace the cached one (recording a package lock: every file
+    /// must be fetched to be recorded).
+    Remake,
+    /// Use it only if its installed packages are `lock`'s build root packages; else make it
+    /// anew (from the lock, through the replaying apt proxy) and replace it.
+    Locked(&'a PackageLock),
+}
+
+/// [`ensure`] for an image build: every download of debootstrap and apt through the apt proxy
+/// at `http_proxy`, and the cached root checked against `policy`. Returns the root and, when
+/// it was made, why.
+pub fn ensure_for_image(
+    spec: &BuildRootSpec,
+    cache_dir: &Path,
+    log: &Path,
+    policy: RootPolicy,
+    http_proxy: &str,
+) -> Result<(BuildRoot, Option<String>)> {
+    let _lock = crate::util::lock::cache_entry(&root_path(spec, cache_dir))?;
+    let why = match (cached(spec, cache_dir), &policy) {
+        (None, _) => Some("no build root cached for these inputs".to_owned()),
+        (Some(_), RootPolicy::Cached) => None,
+        (Some(_), RootPolicy::Remake) => Some("recording a package lock: made anew".to_owned()),
+        (Some(root), RootPolicy::Locked(lock)) => {
+            let status_path = root.path.join("var/lib/dpkg/status");
+            let status =
+                fs::read_to_string(&status_path).with_context(|| format!("reading {}", status_path.display()))?;
+            let differ = PackageLock::differences(&status, &lock.build_root_versions(), &[]);
+            crate::stages::lb_build::describe_differences(
+                "the cached build root's packages are not the lock's",
+                &differ,
+            )
+        }
+    };
+    let root = match &why {
+        None => BuildRoot { path: root_path(spec, cache_dir), key: spec.key() },
+        Some(_) => make_cached_root(spec, cache_dir, log, &mut |_| {}, Some(http_proxy))?,
+    };
+    fsx::touch_and_prune(&root.path, UNUSED_ROOT_LIFETIME)?;
+    Ok((root, why))
 }
 
 /// How long a build root no build has used stays in the cache.
@@ -148,6 +195,7 @@ fn make_cached_root(
     cache_dir: &Path,
     log: &Path,
     on_line: &mut dyn FnMut(&str),
+    http_proxy: Option<&str>,
 ) -> Result<BuildRoot> {
     let final_path = root_path(spec, cache_dir);
     let parent = final_path.parent().expect("root path has a parent");
@@ -156,10 +204,21 @@ fn make_cached_root(
     fsx::remove_if_present(&partial)?;
     remove_stale_partials(parent);
 
-    let made = make_root(spec, &partial, log, on_line);
+    let made = make_root(spec, &partial, log, on_line, http_proxy);
     if let Err(e) = made {
         let _ = fsx::remove_if_present(&partial);
         return Err(e);
+    }
+    // A root made anew replaces the cached one (the caller holds the entry's lock): moved
+    // aside first, so the path never holds a half-removed root.
+    if final_path.exists() {
+        let old = parent.join(format!(".old-{}-{}", spec.key(), std::process::id()));
+        fs::rename(&final_path, &old)
+            .with_context(|| format!("moving the old build root {} aside", final_path.display()))?;
+        fs::rename(&partial, &final_path)
+            .with_context(|| format!("moving the new build root to {}", final_path.display()))?;
+        fsx::remove_if_present(&old)?;
+        return Ok(BuildRoot { path: final_path, key: spec.key() });
     }
     if let Err(e) = fs::rename(&partial, &final_path) {
         // Another build finished the same root first: use theirs.
@@ -171,7 +230,24 @@ fn make_cached_root(
     Ok(BuildRoot { path: final_path, key: spec.key() })
 }
 
-fn make_root(spec: &BuildRootSpec, target: &Path, log: &Path, on_line: &mut dyn FnMut(&str)) -> Result<()> {
+fn make_root(
+    spec: &BuildRootSpec,
+    target: &Path,
+    log: &Path,
+    on_line: &mut dyn FnMut(&str),
+    http_proxy: Option<&str>,
+) -> Result<()> {
+    let proxied = |cmd: Cmd| match http_proxy {
+        Some(url) => cmd.env("http_proxy", url),
+        None => cmd,
+    };
+    let in_root = |argv: &[&str]| -> Result<Cmd> {
+        let command = RootCommand::new(target, argv);
+        Ok(match http_proxy {
+            Some(url) => command.env("http_proxy", url).to_cmd()?,
+            None => command.to_cmd()?,
+        })
+    };
     let debootstrap = Cmd::new("debootstrap")
         .arg("--variant=minbase")
         .arg(format!("--arch={}", spec.architecture))
@@ -179,23 +255,20 @@ fn make_root(spec: &BuildRootSpec, target: &Path, log: &Path, on_line: &mut dyn 
         .arg(&spec.suite)
         .arg(target)
         .arg(&spec.mirror);
-    debootstrap.run_logged(log, &mut *on_line).with_context(|| {
+    proxied(debootstrap).run_logged(log, &mut *on_line).with_context(|| {
         format!("debootstrap of a {} build root from {} (is the mirror reachable?)", spec.suite, spec.mirror)
     })?;
 
     fs::write(target.join("etc/apt/sources.list"), spec.sources_list())?;
     // Updates and security lists, for the package check; also proves the mirrors answer.
-    RootCommand::new(target, &["apt-get", "update"]).to_cmd()?.run_logged(log, &mut *on_line).with_context(|| {
+    in_root(&["apt-get", "update"])?.run_logged(log, &mut *on_line).with_context(|| {
         format!("apt-get update in the build root (are {} and {} reachable?)", spec.mirror, spec.security_mirror)
     })?;
     // apt, not debootstrap's --include, installs the packages: debootstrap's own resolver
     // fails on deep -dev dependency chains (libinput-dev -> libgudev -> glib).
     let mut install = vec!["apt-get", "install", "--yes", "--no-install-recommends", "--"];
     install.extend(spec.packages.iter().map(String::as_str));
-    RootCommand::new(target, &install)
-        .to_cmd()?
-        .run_logged(log, &mut *on_line)
-        .context("installing the build root's packages with apt-get")?;
+    in_root(&install)?.run_logged(log, &mut *on_line).context("installing the build root's packages with apt-get")?;
     RootCommand::new(target, &["apt-get", "clean"]).to_cmd()?.run_logged(log, &mut *on_line)?;
 
     let description = format!(

@@ -22,7 +22,6 @@ use crate::stages::installer_build::ImageInstaller;
 use crate::stages::kernel::KernelPackage;
 use crate::stages::render::LiveBuildTree;
 use crate::stages::sandbox::RootCommand;
-use crate::util::deb822;
 use crate::util::fsx;
 
 pub struct LbBuildInputs<'a> {
@@ -283,31 +282,22 @@ fn local_package_names(dir: &Path) -> Result<Vec<String>> {
 pub fn chroot_differs_from_lock(chroot: &Path, lock: &PackageLock, local: &[String]) -> Result<Option<String>> {
     let status_path = chroot.join("var/lib/dpkg/status");
     let status = fs::read_to_string(&status_path).with_context(|| format!("reading {}", status_path.display()))?;
-    let locked = lock.versions();
-    let mut differ = Vec::new();
-    for paragraph in deb822::paragraphs(&status) {
-        let get = |name: &str| deb822::field(&paragraph, name).unwrap_or_default();
-        if !get("Status").ends_with(" installed") {
-            continue;
-        }
-        let (name, version, arch) = (get("Package"), get("Version"), get("Architecture"));
-        match locked.get(&(name, arch)) {
-            Some(&at) if at == version => {}
-            Some(&at) => differ.push(format!("{name} {version} (the lock has {at})")),
-            None if local.iter().any(|l| l == name) => {}
-            None => differ.push(format!("{name} {version} (not in the lock)")),
-        }
-    }
+    let differ = PackageLock::differences(&status, &lock.versions(), local);
+    Ok(describe_differences("the cached chroot's packages are not packages.lock's", &differ))
+}
+
+/// `what (N differ: the first three, ...)`, or nothing when nothing differs.
+pub fn describe_differences(what: &str, differ: &[String]) -> Option<String> {
     if differ.is_empty() {
-        return Ok(None);
+        return None;
     }
     let shown: Vec<&str> = differ.iter().take(3).map(String::as_str).collect();
-    Ok(Some(format!(
-        "the cached chroot's packages are not packages.lock's ({} differ: {}{})",
+    Some(format!(
+        "{what} ({} differ: {}{})",
         differ.len(),
         shown.join(", "),
         if differ.len() > shown.len() { ", ..." } else { "" }
-    )))
+    ))
 }
 
 /// live-build only warns when the initrd is missing; an image without one cannot boot. Also

@@ -153,17 +153,37 @@ impl PackageStore {
     /// The lock a recorded build makes of what the apt proxy served: each .deb described by
     /// its own control fields (the version with its epoch), everything else an index, and the
     /// archive state named by the newest `Date:` of the InRelease files.
+    /// `served` is what `lb build` fetched, `build_root` what making the build root fetched.
     pub fn lock_of_recording(
         &self,
         served: &BTreeMap<String, LockedFile>,
+        build_root: &BTreeMap<String, LockedFile>,
         inputs: BTreeMap<String, String>,
     ) -> Result<PackageLock> {
         let mut lock = PackageLock { version: package_lock::FORMAT, inputs, ..PackageLock::default() };
+        (lock.packages, lock.indexes) = self.sort_recording(served, &mut lock.snapshot_time)?;
+        (lock.build_root_packages, lock.build_root_indexes) =
+            self.sort_recording(build_root, &mut lock.snapshot_time)?;
+        if lock.snapshot_time.is_empty() {
+            bail!("the build fetched no InRelease file through the apt proxy: nothing to lock");
+        }
+        lock.check().context("the recorded lock")?;
+        Ok(lock)
+    }
+
+    /// What was served, as packages (described by their own control fields) and indexes; the
+    /// newest InRelease date raises `snapshot_time`.
+    fn sort_recording(
+        &self,
+        served: &BTreeMap<String, LockedFile>,
+        snapshot_time: &mut String,
+    ) -> Result<(Vec<LockedPackage>, Vec<LockedFile>)> {
+        let (mut packages, mut indexes) = (Vec::new(), Vec::new());
         for (url, file) in served {
             let path = self.path(&file.sha256);
             if package_lock::url_file_name(url).ends_with(".deb") {
                 let deb = crate::stages::sbom::LocalDeb::read(&path)?;
-                lock.packages.push(LockedPackage {
+                packages.push(LockedPackage {
                     name: deb.name,
                     version: deb.version,
                     architecture: deb.architecture,
@@ -180,15 +200,13 @@ impl PackageStore {
                     .find_map(|l| l.strip_prefix("Date:"))
                     .and_then(|d| package_lock::snapshot_time_of_release_date(d.trim()))
                     .with_context(|| format!("{url} has no Date: field in RFC 2822 UTC form"))?;
-                lock.snapshot_time = lock.snapshot_time.max(time);
+                if time > *snapshot_time {
+                    *snapshot_time = time;
+                }
             }
-            lock.indexes.push(file.clone());
+            indexes.push(file.clone());
         }
-        if lock.snapshot_time.is_empty() {
-            bail!("the build fetched no InRelease file through the apt proxy: nothing to lock");
-        }
-        lock.check().context("the recorded lock")?;
-        Ok(lock)
+        Ok((packages, indexes))
     }
 
     /// The store's size in bytes and files (for BENCHMARKS.md).
@@ -303,7 +321,8 @@ mod tests {
             let url = format!("http://deb.debian.org/debian/dists/{suite}/InRelease");
             served.insert(url.clone(), LockedFile { url, sha256, size: 1 });
         }
-        let lock = store.lock_of_recording(&served, [("auto/".to_owned(), "1".to_owned())].into()).unwrap();
+        let lock =
+            store.lock_of_recording(&served, &BTreeMap::new(), [("auto/".to_owned(), "1".to_owned())].into()).unwrap();
         assert_eq!(lock.snapshot_time, "20261130T201102Z");
         assert_eq!(lock.indexes.len(), 2);
         assert_eq!(lock.packages.len(), 1);
@@ -311,7 +330,7 @@ mod tests {
         assert_eq!(lock.packages[0].sha256, deb_sha);
 
         served.retain(|url, _| url.ends_with(".deb"));
-        let error = format!("{:#}", store.lock_of_recording(&served, BTreeMap::new()).unwrap_err());
+        let error = format!("{:#}", store.lock_of_recording(&served, &BTreeMap::new(), BTreeMap::new()).unwrap_err());
         assert!(error.contains("no InRelease"), "{error}");
     }
 }
