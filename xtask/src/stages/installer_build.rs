@@ -109,10 +109,7 @@ fn build_in_builder(
     }
     let target = cache_dir.join("installer-target").join(format!("builder-{builder_release}"));
     std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .context("neither CARGO_HOME nor HOME is set: where is cargo's registry?")?;
+    let cargo_home = cargo_home()?;
     host_cargo()
         .args([
             "build",
@@ -178,6 +175,14 @@ fn toolchain_command(program: PathBuf) -> Cmd {
     cmd
 }
 
+/// Cargo's home (its registry of downloaded crates): `CARGO_HOME`, else `~/.cargo`.
+fn cargo_home() -> Result<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set: where is cargo's registry?")
+}
+
 /// Set in the builder image to the Debian release it is made of (xtask/container/Containerfile).
 pub const BUILDER_ENV: &str = "TRUTHDB_OS_BUILDER";
 
@@ -207,10 +212,7 @@ pub fn build_for_image(
         .read()
         .context("asking rustc for its toolchain (is rustup's Rust installed?)")?;
     let sysroot = PathBuf::from(sysroot.trim());
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .context("neither CARGO_HOME nor HOME is set: where is cargo's registry?")?;
+    let cargo_home = cargo_home()?;
     // Network only here, on the host: the build in the root is --offline.
     host_cargo()
         .args(["fetch", "--locked"])
