@@ -279,8 +279,10 @@ fn e2e_02_caches_verify_and_release_rehearsal() {
         .success()
     );
 
-    // Nothing changed: the published image is reused and the command says so.
-    let again = xtask(&["iso", "--vm-images", "--dist", dist_arg]);
+    // Nothing changed: the published image is reused and the command says so. e2e_01
+    // recorded a lock, so its image is the build from that lock.
+    let lock = e2e_lock();
+    let again = xtask(&["iso", "--vm-images", "--lock", lock.to_str().unwrap(), "--dist", dist_arg]);
     assert!(again.status.success());
     assert!(stdout(&again).contains("up to date"), "an unchanged rebuild did not skip");
 }
