@@ -543,12 +543,16 @@ e2e_03_build_leaves_no_mount_or_process: test
         check_free_space(&[(here.clone(), 1), (here.join("not-made-yet/deeper"), 1)]).unwrap();
         let msg = format!("{:#}", check_free_space(&[(here.clone(), u64::MAX / 4)]).unwrap_err());
         assert!(msg.contains("not enough disk space") && msg.contains(&here.display().to_string()), "{msg}");
-        // Two places on one file system need their sum.
+        // Two places on one file system need their sum. A GiB of margin each: other tests,
+        // running beside this one, free space between the two df calls (their temporary
+        // directories), which made a margin of a byte fail now and then.
         let avail =
             free_bytes_by_mount(&Cmd::new("df").args(["--output=target,avail", "-B1"]).arg(&here).read().unwrap(), 1)
                 .unwrap()[0]
                 .1;
-        assert!(check_free_space(&[(here.clone(), avail / 2 + 1), (here.join("x"), avail / 2 + 1)]).is_err());
+        let half = avail / 2 + (1 << 30);
+        assert!(check_free_space(&[(here.clone(), half), (here.join("x"), half)]).is_err());
+        check_free_space(&[(here.clone(), avail / 4), (here.join("x"), avail / 4)]).unwrap();
         assert_eq!(
             free_bytes_by_mount("Mounted on      Avail\n/           100\n/my disk    7\n", 2).unwrap(),
             [("/".to_owned(), 100), ("/my disk".to_owned(), 7)]
