@@ -442,10 +442,13 @@ impl<'a> IsoBuild<'a> {
         let store = PackageStore::new(&self.cx.cache);
         stage("package store", |s| {
             s.set(&format!(
-                "{} packages and {} indexes of {}",
+                "{} files of {}: the image's {} packages and {} indexes, the build root's {} and {}",
+                lock.files().count(),
+                path.display(),
                 lock.packages.len(),
                 lock.indexes.len(),
-                path.display()
+                lock.build_root_packages.len(),
+                lock.build_root_indexes.len()
             ));
             let sources = package_store::Sources {
                 snapshot: mirrors.snapshot.as_deref(),
@@ -455,10 +458,11 @@ impl<'a> IsoBuild<'a> {
             let log = self.cx.fresh_log("package-store.log");
             let filled = store.fill(lock, &sources, &log, &mut |what| s.set_detail(&format!("fetching {what}")))?;
             println!(
-                "package lock: building from {} ({} packages, archive state {}); {} files were in the package \
-                 store {}, {} fetched ({:.1} MB)",
+                "package lock: building from {} ({} packages and {} for the build root, archive state {}); {} \
+                 files were in the package store {}, {} fetched ({:.1} MB)",
                 path.display(),
                 lock.packages.len(),
+                lock.build_root_packages.len(),
                 lock.snapshot_time,
                 filled.in_store,
                 store.dir().display(),
