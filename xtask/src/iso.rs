@@ -133,6 +133,49 @@ pub fn package_lock_inputs(project: &Project, tree_dir: &Path) -> Result<BTreeMa
     Ok(inputs)
 }
 
+/// [`package_lock_inputs`] of the project as it is now, rendered into a temporary directory.
+fn current_lock_inputs(project: &Project) -> Result<BTreeMap<String, String>> {
+    let dir = tempfile::tempdir()?;
+    let tree = render::render(&RenderInputs::of(project), &dir.path().join("config"))?;
+    package_lock_inputs(project, &tree.dir)
+}
+
+/// The lock at `path`, read and checked fresh against `inputs`; a stale one is an error
+/// naming what changed.
+fn read_fresh_lock(path: &Path, inputs: &BTreeMap<String, String>) -> Result<PackageLock> {
+    let lock = PackageLock::read(path)?;
+    let stale = lock.stale_inputs(inputs);
+    if !stale.is_empty() {
+        bail!(
+            "{} is stale: {} changed since it was recorded. Record it again with `cargo xtask lock` \
+             (which builds the image from the archive as it is now)",
+            path.display(),
+            stale.join(", ")
+        );
+    }
+    Ok(lock)
+}
+
+/// The error of a locked build that asked the apt proxy for files the lock does not have:
+/// the lock no longer fits what the build does.
+fn lacking_files(
+    error: anyhow::Error,
+    what: &str,
+    report: &apt_proxy::Report,
+    lock: &Path,
+    log: &Path,
+) -> anyhow::Error {
+    let first: Vec<&str> = report.missing.iter().take(3).map(String::as_str).collect();
+    error.context(format!(
+        "{what} asked for {} file(s) {} does not have ({}; all in {}): record the lock again with \
+         `cargo xtask lock`",
+        report.missing.len(),
+        lock.display(),
+        first.join(", "),
+        log.display()
+    ))
+}
+
 /// The machine-wide paths and logs a run uses.
 pub(crate) struct Pipeline<'a> {
     project: &'a Project,
@@ -215,9 +258,7 @@ pub struct CacheKeysArgs {
 impl CacheKeysArgs {
     pub fn run(self, project: &Project) -> Result<()> {
         if self.lock_inputs {
-            let dir = tempfile::tempdir()?;
-            let tree = render::render(&RenderInputs::of(project), &dir.path().join("config"))?;
-            for (name, digest) in package_lock_inputs(project, &tree.dir)? {
+            for (name, digest) in current_lock_inputs(project)? {
                 println!("{name}={digest}");
             }
             return Ok(());
@@ -271,17 +312,7 @@ fn check_lock(project: &Project, lock: Option<&Path>) -> Result<()> {
         println!("no package lock ({} does not exist): builds use the archive as it is", path.display());
         return Ok(());
     }
-    let lock = PackageLock::read(&path)?;
-    let dir = tempfile::tempdir()?;
-    let tree = render::render(&RenderInputs::of(project), &dir.path().join("config"))?;
-    let stale = lock.stale_inputs(&package_lock_inputs(project, &tree.dir)?);
-    if !stale.is_empty() {
-        bail!(
-            "{} is stale: {} changed since it was recorded; run `cargo xtask lock`",
-            path.display(),
-            stale.join(", ")
-        );
-    }
+    let lock = read_fresh_lock(&path, &current_lock_inputs(project)?)?;
     println!(
         "fresh: {} ({} packages, {} indexes, archive state {})",
         path.display(),
@@ -419,16 +450,7 @@ impl<'a> IsoBuild<'a> {
             }
             return Ok(LockPlan::Unlocked);
         }
-        let lock = PackageLock::read(&path)?;
-        let stale = lock.stale_inputs(&inputs);
-        if !stale.is_empty() {
-            bail!(
-                "{} is stale: {} changed since it was recorded. Record it again with `cargo xtask lock` \
-                 (which builds the image from the archive as it is now)",
-                path.display(),
-                stale.join(", ")
-            );
-        }
+        let lock = read_fresh_lock(&path, &inputs)?;
         Ok(LockPlan::Locked { path, lock })
     }
 
@@ -536,14 +558,7 @@ impl<'a> IsoBuild<'a> {
         let report = proxy.finish();
         let (root, why) = match (made, lock) {
             (Err(error), LockPlan::Locked { path, .. }) if !report.missing.is_empty() => {
-                return Err(error.context(format!(
-                    "making the build root asked for {} file(s) {} does not have (e.g. {}; all in {}): record \
-                     the lock again with `cargo xtask lock`",
-                    report.missing.len(),
-                    path.display(),
-                    report.missing.iter().next().map(String::as_str).unwrap_or_default(),
-                    proxy_log.display()
-                )));
+                return Err(lacking_files(error, "making the build root", &report, path, &proxy_log));
             }
             (made, _) => made?,
         };
@@ -675,15 +690,7 @@ impl<'a> IsoBuild<'a> {
             let report = proxy.finish();
             let built = match (built, lock) {
                 (Err(error), LockPlan::Locked { path, .. }) if !report.missing.is_empty() => {
-                    let first: Vec<&str> = report.missing.iter().take(3).map(String::as_str).collect();
-                    return Err(error.context(format!(
-                        "the build asked for {} file(s) {} does not have ({}; all in {}): record the lock again \
-                         with `cargo xtask lock`",
-                        report.missing.len(),
-                        path.display(),
-                        first.join(", "),
-                        proxy_log.display()
-                    )));
+                    return Err(lacking_files(error, "lb build", &report, path, &proxy_log));
                 }
                 (built, _) => built?,
             };
