@@ -1038,3 +1038,63 @@ fn e2e_14_a_second_build_of_the_commit_is_bit_for_bit_the_same() {
     assert!(!repo_root().join("target/truthdb-os/repro/src").exists());
     built_iso();
 }
+
+#[test]
+#[ignore = "needs root, QEMU, the Debian mirror and e2e_01's caches; run by `cargo xtask test`"]
+fn e2e_15_a_package_from_an_extra_apt_repository_runs_on_the_installed_appliance() {
+    // e2e_10 showed the repository checked before a build; here an image is built with it: a
+    // package of a signed repository on 127.0.0.1, whose service the payload enables, is in the
+    // image, keeps its source, and runs on an appliance installed from that image.
+    built_iso(); // the kernel, build root and installer e2e_01 left in the cache
+    let package = "truthdb-local-hello";
+    let repository = common::LocalAptRepository::new(package, "trixie");
+    let project = ProjectCopy::new();
+    add_apt_repository(&project, &repository.url, &repository.key);
+    // The default payload, plus the package and its service; healthy only with it running.
+    let profile = "lb-config/payloads/postgresql.toml";
+    let text = fs::read_to_string(project.path(profile)).unwrap();
+    let text = text
+        .replace("\"nftables\"]", &format!("\"nftables\", \"{package}\"]"))
+        .replace("\"nftables.service\"]", &format!("\"nftables.service\", \"{package}.service\"]"))
+        .replace(
+            "health_check = \"pg_isready",
+            &format!(
+                "health_check = \"systemctl is-active --quiet {package}.service && test -s /run/{package} && pg_isready"
+            ),
+        );
+    assert_eq!(text.matches(package).count(), 4, "the profile's fields moved: {text}");
+    project.write(profile, &text);
+
+    // zstd: the development compression; the kernel's timestamp: the cached kernel.
+    let dist = project.path("dist");
+    let out =
+        project.xtask_at_epoch(&["iso", "--compression", "zstd", "--dist", dist.to_str().unwrap()], kernel_epoch());
+    eprintln!("{}{}", stderr(&out), stdout(&out));
+    assert!(out.status.success(), "the image with the extra repository did not build");
+    let iso = dist.join(iso_name());
+    let listed = fs::read_to_string(dist.join(iso_name().replace(".hybrid.iso", ".packages"))).unwrap();
+    assert!(listed.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == [package, "1.0"]), "{listed}");
+
+    // The repository stays configured in the image, and so on an installed appliance, with
+    // its key: updates of its packages keep working.
+    let scratch = tempfile::tempdir().unwrap();
+    let squashfs = scratch.path().join("filesystem.squashfs");
+    run(Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(&iso)
+        .args(["-extract", "/live/filesystem.squashfs"])
+        .arg(&squashfs));
+    let cat = |path: &str| stdout(&run(Command::new("unsquashfs").arg("-cat").arg(&squashfs).arg(path)));
+    assert_eq!(cat("etc/apt/sources.list.d/local.list"), format!("deb {} trixie main\n", repository.url));
+    let listing = stdout(&run(Command::new("unsquashfs").args(["-l", "-d", ""]).arg(&squashfs).arg("etc/apt")));
+    let keys: Vec<&str> = listing.lines().filter(|l| l.contains("trusted.gpg.d/local")).collect();
+    assert_eq!(keys.len(), 1, "the repository's key is not in the image's /etc/apt/trusted.gpg.d:\n{listing}");
+    assert_eq!(cat(keys[0].trim_start_matches('/')), repository.key, "the image's key is not the repository's");
+
+    // Installed (a `disk` image: the installer engine, as on a server) and booted: healthy means
+    // the package's service is active (and PostgreSQL up), then the install test's checks.
+    let tested = xtask(&["install-test", "--iso", iso.to_str().unwrap(), "--no-refusals", "--no-install"]);
+    let report = stdout(&tested);
+    assert!(tested.status.success(), "the installed appliance failed its checks");
+    assert!(report.contains("PASS disk-image boots alone") && report.contains("health=ok"), "{report}");
+}

@@ -73,6 +73,7 @@ impl FirstBootTestArgs {
             expected_version: project.version.clone(),
             disk_image_installer: installer,
             negative: true,
+            unattended_install: false,
         };
         run(&config, self.image.as_deref())
     }

@@ -204,6 +204,7 @@ fn graphical_install(
             expected_version: config.expected_version.clone(),
             disk_image_installer: None,
             negative: false,
+            unattended_install: false,
         };
         install_test::check_appliance(
             "gui-installed",

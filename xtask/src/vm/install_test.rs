@@ -49,6 +49,9 @@ pub struct InstallTestConfig {
     pub disk_image_installer: Option<PathBuf>,
     /// Also run the refusal checks.
     pub negative: bool,
+    /// Install the ISO unattended in QEMU and check the installed disk (else only the disk
+    /// image and the refusals, when asked for).
+    pub unattended_install: bool,
 }
 
 /// The credentials the test installs with and logs in with.
@@ -137,6 +140,10 @@ pub struct InstallTestArgs {
     /// Skip building and booting a `disk` image.
     #[arg(long)]
     no_disk_image: bool,
+    /// Skip the unattended install in QEMU: with --no-refusals, only a `disk` image of the ISO
+    /// is built and its appliance checked (the quick check of an image's installed system).
+    #[arg(long, conflicts_with = "no_disk_image")]
+    no_install: bool,
 }
 
 impl InstallTestArgs {
@@ -159,6 +166,7 @@ impl InstallTestArgs {
             expected_version: project.version.clone(),
             disk_image_installer: installer,
             negative: !self.no_refusals,
+            unattended_install: !self.no_install,
         };
         run(&config)
     }
@@ -181,7 +189,9 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
     let good = &good;
     let target = &target;
     let (installed, refused, image) = std::thread::scope(|scope| {
-        let installed = scope.spawn(|| install_chain(config, credentials, good, target));
+        let installed = scope.spawn(|| {
+            if config.unattended_install { install_chain(config, credentials, good, target) } else { Ok(()) }
+        });
         let refused = scope.spawn(|| if config.negative { refusals(config, credentials, good, None) } else { Ok(()) });
         let image = scope.spawn(|| disk_image_chain(config, credentials));
         let join = |h: std::thread::ScopedJoinHandle<'_, Result<()>>| {

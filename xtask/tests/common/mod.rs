@@ -123,8 +123,9 @@ pub struct LocalAptRepository {
 }
 
 impl LocalAptRepository {
-    /// One package, `package` 1.0 (architecture all, a file in /usr/share/doc), suite `suite`,
-    /// component main.
+    /// One package, `package` 1.0 (architecture all, a file in /usr/share/doc and a service,
+    /// `<package>.service`, that writes `/run/<package>` and stays running), suite `suite`,
+    /// component main. The package does not enable its service: a payload that lists it does.
     pub fn new(package: &str, suite: &str) -> LocalAptRepository {
         let dir = tempfile::Builder::new().prefix("truthdb-apt-").tempdir().unwrap();
         let root = dir.path().join("repo");
@@ -152,6 +153,16 @@ impl LocalAptRepository {
         fs::create_dir_all(build.join("DEBIAN")).unwrap();
         fs::create_dir_all(build.join(format!("usr/share/doc/{package}"))).unwrap();
         fs::write(build.join(format!("usr/share/doc/{package}/README")), "from a local apt repository\n").unwrap();
+        fs::create_dir_all(build.join("usr/lib/systemd/system")).unwrap();
+        fs::write(
+            build.join(format!("usr/lib/systemd/system/{package}.service")),
+            format!(
+                "[Unit]\nDescription={package}, a service of a test repository's package\n\n[Service]\n\
+                 ExecStart=/bin/sh -c 'echo \"{package} 1.0 running\" > /run/{package}; exec sleep infinity'\n\n\
+                 [Install]\nWantedBy=multi-user.target\n"
+            ),
+        )
+        .unwrap();
         fs::write(
             build.join("DEBIAN/control"),
             format!(
