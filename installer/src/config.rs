@@ -300,6 +300,13 @@ pub fn check_ssh_public_key(key: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The admin's password as the crypt(3) hash /etc/shadow takes (SHA-512, `$6$`): a front end
+/// hashes what a person typed, and only the hash goes into the install config.
+pub fn password_hash(password: &str) -> std::result::Result<String, String> {
+    let params = sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT).map_err(|e| format!("{e:?}"))?;
+    sha_crypt::sha512_simple(password, &params).map_err(|e| format!("{e:?}"))
+}
+
 /// The database admin's password: long enough and not a well-known default.
 pub fn check_database_password(password: &str) -> std::result::Result<(), String> {
     if password.chars().count() < 12 || WEAK_PASSWORDS.contains(&password.to_ascii_lowercase().as_str()) {

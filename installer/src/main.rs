@@ -1,6 +1,10 @@
 //! `truthdb-installer`: the command-line front end of the installer engine. In the live
 //! system, `truthdb-installer auto` (started by truthdb-installer.service) runs the unattended
-//! install when an install config is on the boot medium or named by `truthdb.install=`.
+//! install when an install config is on the boot medium or named by `truthdb.install=`;
+//! `truthdb-installer interactive` (truthdb-installer-serial.service) asks its questions on
+//! the serial console instead ([`dialog`]).
+
+mod dialog;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +74,35 @@ enum Command {
     /// In the live system: install unattended if a config is on the boot medium or named by
     /// the `truthdb.install=` kernel parameter, then power off or reboot as it says.
     Auto,
+    /// Ask the install's questions on this terminal (the serial console installer, the boot
+    /// menu's `truthdb.installer=serial` entry), show the plan, and install after the disk's
+    /// path is typed; then reboot or power off as answered.
+    Interactive,
+    /// Exit 0 if FRONT_END is the installer this live boot runs (one per boot: a config on the
+    /// medium makes it `unattended`, `truthdb.installer=serial` `serial-console`, else
+    /// `graphical`), 1 if not: the services' ExecCondition.
+    FrontEnd {
+        #[arg(value_enum)]
+        front_end: FrontEndArg,
+    },
+}
+
+/// [`medium::FrontEnd`] on the command line.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FrontEndArg {
+    Unattended,
+    SerialConsole,
+    Graphical,
+}
+
+impl From<FrontEndArg> for medium::FrontEnd {
+    fn from(arg: FrontEndArg) -> medium::FrontEnd {
+        match arg {
+            FrontEndArg::Unattended => medium::FrontEnd::Unattended,
+            FrontEndArg::SerialConsole => medium::FrontEnd::SerialConsole,
+            FrontEndArg::Graphical => medium::FrontEnd::Graphical,
+        }
+    }
 }
 
 /// Exit status: 0 done, 1 failed or refused (the error on stderr), 2 a usage error (clap's,
@@ -178,6 +211,14 @@ fn run(cli: Cli) -> AnyResult<()> {
             install_and_report(&request, &log)?;
         }
         Command::Auto => auto()?,
+        Command::Interactive => interactive()?,
+        Command::FrontEnd { front_end } => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            let (chosen, front_end) = (medium::front_end(&cmdline, Path::new(MEDIUM_MOUNT)), front_end.into());
+            if chosen != front_end {
+                return Err(format!("this boot's installer is the {chosen:?} one, not {front_end:?}").into());
+            }
+        }
     }
     Ok(())
 }
@@ -203,6 +244,37 @@ fn install_and_report(request: &InstallRequest, log_path: &Path) -> AnyResult<()
         "TRUTHDB-INSTALL-DONE disk={} kernel={} version={}",
         request.disk.path, report.kernel_release, request.spec.version
     );
+    Ok(())
+}
+
+/// The serial console installer: questions, plan, the typed consent, then the install and the
+/// power action answered. Quitting writes nothing.
+fn interactive() -> AnyResult<()> {
+    let _ = std::process::Command::new("udevadm").args(["settle", "--timeout=30"]).status();
+    let spec = load_spec(None)?;
+    let layout = install::layout_for(&spec);
+    let medium = live_medium_device();
+    let all = list_disks()?;
+    let not_offered: Vec<(block_devices::Disk, String)> =
+        block_devices::listing(&all, medium.as_deref(), layout.min_disk_bytes())
+            .into_iter()
+            .filter_map(|listed| listed.why_not.map(|why| (listed.disk.clone(), why)))
+            .collect();
+    let offered = block_devices::installable(&all, medium.as_deref(), layout.min_disk_bytes());
+    let hash = |password: &str| truthdb_installer::config::password_hash(password);
+    let (disk, config) = match dialog::ask(&mut dialog::Console, &offered, &not_offered, &layout, &hash) {
+        dialog::Decision::Install { disk, config } => (*disk, *config),
+        dialog::Decision::Quit => return Ok(()),
+    };
+    let power = config.power;
+    let request = InstallRequest::from_live_medium(config, disk, spec);
+    install_and_report(&request, Path::new("/var/log/truthdb-installer.log"))?;
+    let verb = match power {
+        PowerAction::Poweroff => "poweroff",
+        PowerAction::Reboot => "reboot",
+    };
+    println!("truthdb-installer: install complete; {verb} (remove the install medium)");
+    std::process::Command::new("systemctl").arg(verb).status()?;
     Ok(())
 }
 

@@ -40,6 +40,31 @@ pub fn unattended_config(cmdline: &str, medium: &Path) -> Result<Option<PathBuf>
     }
 }
 
+/// The kernel parameter the boot menu's "serial console" entry adds: `truthdb.installer=serial`.
+pub const FRONT_END_PARAMETER: &str = "truthdb.installer";
+
+/// The installer a live boot runs: exactly one of them, so that two never write one disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontEnd {
+    /// An install config on the medium or named by `truthdb.install=`: no questions.
+    Unattended,
+    /// Questions on the serial console (`truthdb.installer=serial`).
+    SerialConsole,
+    /// The screens on the display (the default).
+    Graphical,
+}
+
+/// Which front end this live boot runs. A config (or a broken reference to one: the unattended
+/// path reports on it) wins over the boot menu's choice of a front end.
+pub fn front_end(cmdline: &str, medium: &Path) -> FrontEnd {
+    let serial = format!("{FRONT_END_PARAMETER}=serial");
+    match unattended_config(cmdline, medium) {
+        Ok(Some(_)) | Err(_) => FrontEnd::Unattended,
+        Ok(None) if cmdline.split_whitespace().any(|w| w == serial) => FrontEnd::SerialConsole,
+        Ok(None) => FrontEnd::Graphical,
+    }
+}
+
 /// Whether this machine was booted by UEFI: the firmware's directory in sysfs
 /// (`/sys/firmware/efi`) exists only then.
 pub fn booted_by_uefi(sys_firmware_efi: &Path) -> bool {
@@ -81,6 +106,26 @@ mod tests {
              [database]\nadmin_password = \"correct horse battery\"\n"
         );
         InstallConfig::parse(&text, "install.toml").unwrap()
+    }
+
+    #[test]
+    fn one_front_end_per_boot_and_a_config_wins() {
+        let medium = tempfile::tempdir().unwrap();
+        let boot = "boot=live quiet console=ttyS0,115200";
+        assert_eq!(front_end(boot, medium.path()), FrontEnd::Graphical);
+        assert_eq!(front_end(&format!("{boot} truthdb.installer=serial"), medium.path()), FrontEnd::SerialConsole);
+        assert_eq!(front_end(&format!("{boot} truthdb.installer=serialx"), medium.path()), FrontEnd::Graphical);
+        std::fs::create_dir_all(medium.path().join("truthdb")).unwrap();
+        std::fs::write(medium.path().join(CONFIG_ON_MEDIUM), "").unwrap();
+        assert_eq!(front_end(&format!("{boot} truthdb.installer=serial"), medium.path()), FrontEnd::Unattended);
+        assert_eq!(
+            front_end(&format!("{boot} truthdb.install=none truthdb.installer=serial"), medium.path()),
+            FrontEnd::SerialConsole
+        );
+        assert_eq!(
+            front_end(&format!("{boot} truthdb.install=/nonexistent.toml"), medium.path()),
+            FrontEnd::Unattended
+        );
     }
 
     #[test]

@@ -190,8 +190,9 @@ fn e2e_01_iso_build_and_publish() {
     assert_eq!(kernels.len(), 1, "expected exactly one kernel package: {kernels:?}");
     assert!(kernels[0].starts_with("linux-image-") && kernels[0].ends_with("-truthdb"), "{kernels:?}");
 
-    // The boot menus, as live-build filled them in: install, safe graphics, verbose boot, each
-    // with the live command line and the serial console; no stock "fail-safe" entry.
+    // The boot menus, as live-build filled them in: install, safe graphics, serial console,
+    // verbose boot, each with the live command line and the serial console; no stock
+    // "fail-safe" entry.
     let menus = tempfile::tempdir().unwrap();
     run(Command::new("xorriso")
         .args(["-osirrox", "on", "-indev"])
@@ -209,7 +210,9 @@ fn e2e_01_iso_build_and_publish() {
         // (isolinux marks a label's hot key with `^`.)
         let plain = text.replace('^', "");
         assert!(
-            plain.contains("Install TruthDB OS (safe graphics)") && plain.contains("Install TruthDB OS (verbose boot)"),
+            plain.contains("Install TruthDB OS (safe graphics)")
+                && plain.contains("Install TruthDB OS (serial console)")
+                && plain.contains("Install TruthDB OS (verbose boot)"),
             "{menu}:\n{text}"
         );
         let default = lines.first().unwrap_or_else(|| panic!("{menu}: no live entry:\n{text}"));
@@ -221,6 +224,7 @@ fn e2e_01_iso_build_and_publish() {
             lines.iter().any(|l| l.contains("console=ttyS0,115200") && l.ends_with("nomodeset")),
             "{menu}:\n{text}"
         );
+        assert!(lines.iter().any(|l| l.contains("console=ttyS0,115200 truthdb.installer=serial")), "{menu}:\n{text}");
         assert!(
             lines.iter().any(|l| l.contains("loglevel=7 systemd.show_status=true console=tty0 console=ttyS0,115200")),
             "{menu}:\n{text}"

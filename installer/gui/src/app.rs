@@ -268,8 +268,7 @@ impl App {
         let password_hash = if s.admin_password.is_empty() {
             None
         } else {
-            let params = sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT).map_err(|e| format!("{e:?}"))?;
-            Some(sha_crypt::sha512_simple(&s.admin_password, &params).map_err(|e| format!("{e:?}"))?)
+            Some(truthdb_installer::config::password_hash(&s.admin_password)?)
         };
         let config = InstallConfig {
             disk: None,

@@ -56,8 +56,8 @@ enum OutputChoice {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Exit 0 if the graphical installer should start (no unattended install config), else 1
-    /// (the service's ExecCondition).
+    /// Exit 0 if the graphical installer should start (no unattended install config, no
+    /// `truthdb.installer=serial`), else 1 (the service's ExecCondition).
     ShouldRun,
     /// Print full-frame render times of the welcome, disk, settings and installing screens
     /// (tiny-skia, no display needed).
@@ -109,12 +109,20 @@ fn main() -> ExitCode {
 
 fn should_run() -> ExitCode {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    match medium::unattended_config(&cmdline, Path::new(MEDIUM_MOUNT)) {
-        Ok(None) => ExitCode::SUCCESS,
+    match medium::front_end(&cmdline, Path::new(MEDIUM_MOUNT)) {
+        medium::FrontEnd::Graphical => ExitCode::SUCCESS,
         // A config, or a broken reference to one: the unattended path reports on it.
-        Ok(Some(_)) | Err(_) => {
+        medium::FrontEnd::Unattended => {
             println!(
                 "truthdb-installer-gui: an unattended install config is present: the graphical installer stays off"
+            );
+            ExitCode::FAILURE
+        }
+        medium::FrontEnd::SerialConsole => {
+            println!(
+                "truthdb-installer-gui: the serial console installer was chosen ({}=serial): the graphical \
+                 installer stays off",
+                medium::FRONT_END_PARAMETER
             );
             ExitCode::FAILURE
         }
