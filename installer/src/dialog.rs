@@ -257,9 +257,10 @@ impl Terminal for Console {
 
     fn ask_secret(&mut self, prompt: &str) -> Option<String> {
         use std::io::Write;
+        // Echo off before the prompt shows: what is typed as soon as it shows stays unseen.
+        Console::echo(false);
         print!("{prompt}");
         let _ = std::io::stdout().flush();
-        Console::echo(false);
         let line = Console::read_line();
         Console::echo(true);
         println!();

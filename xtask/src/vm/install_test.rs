@@ -88,18 +88,21 @@ impl Credentials {
 fn remaster(iso: &Path, config: &str, dir: &Path, name: &str) -> Result<PathBuf> {
     let config_file = dir.join(format!("{name}.install.toml"));
     std::fs::write(&config_file, config)?;
+    remaster_with(iso, &[(&config_file, "/truthdb/install.toml")], dir, name).context("with an install config")
+}
+
+/// `iso` with files put in (or over) it: (file here, path on the ISO). Its boot records are
+/// kept as they are.
+fn remaster_with(iso: &Path, files: &[(&Path, &str)], dir: &Path, name: &str) -> Result<PathBuf> {
     let out = dir.join(format!("{name}.iso"));
     let _ = std::fs::remove_file(&out);
-    Cmd::new("xorriso")
-        .arg("-indev")
-        .arg(iso)
-        .arg("-outdev")
-        .arg(&out)
-        .arg("-map")
-        .arg(&config_file)
-        .args(["/truthdb/install.toml", "-boot_image", "any", "replay"])
+    let mut cmd = Cmd::new("xorriso").arg("-indev").arg(iso).arg("-outdev").arg(&out);
+    for (file, on_iso) in files {
+        cmd = cmd.arg("-map").arg(file).arg(on_iso);
+    }
+    cmd.args(["-boot_image", "any", "replay"])
         .run_logged(&dir.join(format!("{name}.xorriso.log")), |_| {})
-        .context("remastering the ISO with an install config")?;
+        .context("remastering the ISO")?;
     Ok(out)
 }
 
@@ -188,21 +191,23 @@ pub fn run(config: &InstallTestConfig) -> Result<()> {
     let credentials = &credentials;
     let good = &good;
     let target = &target;
-    let (installed, refused, image) = std::thread::scope(|scope| {
+    let (installed, refused, image, serial) = std::thread::scope(|scope| {
         let installed = scope.spawn(|| {
             if config.unattended_install { install_chain(config, credentials, good, target) } else { Ok(()) }
         });
         let refused = scope.spawn(|| if config.negative { refusals(config, credentials, good, None) } else { Ok(()) });
         let image = scope.spawn(|| disk_image_chain(config, credentials));
+        let serial = scope.spawn(|| if config.negative { serial_console_chain(config, credentials) } else { Ok(()) });
         let join = |h: std::thread::ScopedJoinHandle<'_, Result<()>>| {
             h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a chain's thread panicked")))
         };
-        (join(installed), join(refused), join(image))
+        (join(installed), join(refused), join(image), join(serial))
     });
-    let failures: Vec<String> = [("install", installed), ("refusals", refused), ("disk image", image)]
-        .into_iter()
-        .filter_map(|(what, result)| result.err().map(|e| format!("{what}: {e:#}")))
-        .collect();
+    let failures: Vec<String> =
+        [("install", installed), ("refusals", refused), ("disk image", image), ("serial console installer", serial)]
+            .into_iter()
+            .filter_map(|(what, result)| result.err().map(|e| format!("{what}: {e:#}")))
+            .collect();
     if !failures.is_empty() {
         bail!("{}", failures.join("\n"));
     }
@@ -295,6 +300,92 @@ fn refusals(config: &InstallTestConfig, credentials: &Credentials, good: &str, t
         }
         Ok(())
     })
+}
+
+/// 5. The boot menu's serial console entry (made the default of the ISO's GRUB menu): the
+/// installer's questions come on ttyS0 and are answered by typing there, up to the plan; a
+/// wrong disk path at the confirmation, then `q`, write nothing, and the questions start
+/// again. The passwords typed never show on the console.
+fn serial_console_chain(config: &InstallTestConfig, credentials: &Credentials) -> Result<()> {
+    let dir = &config.work_dir;
+    let name = "serial-console";
+    let grub_cfg = dir.join(format!("{name}.grub.cfg"));
+    let _ = std::fs::remove_file(&grub_cfg);
+    Cmd::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(&config.iso)
+        .args(["-extract", "/boot/grub/grub.cfg"])
+        .arg(&grub_cfg)
+        .run_logged(&dir.join(format!("{name}.extract.log")), |_| {})?;
+    let menu = std::fs::read_to_string(&grub_cfg).with_context(|| format!("reading {}", grub_cfg.display()))?;
+    let title = menu
+        .lines()
+        .filter(|l| l.trim_start().starts_with("menuentry ") && l.contains("(serial console)"))
+        .find_map(|l| l.split('"').nth(1))
+        .context("the ISO's GRUB menu has no \"(serial console)\" entry")?
+        .to_owned();
+    // GRUB shows the menu once its config has run: the last `default` set wins.
+    std::fs::write(&grub_cfg, format!("{menu}\nset default=\"{title}\"\n"))?;
+    let iso = remaster_with(&config.iso, &[(&grub_cfg, "/boot/grub/grub.cfg")], dir, name)?;
+    // Offered, so large enough; never written, so no block of it allocated.
+    let disk = dir.join(format!("{name}.raw"));
+    blank_disk(&disk, DISK_GIB)?;
+    let vm = Vm::start(
+        &VmSpec::uefi(name, dir)
+            .memory(config.memory_mib)
+            .media(cdrom(&iso))
+            .media(virtio_disk(&disk, "raw", TARGET_SERIAL))
+            .serial_input(),
+    )?;
+    // Waits for the `n`th showing of `prompt`, then types `answer` and Enter.
+    let answer = |prompt: &str, n: usize, answer: &str| -> Result<()> {
+        vm.wait_for(&format!("the serial console installer's {prompt:?}"), config.timeout, |serial, _| {
+            (serial.matches(prompt).count() >= n).then_some(Ok(()))
+        })?;
+        vm.type_on_serial(&format!("{answer}\r"))
+    };
+    let disk_prompt = "Install to disk [1]: ";
+    answer(disk_prompt, 1, "1")?;
+    let booted_in = vm.elapsed();
+    answer("Host name [truthdb]: ", 1, "serial-host")?;
+    answer("Administrator's login name: ", 1, ADMIN)?;
+    answer("SSH public key, one line (empty: none): ", 1, credentials.public_key.trim())?;
+    answer("Administrator's password for sudo (empty: SSH key only", 1, "")?;
+    answer("Database administrator's password (12 characters or more): ", 1, &credentials.password)?;
+    answer("  Again: ", 1, &credentials.password)?;
+    answer("After the install: reboot or poweroff? [reboot]: ", 1, "")?;
+    answer("EVERYTHING on /dev/vda will be erased. Type /dev/vda to install there", 1, "/dev/vdz")?;
+    answer("EVERYTHING on /dev/vda will be erased. Type /dev/vda to install there", 2, "q")?;
+    // Quit, and the service asks again from the start.
+    let serial = vm.wait_for("the serial console installer to start again", config.timeout, |serial, _| {
+        (serial.matches(disk_prompt).count() >= 2).then(|| Ok(serial.to_owned()))
+    })?;
+    vm.kill();
+    for said in [
+        "TRUTHDB-OS-BOOTED",
+        "Disks to install to:",
+        "  1) /dev/vda",
+        "/dev/vda1",
+        "\"/dev/vdz\" is not /dev/vda: nothing was written",
+        "Quit: nothing was written to any disk.",
+    ] {
+        if !serial.contains(said) {
+            bail!("{name}: the serial console never said {said:?}: see {}", vm.serial_log.display());
+        }
+    }
+    if serial.contains(&credentials.password) {
+        bail!("{name}: the database password typed showed on the serial console ({})", vm.serial_log.display());
+    }
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&disk)?);
+    if allocated != 0 {
+        bail!("{name}: the disk was written ({allocated} blocks allocated) though the install was not confirmed");
+    }
+    println!(
+        "PASS {name}: the menu's serial console entry asked on ttyS0 ({} to the first question), plan shown, \
+         a wrong disk path and `q` wrote nothing, the questions started again, the passwords unechoed",
+        format_duration(booted_in)
+    );
+    Ok(())
 }
 
 /// 4. The disk image made by `cargo xtask disk` boots the same way.

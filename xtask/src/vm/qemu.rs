@@ -99,6 +99,9 @@ pub struct VmSpec {
     pub vga: &'static str,
     pub display: Display,
     pub serial: Serial,
+    /// The log-file serial console also takes typed input, through a Unix socket
+    /// (`<name>.serial.sock`; [`Vm::type_on_serial`]): a serial console's dialog.
+    pub serial_input: bool,
     /// A guest reboot ends QEMU (`-no-reboot`), as the tests want; off, it reboots.
     pub no_reboot: bool,
 }
@@ -117,6 +120,7 @@ impl VmSpec {
             vga: "std",
             display: Display::None,
             serial: Serial::LogFile,
+            serial_input: false,
             no_reboot: true,
         }
     }
@@ -176,6 +180,12 @@ impl VmSpec {
         self
     }
 
+    /// Input can be typed on the serial console (see [`VmSpec::serial_input`]).
+    pub fn serial_input(mut self) -> VmSpec {
+        self.serial_input = true;
+        self
+    }
+
     /// A guest reboot reboots the machine instead of ending QEMU.
     pub fn allow_reboot(mut self) -> VmSpec {
         self.no_reboot = false;
@@ -184,6 +194,10 @@ impl VmSpec {
 
     pub fn serial_log(&self) -> PathBuf {
         self.log_dir.join(format!("{}.serial.log", self.name))
+    }
+
+    pub fn serial_socket(&self) -> PathBuf {
+        self.log_dir.join(format!("{}.serial.sock", self.name))
     }
 
     pub fn qemu_log(&self) -> PathBuf {
@@ -206,10 +220,19 @@ impl VmSpec {
             Display::Window(kind) => cmd.args(["-display", kind]),
             Display::Vnc(n) => cmd.args(["-display", "none", "-vnc"]).arg(format!("127.0.0.1:{n}")),
         };
-        cmd = cmd.args(["-monitor", "none"]).arg("-serial");
+        cmd = cmd.args(["-monitor", "none"]);
         cmd = match self.serial {
-            Serial::LogFile => cmd.arg(format!("file:{}", self.serial_log().display())),
-            Serial::Terminal => cmd.arg("mon:stdio"),
+            // The socket's chardev keeps the same log file of everything the guest says.
+            Serial::LogFile if self.serial_input => cmd
+                .arg("-chardev")
+                .arg(format!(
+                    "socket,id=serial0,path={},server=on,wait=off,logfile={}",
+                    self.serial_socket().display(),
+                    self.serial_log().display()
+                ))
+                .args(["-serial", "chardev:serial0"]),
+            Serial::LogFile => cmd.arg("-serial").arg(format!("file:{}", self.serial_log().display())),
+            Serial::Terminal => cmd.args(["-serial", "mon:stdio"]),
         };
         if self.no_reboot {
             cmd = cmd.arg("-no-reboot");
@@ -277,6 +300,8 @@ pub fn ovmf_files() -> Result<(PathBuf, PathBuf)> {
 pub struct Vm {
     handle: duct::Handle,
     pub serial_log: PathBuf,
+    /// Connected to the serial console's socket when the spec asked for input.
+    serial_input: Option<std::os::unix::net::UnixStream>,
     qemu_log: PathBuf,
     started: Instant,
     pub accel: Accelerator,
@@ -305,8 +330,25 @@ impl Vm {
         }
         let (cmd, vars) = spec.prepare()?;
         let slot = take_vm_slot(&vm_slot_dir(), vms_at_once(), &spec.name)?;
+        let socket = spec.serial_socket();
+        if spec.serial_input {
+            let _ = std::fs::remove_file(&socket);
+        }
         let handle = cmd.start_logged(&qemu_log)?;
-        Ok(Vm { handle, serial_log, qemu_log, started: Instant::now(), accel: spec.accel, _vars: vars, _slot: slot })
+        let mut vm = Vm {
+            handle,
+            serial_log,
+            serial_input: None,
+            qemu_log,
+            started: Instant::now(),
+            accel: spec.accel,
+            _vars: vars,
+            _slot: slot,
+        };
+        if spec.serial_input {
+            vm.serial_input = Some(vm.connect_serial(&socket)?);
+        }
+        Ok(vm)
     }
 
     /// Runs the machine with this terminal as its serial console until QEMU ends (the guest
@@ -323,6 +365,34 @@ impl Vm {
             cmd = cmd.env(key, value);
         }
         cmd.die_with_parent().run_inherit()
+    }
+
+    /// Connects to the serial console's socket once QEMU has made it, and drains what the
+    /// guest says through it on a thread (the log file has it): unread, it would fill the
+    /// socket and stall the guest's serial port.
+    fn connect_serial(&self, socket: &Path) -> Result<std::os::unix::net::UnixStream> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(socket) {
+                Ok(stream) => break stream,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(anyhow!("connecting to the serial console's socket {}: {e}", socket.display()));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        let mut drain = stream.try_clone().context("cloning the serial console's socket")?;
+        std::thread::spawn(move || std::io::copy(&mut drain, &mut std::io::sink()));
+        Ok(stream)
+    }
+
+    /// Types `text` on the serial console, as a person at a serial terminal (`\r` ends a line
+    /// there). Needs [`VmSpec::serial_input`].
+    pub fn type_on_serial(&self, text: &str) -> Result<()> {
+        use std::io::Write;
+        let mut stream =
+            self.serial_input.as_ref().context("this machine takes no serial input (VmSpec::serial_input)")?;
+        stream.write_all(text.as_bytes()).context("typing on the serial console")
     }
 
     pub fn serial(&self) -> String {
