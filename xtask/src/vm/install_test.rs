@@ -302,10 +302,10 @@ fn refusals(config: &InstallTestConfig, credentials: &Credentials, good: &str, t
     })
 }
 
-/// 5. The boot menu's serial console entry (made the default of the ISO's GRUB menu): the
-/// installer's questions come on ttyS0 and are answered by typing there, up to the plan; a
-/// wrong disk path at the confirmation, then `q`, write nothing, and the questions start
-/// again. The passwords typed never show on the console.
+/// The fifth chain: the boot menu's serial console entry (made the default of the ISO's GRUB
+/// menu). The installer's questions come on ttyS0 and are answered by typing there, up to the
+/// plan; a wrong disk path at the confirmation, then `q`, write nothing, and the questions
+/// start again. The passwords typed never show on the console.
 fn serial_console_chain(config: &InstallTestConfig, credentials: &Credentials) -> Result<()> {
     let dir = &config.work_dir;
     let name = "serial-console";

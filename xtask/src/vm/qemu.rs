@@ -758,7 +758,16 @@ mod tests {
         let handle =
             Cmd::new("sh").args(["-c", &script, "fake"]).arg(serial).arg(&serial_log).start_logged(&qemu_log).unwrap();
         let slot = take_vm_slot(&dir.join("slots"), 1_000, "fake").unwrap();
-        Vm { handle, serial_log, qemu_log, started: Instant::now(), accel, _vars: None, _slot: slot }
+        Vm {
+            handle,
+            serial_log,
+            serial_input: None,
+            qemu_log,
+            started: Instant::now(),
+            accel,
+            _vars: None,
+            _slot: slot,
+        }
     }
 
     #[test]
