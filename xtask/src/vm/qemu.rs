@@ -735,6 +735,16 @@ mod tests {
         assert!(!cmd.contains("-net none"), "{cmd}");
         let window = line(&VmSpec::uefi("w", "/logs").display(Display::Window("gtk")));
         assert!(window.contains("-display gtk") && !window.contains("-display none"), "{window}");
+        // Typed input: a socket, and the same log file of what the guest says.
+        let typed = line(&VmSpec::uefi("s", "/logs").serial_input());
+        assert!(
+            typed.contains(
+                "-chardev socket,id=serial0,path=/logs/s.serial.sock,server=on,wait=off,logfile=/logs/s.serial.log \
+                 -serial chardev:serial0"
+            ),
+            "{typed}"
+        );
+        assert!(!typed.contains("-serial file:"), "{typed}");
     }
 
     #[test]
