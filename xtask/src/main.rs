@@ -54,8 +54,10 @@ enum Command {
     /// Boot the ISO in QEMU (BIOS/UEFI x CD/USB) and wait for the boot marker on serial.
     BootTest(vm::boot_test::BootTestArgs),
     /// Install the ISO unattended onto a blank disk in QEMU (UEFI), boot the disk and reach
-    /// its database (psql) and SSH from the host; check refusals leave a disk untouched; boot
-    /// a `disk` image the same way. Needs root (loop devices for the disk image).
+    /// its database (psql) and SSH from the host; check refusals leave a disk untouched; answer
+    /// the serial console installer's questions on the serial port (a wrong disk path and `q`
+    /// write nothing); boot a `disk` image the same way. Needs root (loop devices for the disk
+    /// image).
     InstallTest(vm::install_test::InstallTestArgs),
     /// Check the installer says so when a machine has no display (QEMU -vga none), then install
     /// the ISO through the graphical installer in QEMU (UEFI, -vga std): check each
