@@ -269,11 +269,16 @@ fn interactive() -> AnyResult<()> {
     let power = config.power;
     let request = InstallRequest::from_live_medium(config, disk, spec);
     install_and_report(&request, Path::new("/var/log/truthdb-installer.log"))?;
+    power_off_or_reboot(power)
+}
+
+/// After an install: what the config (or the person) asked for.
+fn power_off_or_reboot(power: PowerAction) -> AnyResult<()> {
     let verb = match power {
         PowerAction::Poweroff => "poweroff",
         PowerAction::Reboot => "reboot",
     };
-    println!("truthdb-installer: install complete; {verb} (remove the install medium)");
+    println!("truthdb-installer: install complete; {verb}");
     std::process::Command::new("systemctl").arg(verb).status()?;
     Ok(())
 }
@@ -305,15 +310,7 @@ fn auto() -> AnyResult<()> {
     })();
     match result {
         Ok(None) => Ok(()),
-        Ok(Some(power)) => {
-            let verb = match power {
-                PowerAction::Poweroff => "poweroff",
-                PowerAction::Reboot => "reboot",
-            };
-            println!("truthdb-installer: install complete; {verb}");
-            std::process::Command::new("systemctl").arg(verb).status()?;
-            Ok(())
-        }
+        Ok(Some(power)) => power_off_or_reboot(power),
         Err(e) => {
             // Config and disk-selection errors come before anything is written (in the
             // install, only its check step refuses).
