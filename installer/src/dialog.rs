@@ -86,10 +86,11 @@ fn ask_all(
         if key.is_empty() { Ok(()) } else { check_ssh_public_key(key) }
     })?;
     let password_hash = loop {
+        // The appliance's SSH takes keys only: a password is for the console and sudo.
         let prompt = if key.is_empty() {
-            "Administrator's password (for SSH and sudo; a key is safer): "
+            "Administrator's password (console and sudo; SSH takes keys only): "
         } else {
-            "Administrator's password for sudo (empty: SSH key only, sudo without one): "
+            "Administrator's password for the console and sudo (empty: none, the key only): "
         };
         let password = ask_secret_twice(term, prompt)?;
         if password.is_empty() {

@@ -350,7 +350,7 @@ fn serial_console_chain(config: &InstallTestConfig, credentials: &Credentials) -
     answer("Host name [truthdb]: ", 1, "serial-host")?;
     answer("Administrator's login name: ", 1, ADMIN)?;
     answer("SSH public key, one line (empty: none): ", 1, credentials.public_key.trim())?;
-    answer("Administrator's password for sudo (empty: SSH key only", 1, "")?;
+    answer("Administrator's password for the console and sudo (empty: none, the key only): ", 1, "")?;
     answer("Database administrator's password (12 characters or more): ", 1, &credentials.password)?;
     answer("  Again: ", 1, &credentials.password)?;
     answer("After the install: reboot or poweroff? [reboot]: ", 1, "")?;
