@@ -144,8 +144,9 @@ pub struct InstallTestArgs {
     #[arg(long)]
     no_disk_image: bool,
     /// Skip the unattended install in QEMU: with --no-refusals, only a `disk` image of the ISO
-    /// is built and its appliance checked (the quick check of an image's installed system).
-    #[arg(long, conflicts_with = "no_disk_image")]
+    /// is built and its appliance checked (the quick check of an image's installed system);
+    /// with --no-disk-image, only the refusals and the serial console installer are checked.
+    #[arg(long)]
     no_install: bool,
 }
 
