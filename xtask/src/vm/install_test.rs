@@ -137,7 +137,8 @@ pub struct InstallVmArgs {
 pub struct InstallTestArgs {
     #[command(flatten)]
     vm: InstallVmArgs,
-    /// Skip the refusal checks (config without wipe, config naming the boot medium).
+    /// Skip the refusal checks (config without wipe, config naming the boot medium, ...) and
+    /// the serial console installer's (answered, then not confirmed).
     #[arg(long)]
     no_refusals: bool,
     /// Skip building and booting a `disk` image.
