@@ -164,10 +164,12 @@ pub fn ensure_for_image(
     http_proxy: &str,
 ) -> Result<(BuildRoot, Option<String>)> {
     let _lock = crate::util::lock::cache_entry(&root_path(spec, cache_dir))?;
+    // Recording, the root is made anew whether one is cached or not (a new machine has none):
+    // that is the reason to give.
     let why = match (cached(spec, cache_dir), &policy) {
+        (_, RootPolicy::Remake) => Some("recording a package lock: made anew".to_owned()),
         (None, _) => Some("no build root cached for these inputs".to_owned()),
         (Some(_), RootPolicy::Cached) => None,
-        (Some(_), RootPolicy::Remake) => Some("recording a package lock: made anew".to_owned()),
         (Some(root), RootPolicy::Locked(lock)) => {
             let status_path = root.path.join("var/lib/dpkg/status");
             let status =
