@@ -224,7 +224,10 @@ fn e2e_01_iso_build_and_publish() {
             lines.iter().any(|l| l.contains("console=ttyS0,115200") && l.ends_with("nomodeset")),
             "{menu}:\n{text}"
         );
-        assert!(lines.iter().any(|l| l.contains("console=ttyS0,115200 truthdb.installer=serial")), "{menu}:\n{text}");
+        assert!(
+            lines.iter().any(|l| l.contains("console=ttyS0,115200") && l.ends_with("truthdb.installer=serial")),
+            "{menu}:\n{text}"
+        );
         assert!(
             lines.iter().any(|l| l.contains("loglevel=7 systemd.show_status=true console=tty0 console=ttyS0,115200")),
             "{menu}:\n{text}"
