@@ -79,10 +79,11 @@ impl Qmp {
     pub fn press(&mut self, qcodes: &[&str]) -> Result<()> {
         let keys: Vec<Value> = qcodes.iter().map(|k| json!({ "type": "qcode", "data": k })).collect();
         self.execute("send-key", json!({ "keys": keys, "hold-time": 60 }))?;
-        // One key at a time, slowly: QEMU's PS/2 keyboard queues 16 bytes and drops what comes
-        // after, and a TCG guest beside other VMs on a busy host can stall for seconds. At 120 ms
-        // a key, a stall of about 2 s lost ten characters of the SSH key the GUI test typed (its
-        // libinput said "event processing lagging behind"); at 300 ms it takes about 5 s.
+        // One key at a time, slowly: QEMU's PS/2 keyboard queues 16 bytes (about eight keys)
+        // and drops what comes after, and a TCG guest beside other VMs and a busy host can
+        // stall for seconds. At 120 ms a key, a stall of about 3 s lost ten characters of the
+        // SSH key the GUI test typed (its libinput said "event processing lagging behind"); at
+        // 300 ms the queue holds about 3 s of typing.
         std::thread::sleep(Duration::from_millis(300));
         Ok(())
     }
