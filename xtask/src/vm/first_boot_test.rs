@@ -103,6 +103,7 @@ fn build_generic_image(config: &InstallTestConfig) -> Result<PathBuf> {
     let started = Instant::now();
     stage("first-boot test", |s| {
         s.set("cargo xtask disk --format qcow2, no --config (a generic image)");
+        let _slot = crate::vm::qemu::take_slot_for_host_work("generic image build")?;
         let config_file = crate::disk_image::write_generic_config(dir)?;
         crate::disk_image::build(
             &crate::disk_image::DiskImageInputs {

@@ -402,6 +402,7 @@ fn disk_image_chain(config: &InstallTestConfig, credentials: &Credentials) -> Re
     let started = Instant::now();
     stage("install test", |s| {
         s.set("cargo xtask disk --format raw (the engine on a loop device)");
+        let _slot = crate::vm::qemu::take_slot_for_host_work("disk-image build")?;
         let log = dir.join("disk-image.log");
         crate::disk_image::build(
             &crate::disk_image::DiskImageInputs {

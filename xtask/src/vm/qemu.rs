@@ -567,6 +567,13 @@ fn vm_slot_dir() -> PathBuf {
     }
 }
 
+/// One of the machine's VM slots for CPU-heavy work on the host beside the test VMs (a disk
+/// image's build: unsquashfs, mkfs, the UKI), held while it runs. A third busy thing on two
+/// cores starves a TCG guest for seconds, and its PS/2 keyboard then drops typed keys.
+pub fn take_slot_for_host_work(what: &str) -> Result<crate::util::lock::Lock> {
+    take_vm_slot(&vm_slot_dir(), vms_at_once(), what)
+}
+
 /// One of the machine's `slots` VM slots, waiting for one to come free. Every test VM takes
 /// one for its life ([`Vm::start`]), so tests run side by side (`cargo xtask test` starts the
 /// VM-only e2e tests together) never run more VMs than the machine has cores: a third VM on
