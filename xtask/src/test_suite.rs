@@ -44,6 +44,10 @@ pub struct TestArgs {
     /// Only the fast tests (no root, no network, no QEMU).
     #[arg(long)]
     fast: bool,
+    /// Also the e2e tests kept out of the default suite for CI's time budget (see
+    /// BENCHMARKS.md): the image built with a signed local apt repository and installed.
+    #[arg(long, conflicts_with = "fast")]
+    extended: bool,
 }
 
 impl TestArgs {
@@ -51,11 +55,16 @@ impl TestArgs {
         if !self.fast {
             crate::util::host::reexec_as_root_if_needed()?;
         }
-        run(project, self.fast)
+        run(project, self.fast, self.extended)
     }
 }
 
-fn run(project: &Project, fast: bool) -> Result<ExitCode> {
+/// The e2e tests `cargo xtask test` runs only with `--extended`: measured on these 2-core
+/// machines, the whole suite took 87 minutes warm with them (CI's limit is 90), and about 78
+/// without this one's 9 minutes (its own ISO build and an installed boot).
+const EXTENDED: &[&str] = &["e2e_15_a_package_from_an_extra_apt_repository_runs_on_the_installed_appliance"];
+
+fn run(project: &Project, fast: bool, extended: bool) -> Result<ExitCode> {
     let started = Instant::now();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // The fast tests run the real gpg, sfdisk, patch and curl too; only QEMU is left out.
@@ -110,6 +119,14 @@ fn run(project: &Project, fast: bool) -> Result<ExitCode> {
             return Ok(finish(&rows, started.elapsed(), None));
         }
     };
+    let (names, left_out): (Vec<String>, Vec<String>) =
+        names.into_iter().partition(|name| extended || !EXTENDED.contains(&name.as_str()));
+    if !left_out.is_empty() {
+        eprintln!(
+            "==> left out for the time budget (`cargo xtask test --extended` runs them): {}",
+            left_out.join(", ")
+        );
+    }
     let log_dir = project.work_dir().join("test-logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     rows.extend(run_each(&names, |name, side_by_side| {
@@ -459,6 +476,13 @@ e2e_03_build_leaves_no_mount_or_process: test
 
 4 tests, 0 benchmarks
 ";
+
+    #[test]
+    fn the_extended_tests_are_e2e_tests_and_not_run_side_by_side() {
+        for name in EXTENDED {
+            assert!(is_ordered_name(name) && !SIDE_BY_SIDE.contains(name), "{name}");
+        }
+    }
 
     #[test]
     fn e2e_tests_are_listed_in_running_order() {
