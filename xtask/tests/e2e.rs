@@ -52,6 +52,17 @@ fn xtask(args: &[&str]) -> Output {
     out
 }
 
+/// The image's root file system, copied out of `iso` into `dir`.
+fn extract_squashfs(iso: &Path, dir: &Path) -> PathBuf {
+    let squashfs = dir.join("filesystem.squashfs");
+    run(Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(iso)
+        .args(["-extract", "/live/filesystem.squashfs"])
+        .arg(&squashfs));
+    squashfs
+}
+
 fn dist_dir() -> PathBuf {
     // Outside the repository's own dist/, so a developer's published image is not replaced.
     repo_root().join("target/truthdb-os/e2e-dist")
@@ -573,12 +584,7 @@ fn e2e_08_overlay_change_reuses_the_cached_chroot() {
 
     // The new file is in the image's root file system.
     let scratch = tempfile::tempdir().unwrap();
-    let squashfs = scratch.path().join("filesystem.squashfs");
-    run(Command::new("xorriso")
-        .args(["-osirrox", "on", "-indev"])
-        .arg(dist.join(iso_name()))
-        .args(["-extract", "/live/filesystem.squashfs"])
-        .arg(&squashfs));
+    let squashfs = extract_squashfs(&dist.join(iso_name()), scratch.path());
     // The squashfs superblock's compression id (u16 at byte 20): 6 is zstd; the build info says so.
     let mut superblock = [0u8; 22];
     std::io::Read::read_exact(&mut fs::File::open(&squashfs).unwrap(), &mut superblock).unwrap();
@@ -1085,12 +1091,7 @@ fn e2e_15_a_package_from_an_extra_apt_repository_runs_on_the_installed_appliance
     // The repository stays configured in the image, and so on an installed appliance, with
     // its key: updates of its packages keep working.
     let scratch = tempfile::tempdir().unwrap();
-    let squashfs = scratch.path().join("filesystem.squashfs");
-    run(Command::new("xorriso")
-        .args(["-osirrox", "on", "-indev"])
-        .arg(&iso)
-        .args(["-extract", "/live/filesystem.squashfs"])
-        .arg(&squashfs));
+    let squashfs = extract_squashfs(&iso, scratch.path());
     let cat = |path: &str| stdout(&run(Command::new("unsquashfs").arg("-cat").arg(&squashfs).arg(path)));
     assert_eq!(cat("etc/apt/sources.list.d/local.list"), format!("deb {} trixie main\n", repository.url));
     let listing = stdout(&run(Command::new("unsquashfs").args(["-l", "-d", ""]).arg(&squashfs).arg("etc/apt")));
