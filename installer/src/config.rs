@@ -95,13 +95,18 @@ impl std::fmt::Debug for Admin {
 pub struct Database {
     /// Password of the database's admin role. Required: the appliance has no default.
     pub admin_password: String,
+    /// Enable the payload's SQL Server protocol (TDS), for a payload that has one (the image
+    /// spec's `payload.tds_port`; TruthDB's): its port opened, a certificate made for this
+    /// machine, and `admin_password` the first-start seed of its `sa` login. Off by default.
+    #[serde(default)]
+    pub tds: bool,
 }
 
 /// Written by hand so that `{:?}` of a config (in a log, a panic, a test failure) never shows
 /// the password.
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Database").field("admin_password", &"<redacted>").finish()
+        f.debug_struct("Database").field("admin_password", &"<redacted>").field("tds", &self.tds).finish()
     }
 }
 
@@ -138,6 +143,17 @@ impl InstallConfig {
     pub fn validate_against_image(&self, root: &Path) -> std::result::Result<(), String> {
         let Some(admin) = &self.admin else { return Ok(()) };
         check_login_name_unused(&admin.user, root).map_err(|why| format!("field `admin.user`: {:?}: {why}", admin.user))
+    }
+
+    /// The checks that need the image's spec, run before anything is written: a setting the
+    /// image's payload cannot honour is refused, not ignored.
+    pub fn validate_against_spec(&self, spec: &crate::spec::ImageSpec) -> std::result::Result<(), String> {
+        if self.database.as_ref().is_some_and(|d| d.tds) && spec.payload.tds_port.is_none() {
+            return Err("field `database.tds`: this image's payload has no SQL Server protocol (TDS) to enable \
+                        (the image spec names no `payload.tds_port`; TruthDB's profile has one)"
+                .into());
+        }
+        Ok(())
     }
 
     /// The admin and the database password, which an install that provisions needs (checked

@@ -37,12 +37,15 @@ const QUIT: &str = "q";
 const DEFAULT_HOSTNAME: &str = "truthdb";
 
 /// Asks the questions; `disks` are the installable ones, `not_offered` the others with why.
-/// `hash` makes the admin password's crypt(3) hash (slow on purpose; a parameter for tests).
+/// `tds_port`: the payload's SQL Server protocol port (the image spec's), asked about only when
+/// there is one. `hash` makes the admin password's crypt(3) hash (slow on purpose; a parameter
+/// for tests).
 pub fn ask(
     term: &mut dyn Terminal,
     disks: &[Disk],
     not_offered: &[(Disk, String)],
     layout: &Layout,
+    tds_port: Option<u16>,
     hash: &dyn Fn(&str) -> Result<String, String>,
 ) -> Decision {
     term.say(&format!(
@@ -51,7 +54,7 @@ pub fn ask(
          the disk at the end.",
         truthdb_installer::VERSION
     ));
-    match ask_all(term, disks, not_offered, layout, hash) {
+    match ask_all(term, disks, not_offered, layout, tds_port, hash) {
         Some(decision) => decision,
         None => {
             term.say("Quit: nothing was written to any disk.");
@@ -66,6 +69,7 @@ fn ask_all(
     disks: &[Disk],
     not_offered: &[(Disk, String)],
     layout: &Layout,
+    tds_port: Option<u16>,
     hash: &dyn Fn(&str) -> Result<String, String>,
 ) -> Option<Decision> {
     for (disk, why) in not_offered {
@@ -112,6 +116,20 @@ fn ask_all(
             Err(why) => term.say(&format!("  {why}")),
         }
     };
+    let tds = match tds_port {
+        None => false,
+        Some(port) => loop {
+            let prompt = format!(
+                "Enable the SQL Server protocol (TDS) on port {port}, with a certificate made for this machine and \
+                 the database password as its `sa` login's? yes or no [no]: "
+            );
+            match ask_line(term, &prompt)?.as_str() {
+                "" | "no" => break false,
+                "yes" => break true,
+                other => term.say(&format!("  {other:?}: answer yes or no")),
+            }
+        },
+    };
     let power = loop {
         match ask_line(term, "After the install: reboot or poweroff? [reboot]: ")?.as_str() {
             "" | "reboot" => break PowerAction::Reboot,
@@ -129,7 +147,7 @@ fn ask_all(
             ssh_authorized_keys: if key.is_empty() { vec![] } else { vec![key] },
             password_hash,
         }),
-        database: Some(Database { admin_password: database_password }),
+        database: Some(Database { admin_password: database_password, tds }),
         power,
         // The unattended path's guards: a person here has chosen and confirmed the disk.
         reinstall: false,
@@ -323,7 +341,7 @@ mod tests {
 
     fn run(answers: &[&'static str], disks: &[Disk]) -> (Decision, Script) {
         let mut script = Script::new(answers);
-        let decision = ask(&mut script, disks, &[], &Layout::default(), &fake_hash);
+        let decision = ask(&mut script, disks, &[], &Layout::default(), None, &fake_hash);
         (decision, script)
     }
 
@@ -348,6 +366,28 @@ mod tests {
         // Passwords were asked without echo, and never said back.
         assert!(script.said("(secret) Database administrator's password"));
         assert!(!script.transcript.iter().any(|l| l.contains("correct horse")));
+    }
+
+    #[test]
+    fn the_sql_server_protocol_is_asked_about_only_when_the_payload_has_it() {
+        let disks = [disk("/dev/vda", 20)];
+        let before = ["", "db1", "dba", KEY, "", "correct horse battery", "correct horse battery"];
+        let after = ["poweroff", "/dev/vda"];
+        let mut script = Script::new(&[&before[..], &["maybe", "yes"], &after[..]].concat());
+        let decision = ask(&mut script, &disks, &[], &Layout::default(), Some(1433), &fake_hash);
+        let Decision::Install { config, .. } = decision else { panic!("{:?}", script.transcript) };
+        assert!(config.database.as_ref().unwrap().tds, "{:?}", script.transcript);
+        assert!(script.said("(TDS) on port 1433") && script.said("\"maybe\": answer yes or no"));
+        // An empty answer is no; without a port (PostgreSQL) nothing is asked.
+        let mut script = Script::new(&[&before[..], &[""], &after[..]].concat());
+        let Decision::Install { config, .. } =
+            ask(&mut script, &disks, &[], &Layout::default(), Some(1433), &fake_hash)
+        else {
+            panic!()
+        };
+        assert!(!config.database.as_ref().unwrap().tds);
+        let (_, script) = run(&[&before[..], &after[..]].concat(), &disks);
+        assert!(!script.said("TDS"), "{:?}", script.transcript);
     }
 
     #[test]
@@ -422,7 +462,8 @@ mod tests {
     fn no_disk_to_offer_says_why_and_quits() {
         let mut script = Script::new(&[]);
         let medium = disk("/dev/sr0", 1);
-        let decision = ask(&mut script, &[], &[(medium, "the boot medium".into())], &Layout::default(), &fake_hash);
+        let decision =
+            ask(&mut script, &[], &[(medium, "the boot medium".into())], &Layout::default(), None, &fake_hash);
         assert!(matches!(decision, Decision::Quit));
         assert!(script.said("not offered: /dev/sr0"), "{:?}", script.transcript);
         assert!(script.said("No disk to install to"), "{:?}", script.transcript);

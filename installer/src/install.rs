@@ -187,6 +187,10 @@ impl<'a> Install<'a> {
         if let Some(reason) = unsuitable(disk, request.boot_medium.as_deref(), min_bytes) {
             return Err(Error::Refused { disk: disk.describe(), reason });
         }
+        request
+            .config
+            .validate_against_spec(&request.spec)
+            .map_err(|message| Error::Config { source: "the install config".into(), message })?;
         if !request.source.is_file() {
             return Err(Error::Config {
                 source: request.source.display().to_string(),
@@ -303,16 +307,23 @@ impl<'a> Install<'a> {
         if let Some(configure) = &payload.configure {
             self.emit(0.2, format!("setting the database up ({configure})"));
             let verifier = postgres_protocol::password::scram_sha_256(database.admin_password.as_bytes());
-            Tool::new(configure)
+            let mut tool = Tool::new(configure)
                 .env("TRUTHDB_ADMIN_USER", &admin.user)
                 .env("TRUTHDB_DB_PASSWORD_SCRAM", verifier.clone())
                 .env("TRUTHDB_DATA_DIR", self.data_mount().unwrap_or(""))
                 // The verifier is in the environment (root-only in /proc), never in an argument;
                 // should PostgreSQL quote the CREATE ROLE statement in an error, the log does not
                 // keep it.
-                .redact(verifier)
-                .in_root(&target)
-                .run(log)?;
+                .redact(verifier);
+            if let Some(port) = payload.tds_port.filter(|_| database.tds) {
+                // TDS logins are seeded from clear text (the server hashes them on its first
+                // start), so only an install that enables TDS hands the password over.
+                tool = tool
+                    .env("TRUTHDB_TDS_PORT", port.to_string())
+                    .env("TRUTHDB_DB_PASSWORD", &database.admin_password)
+                    .redact(database.admin_password.clone());
+            }
+            tool.in_root(&target).run(log)?;
         }
         Ok(())
     }
@@ -850,6 +861,7 @@ mod tests {
                 data_mount: None,
                 configure: None,
                 min_data_gib: None,
+                tds_port: None,
             },
         };
         InstallRequest {
@@ -895,6 +907,23 @@ mod tests {
             .unwrap_err();
         assert!(matches!(refused.without_step(), Error::Refused { .. }), "{refused:?}");
         assert!(refused.to_string().starts_with("step check: refusing to install to /dev/vdz"), "{refused}");
+    }
+
+    #[test]
+    fn tds_asked_of_a_payload_without_it_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::create(&dir.path().join("log")).unwrap();
+        let mut request = request_in(dir.path());
+        request.config.database.as_mut().unwrap().tds = true;
+        let e = install(&request, &log, &mut |_| {}).unwrap_err();
+        assert_eq!(e.step(), Some(Step::Check));
+        assert!(e.to_string().contains("field `database.tds`"), "{e}");
+        assert!(!request.work_dir.exists(), "nothing mounted, nothing made");
+        // With a TDS port in the spec the same config passes this check (and stops later, at
+        // the missing squashfs).
+        request.spec.payload.tds_port = Some(1433);
+        let e = install(&request, &log, &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("squashfs) is not there"), "{e}");
     }
 
     #[test]

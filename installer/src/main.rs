@@ -262,10 +262,11 @@ fn interactive() -> AnyResult<()> {
             .collect();
     let offered = block_devices::installable(&all, medium.as_deref(), layout.min_disk_bytes());
     let hash = |password: &str| truthdb_installer::config::password_hash(password);
-    let (disk, config) = match dialog::ask(&mut dialog::Console, &offered, &not_offered, &layout, &hash) {
-        dialog::Decision::Install { disk, config } => (*disk, *config),
-        dialog::Decision::Quit => return Ok(()),
-    };
+    let (disk, config) =
+        match dialog::ask(&mut dialog::Console, &offered, &not_offered, &layout, spec.payload.tds_port, &hash) {
+            dialog::Decision::Install { disk, config } => (*disk, *config),
+            dialog::Decision::Quit => return Ok(()),
+        };
     let power = config.power;
     let request = InstallRequest::from_live_medium(config, disk, spec);
     install_and_report(&request, Path::new("/var/log/truthdb-installer.log"))?;

@@ -34,12 +34,17 @@ pub struct PayloadSpec {
     /// Mount point of the data partition; none: no data partition.
     pub data_mount: Option<String>,
     /// Program run inside the installed system at install time to set the payload up (it gets
-    /// the admin's name and the database password's SCRAM verifier in its environment).
+    /// the admin's name and the database password's SCRAM verifier in its environment; with
+    /// TDS enabled, the TDS port and the password itself, TDS's seed).
     pub configure: Option<String>,
     /// The smallest data partition the service can live on, in GiB (none: the installer's
     /// own minimum): a smaller disk is refused before anything is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_data_gib: Option<u32>,
+    /// The payload's SQL Server protocol (TDS) port, which an install enables when its config
+    /// asks (`database.tds = true`); none: the payload has no TDS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tds_port: Option<u16>,
 }
 
 impl ImageSpec {
@@ -84,6 +89,7 @@ mod tests {
                 data_mount: Some("/var/lib/postgresql".into()),
                 configure: Some("/usr/lib/truthdb/payload/postgresql-configure".into()),
                 min_data_gib: None,
+                tds_port: None,
             },
         }
     }

@@ -168,6 +168,7 @@ fn the_truthdb_profile_renders_its_repository_ports_data_partition_and_configure
         "data_mount = \"/var/lib/truthdb\"",
         "configure = \"/usr/lib/truthdb/payload/truthdb-configure\"",
         "min_data_gib = 12",
+        "tds_port = 1433",
     ] {
         assert!(spec.contains(line), "{line} not in image.toml:\n{spec}");
     }
@@ -179,35 +180,112 @@ fn the_truthdb_profile_renders_its_repository_ports_data_partition_and_configure
     assert!(!out.join("payloads").exists(), "the profiles are inputs of the render, not part of the tree");
 }
 
+/// The TruthDB payload's configure program, run here on a scratch "data partition" with
+/// `env`: its paths and root-only steps (user lookup, chown, systemctl) pointed at `root`.
+fn run_truthdb_configure(root: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let script = fs::read_to_string(repo_root().join("overlay/usr/lib/truthdb/payload/truthdb-configure")).unwrap();
+    let at = |dir: &str| root.join(dir).to_str().unwrap().to_owned();
+    let data = root.join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::create_dir_all(root.join("units")).unwrap();
+    let script = script
+        .replace("conf_dir=/etc/truthdb", &format!("conf_dir={}", at("etc/truthdb")))
+        .replace("nft_dir=/etc/nftables.d", &format!("nft_dir={}", at("etc/nftables.d")))
+        .replace("unit_dir=/etc/systemd/system", &format!("unit_dir={}", at("units")))
+        .replace("getent passwd truthdb", "true")
+        .replace("chown ", ": chown ")
+        .replace("systemctl enable", ": systemctl enable");
+    Command::new("sh").args(["-c", &script]).env("TRUTHDB_DATA_DIR", &data).envs(env.iter().copied()).output().unwrap()
+}
+
+/// Some machines' scratch space has less than 2 GiB free: the program then refuses, naming it.
+fn too_small_for_a_store(ran: &std::process::Output, root: &Path) -> bool {
+    let said = stderr(ran);
+    let refused = !ran.status.success() && said.contains("too small for a store");
+    assert!(ran.status.success() || refused, "{said}");
+    assert!(!refused || !root.join("etc/truthdb/truthdb.toml").exists());
+    refused
+}
+
 #[test]
 fn the_truthdb_configure_program_writes_a_config_the_server_can_parse() {
-    // The shell program run at install time, run here on a scratch "data partition": the
-    // store is sized from its free space and the file parses as TOML with the expected keys.
-    let script = fs::read_to_string(repo_root().join("overlay/usr/lib/truthdb/payload/truthdb-configure")).unwrap();
+    // The store is sized from the partition's free space and the file parses as TOML with
+    // the expected keys; without TDS asked for there is no TDS, no certificate, no port.
     let tmp = tempfile::tempdir().unwrap();
-    let etc = tmp.path().join("etc/truthdb");
-    let data = tmp.path().join("data");
-    fs::create_dir_all(&data).unwrap();
-    // Paths and the two root-only steps (user lookup, chown) pointed at the scratch tree.
-    let script = script
-        .replace("/etc/truthdb", etc.to_str().unwrap())
-        .replace("getent passwd truthdb", "true")
-        .replace("chown ", ": chown ");
-    let ran = Command::new("sh").args(["-c", &script]).env("TRUTHDB_DATA_DIR", &data).output().unwrap();
-    let conf = fs::read_to_string(etc.join("truthdb.toml"));
-    if !ran.status.success() {
-        // A machine whose scratch space has less than 2 GiB free: the program refuses, naming it.
-        let said = stderr(&ran);
-        assert!(said.contains("too small for a store") && conf.is_err(), "{said}");
+    let ran = run_truthdb_configure(tmp.path(), &[]);
+    if too_small_for_a_store(&ran, tmp.path()) {
         return;
     }
-    let conf = conf.unwrap();
+    let etc = tmp.path().join("etc/truthdb");
+    let conf = fs::read_to_string(etc.join("truthdb.toml")).unwrap();
     let parsed: toml::Table = toml::from_str(&conf).unwrap();
     assert_eq!(parsed["network"]["port"].as_integer(), Some(9623));
     assert_eq!(parsed["storage"]["path"].as_str(), Some("truth.db"));
     let size = parsed["storage"]["size_gib"].as_integer().unwrap();
     assert!(size >= 1, "{conf}");
+    assert!(!parsed.contains_key("tds"), "{conf}");
+    assert!(!etc.join("tds.key").exists() && !tmp.path().join("etc/nftables.d").exists());
     let mode = fs::metadata(etc.join("truthdb.toml")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640, "the config is not for every user");
-    assert_eq!(fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(fs::metadata(tmp.path().join("data")).unwrap().permissions().mode() & 0o777, 0o700);
+}
+
+#[test]
+fn with_tds_the_configure_program_makes_a_certificate_opens_the_port_and_the_seed_is_forgotten() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A password TOML must quote: a quote, a backslash, a non-ASCII letter.
+    let password = r#"a "quoted" back\slash pässword"#;
+    let ran = run_truthdb_configure(tmp.path(), &[("TRUTHDB_TDS_PORT", "1433"), ("TRUTHDB_DB_PASSWORD", password)]);
+    if too_small_for_a_store(&ran, tmp.path()) {
+        return;
+    }
+    assert!(!String::from_utf8_lossy(&ran.stdout).contains("pässword") && !stderr(&ran).contains("pässword"));
+    let etc = tmp.path().join("etc/truthdb");
+    let conf_path = etc.join("truthdb.toml");
+    let conf = fs::read_to_string(&conf_path).unwrap();
+    let parsed: toml::Table = toml::from_str(&conf).unwrap();
+    let tds = &parsed["tds"];
+    assert_eq!((tds["enabled"].as_bool(), tds["port"].as_integer()), (Some(true), Some(1433)), "{conf}");
+    assert_eq!(tds["encryption"].as_str(), Some("required"));
+    assert_eq!(tds["auth"]["sa"].as_str(), Some(password), "the seed survives TOML quoting");
+    let (cert, key) = (etc.join("tds.crt"), etc.join("tds.key"));
+    assert_eq!(tds["tls_cert"].as_str(), cert.to_str());
+    assert_eq!(tds["tls_key"].as_str(), key.to_str());
+    // A real certificate for this key, and the key for the server's group only.
+    let modulus = |args: &[&str]| Command::new("openssl").args(args).output().unwrap().stdout;
+    let from_cert = modulus(&["x509", "-noout", "-pubkey", "-in", cert.to_str().unwrap()]);
+    let from_key = modulus(&["pkey", "-pubout", "-in", key.to_str().unwrap()]);
+    assert!(from_cert.starts_with(b"-----BEGIN PUBLIC KEY") && from_cert == from_key);
+    assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o640);
+    let nft = fs::read_to_string(tmp.path().join("etc/nftables.d/truthdb-tds.nft")).unwrap();
+    assert!(nft.contains("add rule inet filter input tcp dport 1433 accept"), "{nft}");
+    let unit = fs::read_to_string(tmp.path().join("units/truthdb-forget-tds-seed.service")).unwrap();
+    let exec = format!("ExecStart=/usr/lib/truthdb/payload/truthdb-forget-tds-seed {} 1433", conf_path.display());
+    assert!(unit.contains(&exec), "{unit}");
+
+    // The seed's removal once TDS listens: here a listener on a free port stands for the
+    // server, and the program run as the unit runs it.
+    let forget = repo_root().join("overlay/usr/lib/truthdb/payload/truthdb-forget-tds-seed");
+    let run_forget = |port: u16, tries: &str| {
+        Command::new(&forget)
+            .args([conf_path.to_str().unwrap(), &port.to_string()])
+            .env("TRUTHDB_SEED_WAIT", tries)
+            .output()
+            .unwrap()
+    };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ran = run_forget(closed, "2");
+    assert!(!ran.status.success() && stderr(&ran).contains("the seed stays"), "{}", stderr(&ran));
+    assert_eq!(fs::read_to_string(&conf_path).unwrap(), conf, "nothing removed before TDS listens");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ran = run_forget(listener.local_addr().unwrap().port(), "2");
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    let after = fs::read_to_string(&conf_path).unwrap();
+    assert!(!after.contains("pässword") && !after.contains("[tds.auth]"), "{after}");
+    let parsed: toml::Table = toml::from_str(&after).unwrap();
+    assert_eq!(parsed["tds"]["enabled"].as_bool(), Some(true), "the rest stays: {after}");
+    assert!(conf.starts_with(after.trim_end()), "only the end of the file went");
+    assert_eq!(fs::metadata(&conf_path).unwrap().permissions().mode() & 0o777, 0o640);
+    // A second start has nothing to do.
+    assert!(run_forget(closed, "1").status.success());
 }

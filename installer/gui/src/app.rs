@@ -284,7 +284,8 @@ impl App {
                 },
                 password_hash,
             }),
-            database: Some(Database { admin_password: s.database_password.clone() }),
+            // The GUI does not offer TDS (the serial console and install.toml do).
+            database: Some(Database { admin_password: s.database_password.clone(), tds: false }),
             power: PowerAction::Reboot,
             // The unattended path's guards: a person here has chosen and confirmed the disk.
             reinstall: false,

@@ -139,6 +139,9 @@ pub struct Payload {
     /// TCP ports the installed system's firewall lets in besides SSH (22).
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// The service's SQL Server protocol (TDS) port, off unless an install's config asks for
+    /// it (`database.tds = true`): then the configure program enables it and opens this port.
+    pub tds_port: Option<u16>,
     /// The smallest data partition the service can live on, in GiB: the installer refuses a
     /// smaller disk before writing anything.
     pub min_data_gib: Option<u32>,
@@ -185,6 +188,7 @@ impl Default for Payload {
             configure: None,
             profile: None,
             ports: Vec::new(),
+            tds_port: None,
             min_data_gib: None,
             kernel_config: Vec::new(),
         }
@@ -517,6 +521,16 @@ impl Payload {
         if let Some(port) = self.ports.iter().find(|p| **p == 0 || **p == 22) {
             bail!("field `payload.ports`: {port} (SSH's 22 is always open; 0 is no port)");
         }
+        if let Some(port) = self.tds_port {
+            if port == 0 || port == 22 || self.ports.contains(&port) {
+                bail!(
+                    "field `payload.tds_port`: {port} (not 0, SSH's 22, or one of `payload.ports`: it opens only when an install enables TDS)"
+                );
+            }
+            if self.configure.is_none() {
+                bail!("field `payload.tds_port` needs `payload.configure` (the program that enables TDS at install)");
+            }
+        }
         if self.min_data_gib.is_some() && self.data_mount.is_none() {
             bail!("field `payload.min_data_gib` needs `payload.data_mount` (the data partition it sizes)");
         }
@@ -753,6 +767,7 @@ application = "TruthDB OS appliance"
         assert!(p.packages.contains(&"truthdb-server".to_owned()) && p.packages.contains(&"truthdb-cli".to_owned()));
         assert_eq!(p.data_mount.as_deref(), Some("/var/lib/truthdb"));
         assert_eq!(p.ports, [9623]);
+        assert_eq!(p.tds_port, Some(1433));
         assert!(p.min_data_gib.is_some_and(|gib| gib > 10), "the default 10 GiB store and a margin must fit");
         assert!(p.kernel_config.contains(&"CONFIG_IO_URING".to_owned()));
         assert!(p.health_check.contains("9623") && p.health_check.contains("is-active"), "{}", p.health_check);
@@ -797,6 +812,8 @@ application = "TruthDB OS appliance"
         for (text, expected) in [
             ("[payload]\nports = [22]\n", "field `payload.ports`"),
             ("[payload]\nmin_data_gib = 12\n", "needs `payload.data_mount`"),
+            ("[payload]\nports = [1433]\ntds_port = 1433\nconfigure = \"/c\"\n", "field `payload.tds_port`: 1433"),
+            ("[payload]\ntds_port = 1433\n", "needs `payload.configure`"),
             ("[payload]\nkernel_config = [\"IO_URING\"]\n", "field `payload.kernel_config`"),
             ("[payload]\nprofile = \"pg\"\n", "cannot name another profile"),
             ("[payload]\npackages = [\"Bad\"]\n", "field `payload.packages`"),

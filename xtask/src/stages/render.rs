@@ -208,6 +208,7 @@ fn write_image_spec(inputs: &RenderInputs, includes: &Path) -> Result<()> {
             data_mount: m.payload.data_mount.clone(),
             configure: m.payload.configure.clone(),
             min_data_gib: m.payload.min_data_gib,
+            tds_port: m.payload.tds_port,
         },
     };
     let header = match &m.payload.profile {
