@@ -226,7 +226,7 @@ fn workflows_run_the_commands_the_readme_documents() {
     }
     // And the README's test command is what .ci/run runs.
     let ci_run = fs::read_to_string(repo_root().join(".ci/run")).unwrap();
-    assert!(ci_run.lines().any(|l| l.trim() == "cargo xtask test"));
+    assert!(ci_run.lines().any(|l| l.trim() == "cargo xtask test \"$@\""), "{ci_run}");
     assert!(readme.contains("cargo xtask test"));
 }
 
