@@ -192,6 +192,7 @@ fn run_truthdb_configure(root: &Path, env: &[(&str, &str)]) -> std::process::Out
         .replace("conf_dir=/etc/truthdb", &format!("conf_dir={}", at("etc/truthdb")))
         .replace("nft_dir=/etc/nftables.d", &format!("nft_dir={}", at("etc/nftables.d")))
         .replace("unit_dir=/etc/systemd/system", &format!("unit_dir={}", at("units")))
+        .replace("server=/usr/bin/truthdb", &format!("server={}", at("truthdb")))
         .replace("getent passwd truthdb", "true")
         .replace("chown ", ": chown ")
         .replace("systemctl enable", ": systemctl enable");
@@ -235,7 +236,16 @@ fn with_tds_the_configure_program_makes_a_certificate_opens_the_port_and_the_see
     let tmp = tempfile::tempdir().unwrap();
     // A password TOML must quote: a quote, a backslash, a non-ASCII letter.
     let password = r#"a "quoted" back\slash pässword"#;
-    let ran = run_truthdb_configure(tmp.path(), &[("TRUTHDB_TDS_PORT", "1433"), ("TRUTHDB_DB_PASSWORD", password)]);
+    let tds = [("TRUTHDB_TDS_PORT", "1433"), ("TRUTHDB_DB_PASSWORD", password)];
+    // A server without TDS (as the published 0.1.40~rc1): refused, naming the setting, before
+    // any file is written.
+    fs::write(tmp.path().join("truthdb"), b"\x7fELF TruthDB running").unwrap();
+    let ran = run_truthdb_configure(tmp.path(), &tds);
+    assert!(!ran.status.success() && stderr(&ran).contains("enables TDS (database.tds), but this truthdb-server"));
+    assert!(!tmp.path().join("etc/truthdb").exists(), "nothing written");
+    // One that logs its TDS listener.
+    fs::write(tmp.path().join("truthdb"), b"\x7fELF TDS gateway listening on {}:{}").unwrap();
+    let ran = run_truthdb_configure(tmp.path(), &tds);
     if too_small_for_a_store(&ran, tmp.path()) {
         return;
     }
