@@ -574,11 +574,18 @@ impl<'a> IsoBuild<'a> {
         apt_proxy::Mode::Record(Box::new(move |url, target| fetch::download(url, target, &fetch_log)))
     }
 
-    /// Step "payload kernel check": the kernel options the payload needs are built in.
+    /// Step "payload kernel check": the kernel options the payload needs are built in, and
+    /// those of every other profile too, since all of them get this one kernel.
     fn payload_kernel_check(&self, kernel: &KernelPackage) -> Result<()> {
-        let payload = &self.project().appliance.payload;
+        let project = self.project();
+        let payload = &project.appliance.payload;
         let profile = payload.profile.as_deref().unwrap_or("appliance.toml");
-        kernel::check_payload_options(&kernel.config, &payload.kernel_config, profile)
+        kernel::check_payload_options(&kernel.config, &payload.kernel_config, profile)?;
+        let profiles = project.lb_config_dir().join(crate::project::appliance::PROFILES_DIR);
+        for (name, options) in crate::project::appliance::Appliance::kernel_options_of_every_profile(&profiles)? {
+            kernel::check_payload_options(&kernel.config, &options, &format!("profile {name}, sharing this kernel"))?;
+        }
+        Ok(())
     }
 
     /// Step "apt sources": each extra apt repository reachable and signed by its key.

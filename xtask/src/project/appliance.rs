@@ -300,6 +300,35 @@ impl Appliance {
         Ok(appliance)
     }
 
+    /// The kernel options every profile in `dir` (`lb-config/payloads/`) needs, by profile name,
+    /// sorted. One kernel serves every profile (its cache key has no payload in it), so each build
+    /// checks them all: the default PostgreSQL build then proves the kernel a `truthdb` build
+    /// would get still has io_uring, although that build cannot run where TruthDB's repository
+    /// cannot be reached.
+    pub fn kernel_options_of_every_profile(dir: &Path) -> Result<Vec<(String, Vec<String>)>> {
+        let mut options = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(options),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        for entry in entries {
+            let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".toml")) else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let profile: ProfileFile =
+                toml::from_str(&text).with_context(|| format!("in payload profile {}", path.display()))?;
+            profile.payload.validate().with_context(|| format!("in payload profile {}", path.display()))?;
+            if !profile.payload.kernel_config.is_empty() {
+                options.push((name.to_owned(), profile.payload.kernel_config));
+            }
+        }
+        options.sort();
+        Ok(options)
+    }
+
     /// Replaces the payload with the profile `name` from `dir` and adds its apt repositories.
     fn use_profile(&mut self, name: &str, dir: &Path) -> Result<()> {
         if !is_debian_name(name) {
@@ -776,6 +805,25 @@ application = "TruthDB OS appliance"
         assert_eq!(repo.key, "apt-keys/truthdb.asc");
     }
 
+    #[test]
+    fn every_profile_s_kernel_options_are_gathered_for_the_one_shared_kernel() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let ours = Appliance::kernel_options_of_every_profile(&root.join("lb-config").join(PROFILES_DIR)).unwrap();
+        assert_eq!(ours, [("truthdb".to_owned(), vec!["CONFIG_IO_URING".to_owned()])]);
+
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Appliance::kernel_options_of_every_profile(&dir.path().join("none")).unwrap().is_empty());
+        std::fs::write(dir.path().join("b.toml"), "[payload]\nkernel_config = [\"CONFIG_B\"]\n").unwrap();
+        std::fs::write(dir.path().join("a.toml"), "[payload]\nkernel_config = [\"CONFIG_A\"]\n").unwrap();
+        std::fs::write(dir.path().join("plain.toml"), "[payload]\npackages = [\"postgresql\"]\n").unwrap();
+        let got = Appliance::kernel_options_of_every_profile(dir.path()).unwrap();
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        std::fs::write(dir.path().join("bad.toml"), "[payload]\nkernel_config = [\"IO_URING\"]\n").unwrap();
+        let msg = format!("{:#}", Appliance::kernel_options_of_every_profile(dir.path()).unwrap_err());
+        assert!(msg.contains("bad.toml") && msg.contains("payload.kernel_config"), "{msg}");
+    }
+
     /// A project directory holding `appliance.toml` (MINIMAL plus `extra`) and profiles.
     fn project_with(extra: &str, profiles: &[(&str, &str)]) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
@@ -823,7 +871,7 @@ application = "TruthDB OS appliance"
             let msg = format!("{:#}", Appliance::load(&manifest, "0.1.0", Some("bad")).unwrap_err());
             assert!(msg.contains(expected) && msg.contains("bad.toml"), "expected {expected:?} in {msg:?}");
         }
-        let (_dir, manifest) = project_with("[payload]\nprofile = \"pg\"\npackages = [\"x\"]\n", &[("pg", pg)]);
+        let (_dir, manifest) = project_with("[payload]\nprofile = \"pg\"\npackages = [\"postgresql\"]\n", &[("pg", pg)]);
         let msg = format!("{:#}", Appliance::load(&manifest, "0.1.0", None).unwrap_err());
         assert!(msg.contains("its other keys belong in payloads/pg.toml"), "{msg}");
     }
