@@ -3,7 +3,7 @@
 //!
 //! By default the second build has its own cache too (`target/truthdb-os/repro/cache`): a new
 //! build root, installer build and chroot with its packages; only the kernel package is taken
-//! from the machine's cache (`--with-kernel` builds it again as well, about 17 minutes).
+//! from the machine's cache (`--with-kernel` builds it again as well, 17-29 minutes on 2 cores).
 //! `--shared-cache` shares every cache, so only live-build's customisation and binary stage run
 //! again: the suite's quick form. The signatures and a development key are new in every build
 //! and are not compared. On a difference, diffoscope (Debian's `diffoscope-minimal`) says
@@ -27,7 +27,7 @@ use crate::util::run::Cmd;
 #[derive(Debug, clap::Args)]
 pub struct ReproCheckArgs {
     /// Build the kernel package again in the second build's cache instead of taking the
-    /// cached one (about 17 minutes on 2 cores).
+    /// cached one (17-29 minutes on 2 cores, measured).
     #[arg(long, conflicts_with = "shared_cache")]
     pub with_kernel: bool,
     /// Share the machine's caches with the second build: only the customisation and the
