@@ -871,7 +871,8 @@ application = "TruthDB OS appliance"
             let msg = format!("{:#}", Appliance::load(&manifest, "0.1.0", Some("bad")).unwrap_err());
             assert!(msg.contains(expected) && msg.contains("bad.toml"), "expected {expected:?} in {msg:?}");
         }
-        let (_dir, manifest) = project_with("[payload]\nprofile = \"pg\"\npackages = [\"postgresql\"]\n", &[("pg", pg)]);
+        let (_dir, manifest) =
+            project_with("[payload]\nprofile = \"pg\"\npackages = [\"postgresql\"]\n", &[("pg", pg)]);
         let msg = format!("{:#}", Appliance::load(&manifest, "0.1.0", None).unwrap_err());
         assert!(msg.contains("its other keys belong in payloads/pg.toml"), "{msg}");
     }

@@ -169,27 +169,36 @@ impl PackageLock {
         names.into_iter().filter(|n| self.inputs.get(*n) != current.get(*n)).cloned().collect()
     }
 
-    /// The locked version of each of the image's packages by name and architecture, for
-    /// comparing an installed system with.
-    pub fn versions(&self) -> BTreeMap<(&str, &str), &str> {
+    /// The locked versions of each of the image's packages by name and architecture, for
+    /// comparing an installed system with. A package can have two: debootstrap installs the
+    /// suite's, then the chroot's upgrade the security suite's (libssl3t64 3.5.9-1~deb13u1 and
+    /// 3.5.10-1~deb13u1 in one build), and a replay needs both files.
+    pub fn versions(&self) -> LockedVersions<'_> {
         versions_of(&self.packages)
     }
 
     /// The same for the build root's packages.
-    pub fn build_root_versions(&self) -> BTreeMap<(&str, &str), &str> {
+    pub fn build_root_versions(&self) -> LockedVersions<'_> {
         versions_of(&self.build_root_packages)
     }
 }
 
-fn versions_of(packages: &[LockedPackage]) -> BTreeMap<(&str, &str), &str> {
-    packages.iter().map(|p| ((p.name.as_str(), p.architecture.as_str()), p.version.as_str())).collect()
+/// Every version a lock has of a package, by (name, architecture).
+pub type LockedVersions<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a str>>;
+
+fn versions_of(packages: &[LockedPackage]) -> LockedVersions<'_> {
+    let mut versions = LockedVersions::new();
+    for p in packages {
+        versions.entry((p.name.as_str(), p.architecture.as_str())).or_default().push(p.version.as_str());
+    }
+    versions
 }
 
 impl PackageLock {
     /// Which of the installed packages in a root's dpkg `status` differ from `locked`, as
     /// `name version (...)` phrases; the packages named in `ours` (installed from our own
     /// .debs) are left out.
-    pub fn differences(status: &str, locked: &BTreeMap<(&str, &str), &str>, ours: &[String]) -> Vec<String> {
+    pub fn differences(status: &str, locked: &LockedVersions, ours: &[String]) -> Vec<String> {
         let mut differ = Vec::new();
         for paragraph in crate::util::deb822::paragraphs(status) {
             let get = |name: &str| crate::util::deb822::field(&paragraph, name).unwrap_or_default();
@@ -198,8 +207,8 @@ impl PackageLock {
             }
             let (name, version, arch) = (get("Package"), get("Version"), get("Architecture"));
             match locked.get(&(name, arch)) {
-                Some(&at) if at == version => {}
-                Some(&at) => differ.push(format!("{name} {version} (the lock has {at})")),
+                Some(at) if at.contains(&version) => {}
+                Some(at) => differ.push(format!("{name} {version} (the lock has {})", at.join(" and "))),
                 None if ours.iter().any(|o| o == name) => {}
                 None => differ.push(format!("{name} {version} (not in the lock)")),
             }
@@ -421,6 +430,24 @@ mod tests {
                       Package: extra\nStatus: install ok installed\nArchitecture: all\nVersion: 2\n";
         let differ = PackageLock::differences(status, &lock.versions(), &["linux-image-6.12-truthdb".to_owned()]);
         assert_eq!(differ, ["passwd 1:4.17.4-1 (the lock has 1:4.17.4-2)", "extra 2 (not in the lock)"]);
+        // A package locked at two versions (the suite's, then the security suite's upgrade):
+        // either one installed is the lock's, whichever the file lists first.
+        let mut two = sample();
+        let mut upgrade = two.packages.iter().find(|p| p.name == "passwd").unwrap().clone();
+        upgrade.version = "1:4.17.4-1".into();
+        for at_end in [true, false] {
+            let mut lock = two.clone();
+            if at_end {
+                lock.packages.push(upgrade.clone())
+            } else {
+                lock.packages.insert(0, upgrade.clone())
+            }
+            let differ = PackageLock::differences(status, &lock.versions(), &["linux-image-6.12-truthdb".to_owned()]);
+            assert_eq!(differ, ["extra 2 (not in the lock)"], "upgrade listed at the end: {at_end}");
+        }
+        two.packages.push(LockedPackage { version: "1:4.17.4-3".into(), ..upgrade });
+        let differ = PackageLock::differences(status, &two.versions(), &["linux-image-6.12-truthdb".to_owned()]);
+        assert_eq!(differ[0], "passwd 1:4.17.4-1 (the lock has 1:4.17.4-2 and 1:4.17.4-3)");
         // The build root's packages are their own section.
         assert!(
             PackageLock::differences(
