@@ -130,6 +130,8 @@ fn graphical_install(
 
         let welcome = wait_screen(&vm, "welcome", config.timeout)?;
         let up_after = vm.elapsed();
+        drawn_through(&welcome, STD_VGA_DRM)
+            .context("the std VGA display (the support list's QEMU/Proxmox default)")?;
         let picture = shot(&mut qmp, "welcome")?;
         println!("PASS graphical installer up {} after power-on (TCG): {welcome}", format_duration(up_after));
         println!("PASS welcome screen captured: {picture}");
@@ -248,6 +250,22 @@ fn wait_screen(vm: &Vm, screen: &str, timeout: Duration) -> Result<String> {
     })
 }
 
+/// The DRM driver of QEMU's `-vga std` (drivers/gpu/drm/tiny/bochs.c): the hardware matrix
+/// has the other displays, this test has this one.
+const STD_VGA_DRM: &str = "bochs-drm";
+
+/// The installer's screen line (`TRUTHDB-GUI-SCREEN welcome uptime=..s output="kms /dev/dri/card0
+/// bochs-drm 1024x768"`) says it draws through KMS on the display's own DRM driver, not the
+/// firmware's framebuffer (simpledrm) that the driver should have taken over.
+fn drawn_through(screen_line: &str, drm_driver: &str) -> Result<()> {
+    let output = screen_line.split_once("output=").map(|(_, o)| o.trim_matches('"')).unwrap_or("");
+    let mut words = output.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("kms"), Some(_card), Some(driver)) if driver == drm_driver => Ok(()),
+        _ => bail!("the installer should draw through KMS on {drm_driver}, but its screen line says {screen_line:?}"),
+    }
+}
+
 /// What a screendump shows, in numbers.
 #[derive(Debug, PartialEq)]
 pub struct Picture {
@@ -321,6 +339,17 @@ mod tests {
         writer.write_image_data(&data).unwrap();
         writer.finish().unwrap();
         out
+    }
+
+    #[test]
+    fn the_installer_must_draw_on_the_display_s_own_drm_driver() {
+        let line = |output: &str| format!("TRUTHDB-GUI-SCREEN welcome uptime=101s output=\"{output}\"");
+        drawn_through(&line("kms /dev/dri/card0 bochs-drm 1280x800"), STD_VGA_DRM).unwrap();
+        for other in ["kms /dev/dri/card0 simpledrm 1280x800", "fbdev /dev/fb0 1280x800", ""] {
+            let msg = format!("{:#}", drawn_through(&line(other), STD_VGA_DRM).unwrap_err());
+            assert!(msg.contains("bochs-drm") && msg.contains(&line(other).replace('"', "\\\"")), "{msg}");
+        }
+        assert!(drawn_through("TRUTHDB-GUI-SCREEN welcome", STD_VGA_DRM).is_err());
     }
 
     #[test]
