@@ -574,18 +574,21 @@ impl<'a> IsoBuild<'a> {
         apt_proxy::Mode::Record(Box::new(move |url, target| fetch::download(url, target, &fetch_log)))
     }
 
-    /// Step "payload kernel check": the kernel options the payload needs are built in, and
-    /// those of every other profile too, since all of them get this one kernel.
+    /// Step "payload kernel check": the kernel options the payload needs are built in, those
+    /// of every other profile too (all of them get this one kernel), and the support list's
+    /// drivers that come from the defconfig rather than a fragment.
     fn payload_kernel_check(&self, kernel: &KernelPackage) -> Result<()> {
         let project = self.project();
         let payload = &project.appliance.payload;
         let profile = payload.profile.as_deref().unwrap_or("appliance.toml");
-        kernel::check_payload_options(&kernel.config, &payload.kernel_config, profile)?;
+        kernel::check_built_in(&kernel.config, &payload.kernel_config, &format!("the payload ({profile})"))?;
         let profiles = project.lb_config_dir().join(crate::project::appliance::PROFILES_DIR);
         for (name, options) in crate::project::appliance::Appliance::kernel_options_of_every_profile(&profiles)? {
-            kernel::check_payload_options(&kernel.config, &options, &format!("profile {name}, sharing this kernel"))?;
+            let needed_by = format!("the payload profile {name} (it shares this kernel)");
+            kernel::check_built_in(&kernel.config, &options, &needed_by)?;
         }
-        Ok(())
+        let support_list = kernel::SUPPORT_LIST_FROM_DEFCONFIG.map(str::to_owned);
+        kernel::check_built_in(&kernel.config, &support_list, "README's support list (from the defconfig)")
     }
 
     /// Step "apt sources": each extra apt repository reachable and signed by its key.

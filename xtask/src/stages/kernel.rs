@@ -99,10 +99,15 @@ pub fn check_config(final_config: &str, requested: &[RequestedOption]) -> Result
     Ok(())
 }
 
-/// The kernel options the payload needs (`payload.kernel_config` of `profile`, e.g. TruthDB's
-/// io_uring): each must be `=y` in the kernel's final `.config` (`config`), or the build stops
-/// before the image is made with a kernel its service cannot run on.
-pub fn check_payload_options(config: &Path, options: &[String], profile: &str) -> Result<()> {
+/// Options README's support list names that come from the pinned kernel's x86_64 defconfig,
+/// not from a fragment (so `check_config` does not see them): checked after every build, so a
+/// new kernel pin whose defaults drop one stops the build.
+pub const SUPPORT_LIST_FROM_DEFCONFIG: [&str; 4] = ["CONFIG_TIGON3", "CONFIG_R8169", "CONFIG_FORCEDETH", "CONFIG_SKY2"];
+
+/// Kernel options something needs built in (`needed_by`: the payload's `payload.kernel_config`,
+/// e.g. TruthDB's io_uring, or the support list): each must be `=y` in the kernel's final
+/// `.config` (`config`), or the build stops before an image is made with a kernel that lacks it.
+pub fn check_built_in(config: &Path, options: &[String], needed_by: &str) -> Result<()> {
     if options.is_empty() {
         return Ok(());
     }
@@ -116,8 +121,8 @@ pub fn check_payload_options(config: &Path, options: &[String], profile: &str) -
         .collect();
     if !missing.is_empty() {
         bail!(
-            "the payload ({profile}) needs kernel options the kernel was built without ({}): {}; add them `=y` to a \
-             fragment in kernel/config/",
+            "{needed_by} needs kernel options the kernel was built without ({}): {}; add them `=y` to a fragment in \
+             kernel/config/",
             config.display(),
             missing.join(", ")
         );
@@ -466,7 +471,7 @@ mod tests {
             ("CONFIG_OTHER=y\n", false),
         ] {
             fs::write(&config, text).unwrap();
-            match check_payload_options(&config, &needs, "truthdb") {
+            match check_built_in(&config, &needs, "the payload (truthdb)") {
                 Ok(()) => assert!(ok, "{text} passed"),
                 Err(e) => {
                     let msg = format!("{e:#}");
@@ -474,7 +479,7 @@ mod tests {
                 }
             }
         }
-        check_payload_options(Path::new("/nonexistent"), &[], "postgresql").unwrap();
+        check_built_in(Path::new("/nonexistent"), &[], "the payload (postgresql)").unwrap();
     }
 
     #[test]
