@@ -584,6 +584,9 @@ impl<'a> IsoBuild<'a> {
         kernel::check_built_in(&kernel.config, &payload.kernel_config, &format!("the payload ({profile})"))?;
         let profiles = project.lb_config_dir().join(crate::project::appliance::PROFILES_DIR);
         for (name, options) in crate::project::appliance::Appliance::kernel_options_of_every_profile(&profiles)? {
+            if payload.profile.as_deref() == Some(name.as_str()) {
+                continue; // checked above as the payload
+            }
             let needed_by = format!("the payload profile {name} (it shares this kernel)");
             kernel::check_built_in(&kernel.config, &options, &needed_by)?;
         }

@@ -164,6 +164,40 @@ struct ProfileFile {
     apt_repositories: Vec<AptRepository>,
 }
 
+impl ProfileFile {
+    /// Reads and validates one profile file; errors name the file and the field.
+    fn read(path: &Path) -> Result<ProfileFile> {
+        let in_file = || format!("in payload profile {}", path.display());
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let profile: ProfileFile = toml::from_str(&text).with_context(in_file)?;
+        (|| {
+            if profile.payload.profile.is_some() {
+                bail!("field `payload.profile`: a profile cannot name another profile");
+            }
+            profile.payload.validate()?;
+            for (index, repository) in profile.apt_repositories.iter().enumerate() {
+                repository.validate(index)?;
+            }
+            Ok(())
+        })()
+        .with_context(in_file)?;
+        Ok(profile)
+    }
+}
+
+/// The profiles in `dir` (`lb-config/payloads/`): its `*.toml` files' names, sorted; none when
+/// the directory does not exist.
+fn profile_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".toml").map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
 /// A .deb by path (relative to the project) or by URL with its SHA-256.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -307,25 +341,12 @@ impl Appliance {
     /// cannot be reached.
     pub fn kernel_options_of_every_profile(dir: &Path) -> Result<Vec<(String, Vec<String>)>> {
         let mut options = Vec::new();
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(options),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-        };
-        for entry in entries {
-            let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".toml")) else {
-                continue;
-            };
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            let profile: ProfileFile =
-                toml::from_str(&text).with_context(|| format!("in payload profile {}", path.display()))?;
-            profile.payload.validate().with_context(|| format!("in payload profile {}", path.display()))?;
+        for name in profile_names(dir) {
+            let profile = ProfileFile::read(&dir.join(format!("{name}.toml")))?;
             if !profile.payload.kernel_config.is_empty() {
-                options.push((name.to_owned(), profile.payload.kernel_config));
+                options.push((name, profile.payload.kernel_config));
             }
         }
-        options.sort();
         Ok(options)
     }
 
@@ -338,33 +359,14 @@ impl Appliance {
         }
         let path = dir.join(format!("{name}.toml"));
         if !path.is_file() {
-            let mut known: Vec<String> = std::fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".toml").map(str::to_owned))
-                .collect();
-            known.sort();
+            let known = profile_names(dir);
             crate::util::usage_error!(
                 "no payload profile {name:?}: {} does not exist (profiles here: {})",
                 path.display(),
                 if known.is_empty() { "none".to_owned() } else { known.join(", ") }
             );
         }
-        let in_file = || format!("in payload profile {}", path.display());
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let profile: ProfileFile = toml::from_str(&text).with_context(in_file)?;
-        (|| {
-            if profile.payload.profile.is_some() {
-                bail!("field `payload.profile`: a profile cannot name another profile");
-            }
-            profile.payload.validate()?;
-            for (index, repository) in profile.apt_repositories.iter().enumerate() {
-                repository.validate(index)?;
-            }
-            Ok(())
-        })()
-        .with_context(in_file)?;
+        let profile = ProfileFile::read(&path)?;
         self.payload = Payload { profile: Some(name.to_owned()), ..profile.payload };
         for repository in profile.apt_repositories {
             if self.apt_repositories.iter().any(|r| r.name == repository.name) {
