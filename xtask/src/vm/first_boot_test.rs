@@ -29,7 +29,7 @@ use crate::project::Project;
 use crate::util::progress::{format_duration, stage};
 use crate::util::run::Cmd;
 use crate::vm::install_test::{
-    ADMIN, BootExtras, Credentials, HOSTNAME, InstallTestConfig, TARGET_SERIAL, check_appliance,
+    ADMIN, ApplianceFacts, BootExtras, Credentials, HOSTNAME, InstallTestConfig, TARGET_SERIAL, check_appliance,
 };
 use crate::vm::qemu::{Vm, VmSpec, free_port, line_from, virtio_disk};
 
@@ -39,6 +39,10 @@ const VM_DISK_GIB: u64 = 16;
 /// What the provisioning service prints on the serial console.
 const PROVISIONED: &str = "TRUTHDB-OS-PROVISION done";
 const NOT_PROVISIONED: &str = "TRUTHDB-OS-PROVISION none";
+/// What pg_createcluster prints (through the provisioning service's console output) as it
+/// begins the PostgreSQL payload's cluster, the admin account and the TLS certificate already
+/// made: vm-c's power is cut there, in the middle of provisioning.
+const MID_PROVISIONING: &str = "Creating new PostgreSQL cluster";
 
 /// `cargo xtask first-boot-test`.
 #[derive(clap::Args, Debug)]
@@ -138,19 +142,45 @@ fn boot_them(config: &InstallTestConfig, image: &Path) -> Result<()> {
     let credentials_c = systemd_credentials(&c, &cred_c)?;
     let (disk_a, disk_b, disk_c) = (overlay(&image, &a)?, overlay(&image, &b)?, overlay(&image, &c)?);
     let (first_a, first_b, first_c, unprovisioned) = std::thread::scope(|scope| {
-        let vm_a = scope.spawn(|| {
-            let extras =
-                BootExtras { qemu_args: seed_cdrom(&seed_a), refused_key: Some(&cred_b.key), boot_analysis: true };
-            check_appliance("vm-a", &disk_a, "qcow2", config, &cred_a, None, &extras)
+        // vm-a: its power cut the moment provisioning says it is done; the next boot must be the
+        // provisioned appliance, not provision again. That boot ends with a power cut while the
+        // database is written (its rows checked on vm-a's last boot below).
+        let vm_a = scope.spawn(|| -> Result<ApplianceFacts> {
+            let provisioned = power_cut_at(config, "vm-a-cut-at-done", &disk_a, seed_cdrom(&seed_a), |serial| {
+                line_from(serial, PROVISIONED)
+            })?;
+            let extras = BootExtras {
+                qemu_args: seed_cdrom(&seed_a),
+                refused_key: Some(&cred_b.key),
+                boot_analysis: true,
+                write_then_cut: true,
+                ..Default::default()
+            };
+            let mut facts = check_appliance("vm-a", &disk_a, "qcow2", config, &cred_a, None, &extras)?;
+            if facts.serial.contains(PROVISIONED) {
+                bail!("vm-a provisioned itself again after its power cut at {PROVISIONED:?}");
+            }
+            // The provisioning line is the cut boot's.
+            facts.serial = provisioned;
+            Ok(facts)
         });
         let vm_b = scope.spawn(|| {
             let extras =
-                BootExtras { qemu_args: seed_cdrom(&seed_b), refused_key: Some(&cred_a.key), boot_analysis: false };
+                BootExtras { qemu_args: seed_cdrom(&seed_b), refused_key: Some(&cred_a.key), ..Default::default() };
             check_appliance("vm-b", &disk_b, "qcow2", config, &cred_b, None, &extras)
         });
-        let vm_c = scope.spawn(|| {
-            let extras =
-                BootExtras { qemu_args: credentials_c.clone(), refused_key: Some(&cred_a.key), boot_analysis: true };
+        // vm-c: its power cut in the middle of provisioning, as the database cluster is being
+        // made (the admin account already is): the next boot provisions again, from the start.
+        let vm_c = scope.spawn(|| -> Result<ApplianceFacts> {
+            power_cut_at(config, "vm-c-cut-in-provisioning", &disk_c, credentials_c.clone(), |serial| {
+                line_from(serial, MID_PROVISIONING)
+            })?;
+            let extras = BootExtras {
+                qemu_args: credentials_c.clone(),
+                refused_key: Some(&cred_a.key),
+                boot_analysis: true,
+                ..Default::default()
+            };
             check_appliance("vm-c", &disk_c, "qcow2", config, &cred_c, None, &extras)
         });
         let unseeded = scope.spawn(|| no_seed(config, &image, &cred_a));
@@ -206,7 +236,13 @@ fn boot_them(config: &InstallTestConfig, image: &Path) -> Result<()> {
     // new instance-id would make a running cloud-init add vm-b's key to the admin.
     let again = stage("first-boot test", |s| {
         s.set("vm-a boots again, with vm-b's seed");
-        let extras = BootExtras { qemu_args: seed_cdrom(&seed_b), refused_key: Some(&cred_b.key), boot_analysis: true };
+        let extras = BootExtras {
+            qemu_args: seed_cdrom(&seed_b),
+            refused_key: Some(&cred_b.key),
+            boot_analysis: true,
+            rows_committed: first_a.rows_committed,
+            ..Default::default()
+        };
         check_appliance("vm-a-again", &disk_a, "qcow2", config, &cred_a, None, &extras)
     })?;
     if again.serial.contains(PROVISIONED) {
@@ -225,6 +261,32 @@ fn boot_them(config: &InstallTestConfig, image: &Path) -> Result<()> {
         "PASS vm-a boots again with vm-b's seed: its machine-id, host key and cluster, not provisioned again, vm-b's key refused"
     );
     Ok(())
+}
+
+/// Boots `disk` with `qemu_args` until `cut_here` finds its moment on the serial console, then
+/// cuts the power at once. Returns the serial console up to the cut.
+fn power_cut_at(
+    config: &InstallTestConfig,
+    name: &str,
+    disk: &Path,
+    qemu_args: Vec<String>,
+    cut_here: impl Fn(&str) -> Option<String>,
+) -> Result<String> {
+    let vm = Vm::start(
+        &VmSpec::uefi(name, &config.work_dir)
+            .memory(config.memory_mib)
+            .media(virtio_disk(disk, "qcow2", TARGET_SERIAL))
+            .media(qemu_args),
+    )?;
+    let line = vm.wait_for(&format!("{name}'s moment to cut the power"), config.timeout, |serial, _| {
+        if let Some(failed) = line_from(serial, "TRUTHDB-OS-PROVISION failed") {
+            return Some(Err(anyhow::anyhow!("{failed}")));
+        }
+        cut_here(serial).map(Ok)
+    })?;
+    vm.power_cut();
+    println!("PASS {name}: power cut at {} after power-on, at {line:?}", format_duration(vm.elapsed()));
+    Ok(vm.serial())
 }
 
 /// A copy-on-write overlay of `image`, larger than it.

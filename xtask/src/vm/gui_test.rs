@@ -117,7 +117,8 @@ fn graphical_install(
                 .memory(config.memory_mib)
                 .media(cdrom(&config.iso))
                 .media(virtio_disk(target, "raw", TARGET_SERIAL))
-                .qmp(socket),
+                .qmp(socket)
+                .silence_limit(install_test::INSTALL_SILENCE_LIMIT),
         )?;
         let mut qmp = Qmp::connect(socket, Duration::from_secs(30))?;
         let mut screen_no = 0;

@@ -33,6 +33,11 @@ pub const TARGET_SERIAL: &str = "truthdb-target";
 pub const ADMIN: &str = "dba";
 pub const HOSTNAME: &str = "truthdb-e2e";
 pub const DISK_GIB: u64 = 12;
+/// The installer's copy step says nothing on the serial console for up to about 5 minutes on a
+/// slow host: an install is given up as stuck after twice that.
+pub const INSTALL_SILENCE_LIMIT: Duration = Duration::from_secs(10 * 60);
+/// The table the power-cut-while-writing check fills (`BootExtras::write_then_cut`).
+const POWER_CUT_TABLE: &str = "truthdb_power_cut";
 /// The installed system's PostgreSQL certificate (public) and the boot marker's line naming
 /// its fingerprint, both made by the payload's configure program and boot marker (overlay/).
 const PG_CERT: &str = "/etc/truthdb/tls/postgresql.crt";
@@ -226,9 +231,11 @@ fn install_chain(config: &InstallTestConfig, credentials: &Credentials, good: &s
         blank_disk(target, DISK_GIB)?;
         s.set("installing (UEFI, CD + blank virtio disk)");
         let storage = [cdrom(&iso), virtio_disk(target, "raw", TARGET_SERIAL)].concat();
-        let vm = Vm::start(&VmSpec::uefi("install", dir).memory(config.memory_mib).media(storage))?;
+        // The copy step says nothing for up to about 5 minutes on a slow host.
+        let spec = VmSpec::uefi("install", dir).memory(config.memory_mib).media(storage);
+        let vm = Vm::start(&spec.silence_limit(INSTALL_SILENCE_LIMIT))?;
         let mut last = String::new();
-        vm.wait_for("the unattended install to finish and power off", config.timeout, |serial, exited| {
+        vm.wait_for("the unattended install's TRUTHDB-INSTALL-DONE", config.timeout, |serial, _| {
             if let Some(progress) = installer_progress(serial, &mut last) {
                 s.set(&progress);
             }
@@ -237,12 +244,11 @@ fn install_chain(config: &InstallTestConfig, credentials: &Credentials, good: &s
             {
                 return Some(Err(anyhow::anyhow!("the installer failed: {}", line.trim())));
             }
-            let done = serial.lines().find(|l| l.contains("TRUTHDB-INSTALL-DONE"));
-            match (done, exited) {
-                (Some(line), true) => Some(Ok(line.trim().to_owned())),
-                _ => None,
-            }
+            serial.lines().find(|l| l.contains("TRUTHDB-INSTALL-DONE")).map(|line| Ok(line.trim().to_owned()))
         })?;
+        // The power cut the moment the installer says it is done, before its power action: what
+        // it wrote must already be on the disk, which the installed boot below then proves.
+        vm.power_cut();
         let elapsed = vm.elapsed();
         let serial = vm.serial();
         for line in serial
@@ -253,7 +259,10 @@ fn install_chain(config: &InstallTestConfig, credentials: &Credentials, good: &s
         }
         Ok(elapsed)
     })?;
-    println!("PASS unattended install from the ISO in {} (TCG)", format_duration(install_time));
+    println!(
+        "PASS unattended install from the ISO in {} (TCG), its power cut at TRUTHDB-INSTALL-DONE",
+        format_duration(install_time)
+    );
 
     stage("install test", |s| {
         s.set("booting the installed disk alone");
@@ -362,7 +371,8 @@ fn serial_console_chain(config: &InstallTestConfig, credentials: &Credentials) -
     let serial = vm.wait_for("the serial console installer to start again", config.timeout, |serial, _| {
         (serial.matches(disk_prompt).count() >= 2).then(|| Ok(serial.to_owned()))
     })?;
-    vm.kill();
+    // A live system that wrote no disk: nothing to lose.
+    vm.power_cut();
     for said in [
         "TRUTHDB-OS-BOOTED",
         "Disks to install to:",
@@ -629,12 +639,27 @@ pub fn check_appliance(
     let [machine_id, host_key, data_mib] = facts.as_slice() else {
         bail!("{name}: unexpected facts over ssh: {facts:?}");
     };
-    let facts = ApplianceFacts {
+    if let Some(acknowledged) = extras.rows_committed {
+        // Rows the database acknowledged before an earlier boot's power cut.
+        let sql =
+            format!("select count(*) || ' ' || coalesce(max(id), 0) from {POWER_CUT_TABLE} where id <= {acknowledged}");
+        let out = psql("127.0.0.1", &require, &credentials.password, &sql)?;
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() || said != format!("{acknowledged} {acknowledged}") {
+            bail!(
+                "{name}: after the power cut, rows 1-{acknowledged} (each committed before it) should all be there;                  count and highest id: {said:?} {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        println!("PASS {name}: all {acknowledged} rows committed before the power cut are there");
+    }
+    let mut facts = ApplianceFacts {
         machine_id: machine_id.to_string(),
         host_key: host_key.to_string(),
         data_mib: data_mib.parse().with_context(|| format!("{name}: data size {data_mib:?}"))?,
         system_identifier,
         serial: vm.serial(),
+        rows_committed: None,
     };
     if facts.machine_id.len() != 32 || !facts.host_key.starts_with("SHA256:") || facts.system_identifier.is_empty() {
         bail!(
@@ -643,6 +668,50 @@ pub fn check_appliance(
             facts.host_key,
             facts.system_identifier
         );
+    }
+    if extras.write_then_cut {
+        // Rows inserted one transaction at a time; the power is cut while the next is in flight.
+        // Each acknowledged commit is durable (synchronous_commit): the next boot must have all.
+        let create = format!("create table if not exists {POWER_CUT_TABLE} (id bigint primary key, at timestamptz)");
+        let out = psql("127.0.0.1", &require, &credentials.password, &create)?;
+        if !out.status.success() {
+            bail!("{name}: creating {POWER_CUT_TABLE}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let acknowledged = std::sync::atomic::AtomicU64::new(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| -> Result<()> {
+            use std::sync::atomic::Ordering::SeqCst;
+            scope.spawn(|| {
+                let mut id = 1;
+                while !stop.load(SeqCst) {
+                    let sql = format!("insert into {POWER_CUT_TABLE} values ({id}, now())");
+                    match psql("127.0.0.1", &require, &credentials.password, &sql) {
+                        Ok(out) if out.status.success() => {
+                            acknowledged.store(id, SeqCst);
+                            id += 1;
+                        }
+                        _ => break,
+                    }
+                }
+            });
+            let started = Instant::now();
+            while acknowledged.load(SeqCst) < 10 {
+                if started.elapsed() > Duration::from_secs(180) {
+                    stop.store(true, SeqCst);
+                    bail!("{name}: fewer than 10 rows committed in 3 minutes");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            vm.power_cut();
+            stop.store(true, SeqCst);
+            Ok(())
+        })?;
+        let rows = acknowledged.load(std::sync::atomic::Ordering::SeqCst);
+        println!("PASS {name}: power cut while rows were being inserted ({rows} committed before it)");
+        facts.rows_committed = Some(rows);
+    } else {
+        vm.power_off(crate::vm::qemu::POWER_OFF_PATIENCE).with_context(|| format!("{name}: the clean shutdown"))?;
+        println!("PASS {name}: shut down cleanly (ACPI power button) in {}", format_duration(vm.elapsed() - booted_in));
     }
     Ok(facts)
 }
@@ -656,6 +725,11 @@ pub struct BootExtras<'a> {
     pub refused_key: Option<&'a Path>,
     /// Print `systemd-analyze critical-chain` of the boot marker (where the boot's time went).
     pub boot_analysis: bool,
+    /// End with a power cut while rows are inserted into the database, instead of a clean
+    /// shutdown; [`ApplianceFacts::rows_committed`] says how many were acknowledged.
+    pub write_then_cut: bool,
+    /// Rows an earlier boot's `write_then_cut` had committed: all must be there.
+    pub rows_committed: Option<u64>,
 }
 
 /// What an appliance says about itself, to tell appliances (and boots of one) apart.
@@ -670,6 +744,8 @@ pub struct ApplianceFacts {
     pub data_mib: u64,
     /// The serial console, up to the checks' end.
     pub serial: String,
+    /// With [`BootExtras::write_then_cut`]: the rows committed before the power cut.
+    pub rows_committed: Option<u64>,
 }
 
 /// The SHA-256 fingerprint of a PEM certificate as `openssl x509 -noout -fingerprint -sha256`
@@ -770,7 +846,8 @@ fn check_refusal(
         let line = serial.lines().find(|l| l.contains("TRUTHDB-INSTALL-REFUSED"))?;
         Some(Ok(line.trim().to_owned()))
     })?;
-    vm.kill();
+    // A live system that wrote no disk: nothing to lose.
+    vm.power_cut();
     drop(vm);
     if !refusal.contains(expected) {
         bail!("{name}: the refusal does not say {expected:?}: {refusal}");

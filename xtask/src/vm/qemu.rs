@@ -104,7 +104,16 @@ pub struct VmSpec {
     pub serial_input: bool,
     /// A guest reboot ends QEMU (`-no-reboot`), as the tests want; off, it reboots.
     pub no_reboot: bool,
+    /// How long the guest may say nothing on its serial console before a wait gives up on it
+    /// as stuck ([`Vm::wait_for`]): a VM idle at a prompt nobody answers must not hold a test
+    /// until its overall timeout.
+    pub silence_limit: Duration,
 }
+
+/// A guest silent this long is taken as stuck: about twice the longest quiet stretch seen in
+/// a live or installed boot under TCG on a slow day (the installer's copy step is longer; the
+/// install tests raise it with [`VmSpec::silence_limit`]).
+pub const DEFAULT_SILENCE_LIMIT: Duration = Duration::from_secs(5 * 60);
 
 impl VmSpec {
     pub fn new(firmware: Firmware, name: impl Into<String>, log_dir: impl Into<PathBuf>) -> VmSpec {
@@ -122,6 +131,7 @@ impl VmSpec {
             serial: Serial::LogFile,
             serial_input: false,
             no_reboot: true,
+            silence_limit: DEFAULT_SILENCE_LIMIT,
         }
     }
 
@@ -187,6 +197,13 @@ impl VmSpec {
     }
 
     /// A guest reboot reboots the machine instead of ending QEMU.
+    /// Waits give up after the guest has been silent this long (default
+    /// [`DEFAULT_SILENCE_LIMIT`]).
+    pub fn silence_limit(mut self, limit: Duration) -> VmSpec {
+        self.silence_limit = limit;
+        self
+    }
+
     pub fn allow_reboot(mut self) -> VmSpec {
         self.no_reboot = false;
         self
@@ -222,14 +239,14 @@ impl VmSpec {
         };
         cmd = cmd.args(["-monitor", "none"]);
         cmd = match self.serial {
-            // The socket's chardev keeps the same log file of everything the guest says.
+            // Not the chardev's own `logfile=`: QEMU's 16550 retries a byte the socket could not
+            // take at once (EAGAIN), and the chardev logs the byte on the failed try and again
+            // on the retry, so the log doubled characters the guest printed once ("/dev/vdda").
+            // The log is what Vm::start's reader takes off the socket; QEMU waits for that
+            // reader (`wait=on`) before the guest runs, so nothing said is lost.
             Serial::LogFile if self.serial_input => cmd
                 .arg("-chardev")
-                .arg(format!(
-                    "socket,id=serial0,path={},server=on,wait=off,logfile={}",
-                    self.serial_socket().display(),
-                    self.serial_log().display()
-                ))
+                .arg(format!("socket,id=serial0,path={},server=on,wait=on", self.serial_socket().display()))
                 .args(["-serial", "chardev:serial0"]),
             Serial::LogFile => cmd.arg("-serial").arg(format!("file:{}", self.serial_log().display())),
             Serial::Terminal => cmd.args(["-serial", "mon:stdio"]),
@@ -305,6 +322,9 @@ pub struct Vm {
     qemu_log: PathBuf,
     started: Instant,
     pub accel: Accelerator,
+    /// QEMU's QMP socket: the ACPI power button for [`Vm::power_off`].
+    qmp_socket: Option<PathBuf>,
+    silence_limit: Duration,
     _vars: Option<tempfile::TempDir>,
     /// Dropped after the fields above: QEMU is reaped (`Drop`) before the slot is free.
     _slot: crate::util::lock::Lock,
@@ -328,6 +348,15 @@ impl Vm {
         if let Some(socket) = &spec.qmp_socket {
             let _ = std::fs::remove_file(socket);
         }
+        // Every machine the tests start has a QMP socket: its power button.
+        let mut spec = spec.clone();
+        if spec.qmp_socket.is_none() {
+            spec.qmp_socket = Some(spec.log_dir.join(format!("{}.qmp", spec.name)));
+        }
+        if let Some(socket) = &spec.qmp_socket {
+            let _ = std::fs::remove_file(socket);
+        }
+        let spec = &spec;
         let (cmd, vars) = spec.prepare()?;
         let slot = take_vm_slot(&vm_slot_dir(), vms_at_once(), &spec.name)?;
         let socket = spec.serial_socket();
@@ -342,6 +371,8 @@ impl Vm {
             qemu_log,
             started: Instant::now(),
             accel: spec.accel,
+            qmp_socket: spec.qmp_socket.clone(),
+            silence_limit: spec.silence_limit,
             _vars: vars,
             _slot: slot,
         };
@@ -367,9 +398,9 @@ impl Vm {
         cmd.die_with_parent().run_inherit()
     }
 
-    /// Connects to the serial console's socket once QEMU has made it, and drains what the
-    /// guest says through it on a thread (the log file has it): unread, it would fill the
-    /// socket and stall the guest's serial port.
+    /// Connects to the serial console's socket once QEMU has made it, and copies what the
+    /// guest says through it into the serial log on a thread: the log is exactly what came
+    /// through the socket, and the socket, read at once, never stalls the guest's serial port.
     fn connect_serial(&self, socket: &Path) -> Result<std::os::unix::net::UnixStream> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let stream = loop {
@@ -381,8 +412,10 @@ impl Vm {
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         };
-        let mut drain = stream.try_clone().context("cloning the serial console's socket")?;
-        std::thread::spawn(move || std::io::copy(&mut drain, &mut std::io::sink()));
+        let mut from_guest = stream.try_clone().context("cloning the serial console's socket")?;
+        let mut log = std::fs::File::create(&self.serial_log)
+            .with_context(|| format!("creating the serial log {}", self.serial_log.display()))?;
+        std::thread::spawn(move || std::io::copy(&mut from_guest, &mut log));
         Ok(stream)
     }
 
@@ -406,15 +439,23 @@ impl Vm {
     /// Polls the serial console until `check(serial, exited)` decides. Fails at once on a
     /// guest kernel panic, when QEMU exits and `check` does not accept that, or at `timeout`
     /// after the machine started.
+    ///
+    /// A guest that has said nothing on its serial console for the spec's silence limit is
+    /// stuck (idle at a prompt nobody answers, hung): the wait ends then, naming what it
+    /// waited for and the last lines it saw, not at the end of `timeout`.
     pub fn wait_for<T>(
         &self,
         what: &str,
         timeout: Duration,
         mut check: impl FnMut(&str, bool) -> Option<Result<T>>,
     ) -> Result<T> {
+        let (mut said_len, mut last_said) = (0, Instant::now());
         loop {
             let status = self.handle.try_wait()?.map(|output| output.status);
             let serial = self.serial();
+            if serial.len() != said_len {
+                (said_len, last_said) = (serial.len(), Instant::now());
+            }
             if let Some(decided) = check(&serial, status.is_some()) {
                 return decided.map_err(|e| self.failure(what, &serial, &format!("{e:#}")));
             }
@@ -433,6 +474,13 @@ impl Vm {
                 ))
             } else if self.started.elapsed() > timeout {
                 Some(format!("nothing after {} ({})", format_duration(timeout), self.accel.name()))
+            } else if last_said.elapsed() > self.silence_limit {
+                Some(format!(
+                    "the guest has said nothing on its serial console for {}: stuck ({} after power-on, {})",
+                    format_duration(self.silence_limit),
+                    format_duration(self.started.elapsed()),
+                    self.accel.name()
+                ))
             } else {
                 None
             };
@@ -461,18 +509,53 @@ impl Vm {
             .context(format!("waiting for {what}"))
     }
 
-    /// Stops the machine and reaps QEMU.
-    pub fn kill(&self) {
+    /// Cuts the machine's power: QEMU killed at once, reaped. What the guest had not yet
+    /// written to its disks is lost, as in a power failure. The tests do it on purpose (the
+    /// power-cut checks), to a live system that writes no disk, and on their failure paths.
+    pub fn power_cut(&self) {
         let _ = self.handle.kill();
         let _ = self.handle.wait();
+    }
+
+    /// Shuts the machine down the way a hypervisor does: the ACPI power button (QMP
+    /// `system_powerdown`), then waits for the guest to power off and QEMU to end. How a
+    /// check of an installed system ends, so that the next boot of its disk never depends on
+    /// what happened to be written back.
+    pub fn power_off(&self, patience: Duration) -> Result<()> {
+        if self.handle.try_wait()?.is_none() {
+            let socket = self.qmp_socket.as_deref().context("this machine has no QMP socket")?;
+            let mut qmp = crate::vm::qmp::Qmp::connect(socket, Duration::from_secs(30))?;
+            qmp.execute("system_powerdown", serde_json::json!({}))?;
+        }
+        let asked = Instant::now();
+        while self.handle.try_wait()?.is_none() {
+            if asked.elapsed() > patience {
+                let serial = self.serial();
+                return Err(anyhow!(
+                    "still running {} after the ACPI power button\nserial console ({}), last lines:\n{}",
+                    format_duration(patience),
+                    self.serial_log.display(),
+                    tail(&serial, 30)
+                ))
+                .context("waiting for the guest to power off");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(())
     }
 }
 
 impl Drop for Vm {
+    /// A machine still running here is on a failure path (or a live system the test is done
+    /// with): its power is cut.
     fn drop(&mut self) {
-        self.kill();
+        self.power_cut();
     }
 }
+
+/// How long a clean shutdown of the appliance may take under TCG on a slow day (PostgreSQL's
+/// checkpoint, the journal, unmounting): measured 10-40 s.
+pub const POWER_OFF_PATIENCE: Duration = Duration::from_secs(180);
 
 /// The first serial console line holding `marker`, from the marker on, trimmed. (The console
 /// may put terminal escapes before a marker on its line: getty resets.)
@@ -742,16 +825,16 @@ mod tests {
         assert!(!cmd.contains("-net none"), "{cmd}");
         let window = line(&VmSpec::uefi("w", "/logs").display(Display::Window("gtk")));
         assert!(window.contains("-display gtk") && !window.contains("-display none"), "{window}");
-        // Typed input: a socket, and the same log file of what the guest says.
+        // Typed input: a socket that QEMU waits for, and no chardev log file (it doubles
+        // bytes the socket took on a retry); the harness writes the log from the socket.
         let typed = line(&VmSpec::uefi("s", "/logs").serial_input());
         assert!(
             typed.contains(
-                "-chardev socket,id=serial0,path=/logs/s.serial.sock,server=on,wait=off,logfile=/logs/s.serial.log \
-                 -serial chardev:serial0"
+                "-chardev socket,id=serial0,path=/logs/s.serial.sock,server=on,wait=on -serial chardev:serial0"
             ),
             "{typed}"
         );
-        assert!(!typed.contains("-serial file:"), "{typed}");
+        assert!(!typed.contains("-serial file:") && !typed.contains("logfile="), "{typed}");
     }
 
     #[test]
@@ -782,6 +865,8 @@ mod tests {
             qemu_log,
             started: Instant::now(),
             accel,
+            qmp_socket: None,
+            silence_limit: Duration::from_secs(60),
             _vars: None,
             _slot: slot,
         }
@@ -833,6 +918,30 @@ mod tests {
             err.starts_with("waiting for the install: the installer failed: TRUTHDB-INSTALL-FAILED: no disk\n"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_silent_guest_ends_the_wait_long_before_its_timeout_and_a_talking_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = |serial: &str, _| line_from(serial, "MARKER").map(Ok);
+
+        // Idle at a prompt nobody answers: given up after the silence limit, not the timeout.
+        let mut vm = fake_vm(dir.path(), "booting\nType /dev/vda to install there: ", "sleep 60");
+        vm.silence_limit = Duration::from_secs(2);
+        let err = format!("{:#}", vm.wait_for("the marker", Duration::from_secs(50), marker).unwrap_err());
+        assert!(
+            err.starts_with("waiting for the marker: the guest has said nothing on its serial console for 2.0s: stuck"),
+            "{err}"
+        );
+        assert!(err.ends_with("Type /dev/vda to install there: "), "{err}");
+        assert!(vm.elapsed() < Duration::from_secs(10), "{:?}", vm.elapsed());
+
+        // Saying something every half second, for longer than the limit, is not silence.
+        let talking =
+            "for i in 1 2 3 4 5 6 7 8; do sleep 0.5; echo tick >> \"$2\"; done; echo MARKER done >> \"$2\"; sleep 60";
+        let mut vm = fake_vm(dir.path(), "booting\n", talking);
+        vm.silence_limit = Duration::from_secs(2);
+        assert_eq!(vm.wait_for("the marker", Duration::from_secs(50), marker).unwrap(), "MARKER done");
     }
 
     #[test]
