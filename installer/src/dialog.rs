@@ -240,6 +240,12 @@ fn ask_secret_twice(term: &mut dyn Terminal, prompt: &str) -> Option<String> {
     }
 }
 
+/// Why a typed line cannot be taken as an answer: control characters (other than a tab) are
+/// line noise or a terminal's escape sequences, never part of an answer.
+fn unclear(line: &str) -> Option<&'static str> {
+    line.chars().any(|c| c.is_control() && c != '\t').then_some("control characters (line noise, or arrow keys)")
+}
+
 /// The serial console: lines from standard input, echo off for passwords (`stty`, on the
 /// terminal that is standard input).
 pub struct Console;
@@ -269,9 +275,17 @@ impl Terminal for Console {
 
     fn ask(&mut self, prompt: &str) -> Option<String> {
         use std::io::Write;
-        print!("{prompt}");
-        let _ = std::io::stdout().flush();
-        Console::read_line()
+        loop {
+            print!("{prompt}");
+            let _ = std::io::stdout().flush();
+            let line = Console::read_line()?;
+            match unclear(&line) {
+                // Line noise, or a terminal's escape sequences (arrow keys): the question again,
+                // whole, as a person at a serial console needs it.
+                Some(why) => println!("  That answer held {why}; once more:"),
+                None => return Some(line),
+            }
+        }
     }
 
     fn ask_secret(&mut self, prompt: &str) -> Option<String> {
@@ -436,6 +450,15 @@ mod tests {
         ] {
             assert!(script.said(reason), "{reason:?} not said: {:#?}", script.transcript);
         }
+    }
+
+    #[test]
+    fn line_noise_and_escape_sequences_are_unclear_and_plain_answers_are_not() {
+        assert!(unclear("/dev/vda").is_none());
+        assert!(unclear("ssh-ed25519 AAAA\tcomment").is_none());
+        assert!(unclear("/dev/v\u{1b}[Ada").is_some());
+        assert!(unclear("1\u{0}").is_some());
+        assert!(unclear("\u{7f}").is_some());
     }
 
     #[test]

@@ -390,7 +390,13 @@ impl<'a> Install<'a> {
         Ok(())
     }
 
+    /// The install counts as done (TRUTHDB-INSTALL-DONE, the GUI's done screen, the power
+    /// action) only once every write is on the disk: the file systems are unmounted by now, but
+    /// the partition table, the ESP written through its device node and the install log are
+    /// flushed here too, so a power cut right after "done" leaves a disk that boots.
     fn finish(&mut self) -> Result<()> {
+        Tool::new("sync").run(self.log)?;
+        Tool::new("blockdev").args(["--flushbufs", &self.request.disk.path]).run(self.log)?;
         let (version, disk) = (&self.request.spec.version, &self.request.disk.path);
         self.emit(0.0, format!("installed TruthDB OS {version} to {disk}"));
         Ok(())
