@@ -348,10 +348,16 @@ impl Vm {
         if let Some(socket) = &spec.qmp_socket {
             let _ = std::fs::remove_file(socket);
         }
-        // Every machine the tests start has a QMP socket: its power button.
+        // Every machine the tests start has a QMP socket: its power button. (A Unix socket's
+        // path has room for 107 bytes: a deep work directory puts it in the temporary one.)
         let mut spec = spec.clone();
         if spec.qmp_socket.is_none() {
-            spec.qmp_socket = Some(spec.log_dir.join(format!("{}.qmp", spec.name)));
+            let beside_logs = spec.log_dir.join(format!("{}.qmp", spec.name));
+            spec.qmp_socket = Some(if beside_logs.as_os_str().len() < 100 {
+                beside_logs
+            } else {
+                std::env::temp_dir().join(format!("truthdb-os-{}-{}.qmp", std::process::id(), spec.name))
+            });
         }
         if let Some(socket) = &spec.qmp_socket {
             let _ = std::fs::remove_file(socket);
