@@ -31,7 +31,7 @@ use crate::util::run::Cmd;
 use crate::vm::install_test::{
     ADMIN, ApplianceFacts, BootExtras, Credentials, HOSTNAME, InstallTestConfig, TARGET_SERIAL, check_appliance,
 };
-use crate::vm::qemu::{Vm, VmSpec, free_port, line_from, virtio_disk};
+use crate::vm::qemu::{Vm, VmSpec, free_port, line_from, no_periodic_writeback, virtio_disk};
 
 /// The generic image's size, and the larger virtual disk each VM gets (its overlay's size).
 const IMAGE_GIB: u64 = 12;
@@ -150,7 +150,7 @@ fn boot_them(config: &InstallTestConfig, image: &Path) -> Result<()> {
                 line_from(serial, PROVISIONED)
             })?;
             let extras = BootExtras {
-                qemu_args: seed_cdrom(&seed_a),
+                qemu_args: [seed_cdrom(&seed_a), no_periodic_writeback()].concat(),
                 refused_key: Some(&cred_b.key),
                 boot_analysis: true,
                 write_then_cut: true,
@@ -276,7 +276,8 @@ fn power_cut_at(
         &VmSpec::uefi(name, &config.work_dir)
             .memory(config.memory_mib)
             .media(virtio_disk(disk, "qcow2", TARGET_SERIAL))
-            .media(qemu_args),
+            .media(qemu_args)
+            .media(no_periodic_writeback()),
     )?;
     let line = vm.wait_for(&format!("{name}'s moment to cut the power"), config.timeout, |serial, _| {
         if let Some(failed) = line_from(serial, "TRUTHDB-OS-PROVISION failed") {

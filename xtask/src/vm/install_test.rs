@@ -27,7 +27,10 @@ use sha2::{Digest, Sha256};
 use crate::project::Project;
 use crate::util::progress::{format_duration, stage};
 use crate::util::run::Cmd;
-use crate::vm::qemu::{Vm, VmSpec, cdrom, free_port, installer_progress, line_from, usb_disk, usb_stick, virtio_disk};
+use crate::vm::qemu::{
+    Vm, VmSpec, cdrom, free_port, installer_progress, line_from, no_periodic_writeback, usb_disk, usb_stick,
+    virtio_disk,
+};
 
 pub const TARGET_SERIAL: &str = "truthdb-target";
 pub const ADMIN: &str = "dba";
@@ -232,7 +235,7 @@ fn install_chain(config: &InstallTestConfig, credentials: &Credentials, good: &s
         s.set("installing (UEFI, CD + blank virtio disk)");
         let storage = [cdrom(&iso), virtio_disk(target, "raw", TARGET_SERIAL)].concat();
         // The copy step says nothing for up to about 5 minutes on a slow host.
-        let spec = VmSpec::uefi("install", dir).memory(config.memory_mib).media(storage);
+        let spec = VmSpec::uefi("install", dir).memory(config.memory_mib).media(storage).media(no_periodic_writeback());
         let vm = Vm::start(&spec.silence_limit(INSTALL_SILENCE_LIMIT))?;
         let mut last = String::new();
         vm.wait_for("the unattended install's TRUTHDB-INSTALL-DONE", config.timeout, |serial, _| {
@@ -469,6 +472,11 @@ pub fn check_appliance(
         Some(Ok((line, line_from(serial, TLS_MARKER))))
     })?;
     let booted_in = vm.elapsed();
+    // Healthy is not enough: a boot that tried to provision again (a power cut lost its "done")
+    // and failed may still serve the database it made before.
+    if let Some(failed) = line_from(&vm.serial(), "TRUTHDB-OS-PROVISION failed") {
+        bail!("{name}: provisioning failed on this boot: {failed}");
+    }
     crate::vm::boot_test::check_marker(&marker, &config.expected_version)?;
     if !marker.contains("system=installed") || !marker.contains("health=ok") {
         bail!("{name}: the installed system is not healthy: {marker}");
