@@ -29,7 +29,8 @@ use crate::project::Project;
 use crate::util::progress::{format_duration, stage};
 use crate::util::run::Cmd;
 use crate::vm::install_test::{
-    ADMIN, ApplianceFacts, BootExtras, Credentials, HOSTNAME, InstallTestConfig, TARGET_SERIAL, check_appliance,
+    ADMIN, ApplianceFacts, BootExtras, Credentials, HOSTNAME, InstallTestConfig, PROVISION_FAILED, TARGET_SERIAL,
+    check_appliance,
 };
 use crate::vm::qemu::{Vm, VmSpec, free_port, line_from, no_periodic_writeback, virtio_disk};
 
@@ -280,7 +281,7 @@ fn power_cut_at(
             .media(no_periodic_writeback()),
     )?;
     let line = vm.wait_for(&format!("{name}'s moment to cut the power"), config.timeout, |serial, _| {
-        if let Some(failed) = line_from(serial, "TRUTHDB-OS-PROVISION failed") {
+        if let Some(failed) = line_from(serial, PROVISION_FAILED) {
             return Some(Err(anyhow::anyhow!("{failed}")));
         }
         cut_here(serial).map(Ok)

@@ -39,6 +39,8 @@ pub const DISK_GIB: u64 = 12;
 /// The installer's copy step says nothing on the serial console for up to about 5 minutes on a
 /// slow host: an install is given up as stuck after twice that.
 pub const INSTALL_SILENCE_LIMIT: Duration = Duration::from_secs(10 * 60);
+/// What the provisioning service prints when it fails (`overlay/usr/lib/truthdb/provision`).
+pub const PROVISION_FAILED: &str = "TRUTHDB-OS-PROVISION failed";
 /// The table the power-cut-while-writing check fills (`BootExtras::write_then_cut`).
 const POWER_CUT_TABLE: &str = "truthdb_power_cut";
 /// The installed system's PostgreSQL certificate (public) and the boot marker's line naming
@@ -474,7 +476,7 @@ pub fn check_appliance(
     let booted_in = vm.elapsed();
     // Healthy is not enough: a boot that tried to provision again (a power cut lost its "done")
     // and failed may still serve the database it made before.
-    if let Some(failed) = line_from(&vm.serial(), "TRUTHDB-OS-PROVISION failed") {
+    if let Some(failed) = line_from(&vm.serial(), PROVISION_FAILED) {
         bail!("{name}: provisioning failed on this boot: {failed}");
     }
     crate::vm::boot_test::check_marker(&marker, &config.expected_version)?;

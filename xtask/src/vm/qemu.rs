@@ -196,7 +196,6 @@ impl VmSpec {
         self
     }
 
-    /// A guest reboot reboots the machine instead of ending QEMU.
     /// Waits give up after the guest has been silent this long (default
     /// [`DEFAULT_SILENCE_LIMIT`]).
     pub fn silence_limit(mut self, limit: Duration) -> VmSpec {
@@ -204,6 +203,7 @@ impl VmSpec {
         self
     }
 
+    /// A guest reboot reboots the machine instead of ending QEMU.
     pub fn allow_reboot(mut self) -> VmSpec {
         self.no_reboot = false;
         self
@@ -345,9 +345,6 @@ impl Vm {
         std::fs::create_dir_all(&spec.log_dir)?;
         let (serial_log, qemu_log) = (spec.serial_log(), spec.qemu_log());
         let _ = std::fs::remove_file(&serial_log);
-        if let Some(socket) = &spec.qmp_socket {
-            let _ = std::fs::remove_file(socket);
-        }
         // Every machine the tests start has a QMP socket: its power button. (A Unix socket's
         // path has room for 107 bytes: a deep work directory puts it in the temporary one.)
         let mut spec = spec.clone();
@@ -536,14 +533,8 @@ impl Vm {
         let asked = Instant::now();
         while self.handle.try_wait()?.is_none() {
             if asked.elapsed() > patience {
-                let serial = self.serial();
-                return Err(anyhow!(
-                    "still running {} after the ACPI power button\nserial console ({}), last lines:\n{}",
-                    format_duration(patience),
-                    self.serial_log.display(),
-                    tail(&serial, 30)
-                ))
-                .context("waiting for the guest to power off");
+                let why = format!("still running {} after the ACPI power button", format_duration(patience));
+                return Err(self.failure("the guest to power off", &self.serial(), &why));
             }
             std::thread::sleep(Duration::from_millis(500));
         }
